@@ -1,0 +1,49 @@
+"""Latency measurement shared by every family: percentiles from repeated timed calls."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .results import LatencyRow
+
+
+def time_calls(fn: Callable[[], object], *, warmup: int = 3, repeat: int = 20) -> np.ndarray:
+    """Wall-clock seconds of ``repeat`` calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = np.empty(repeat)
+    for i in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times[i] = time.perf_counter() - start
+    return times
+
+
+def latency_row(engine: str, batch_size: int, sequence_length: int, seconds: np.ndarray) -> LatencyRow:
+    ms = np.asarray(seconds) * 1000.0
+    p50, p90, p95, p99 = (float(v) for v in np.percentile(ms, [50, 90, 95, 99]))
+    return LatencyRow(
+        engine=engine,
+        batch_size=batch_size,
+        sequence_length=sequence_length,
+        p50_ms=p50,
+        p90_ms=p90,
+        p95_ms=p95,
+        p99_ms=p99,
+        throughput=batch_size / (p50 / 1000.0) if p50 > 0 else float("inf"),
+    )
+
+
+def ort_session(model_path: str | Path, *, threads: int = 0, providers: list[str] | None = None):
+    """An ONNX Runtime session with all graph optimizations on (what users deploy)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(model_path), options, providers=providers or ["CPUExecutionProvider"])

@@ -1,0 +1,70 @@
+"""Loading and saving ONNX models: lazy external data, atomic writes, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx_ir as ir
+
+from ..errors import TfoptError
+
+# Above this many bytes of weights, tensors go to "<model>.data" beside the model
+# (protobuf cannot hold more than 2 GB in one file).
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+def load_model(path: str | os.PathLike) -> ir.Model:
+    """Load a model; weights in external data stay on disk until they are used."""
+    path = Path(path)
+    if not path.exists():
+        raise TfoptError(f"{path}: no such file")
+    if path.is_dir():
+        raise TfoptError(f"{path}: is a directory, expected an .onnx file")
+    if path.stat().st_size == 0:
+        raise TfoptError(f"{path}: empty file, not an ONNX model")
+    try:
+        model = ir.load(path)
+    except Exception as exc:  # protobuf's DecodeError, truncated files, bad external data
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TfoptError(f"{path}: not a readable ONNX model ({reason})") from None
+    if len(model.graph) == 0:
+        raise TfoptError(f"{path}: the ONNX graph has no nodes")
+    return model
+
+
+def _weight_bytes(model: ir.Model) -> int:
+    total = 0
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if tensor is not None:
+            total += tensor.nbytes
+    return total
+
+
+def save_model(model: ir.Model, path: str | os.PathLike, *, refuse: str | os.PathLike | None = None) -> Path:
+    """Write ``model`` to ``path`` atomically: a temp dir beside it, then rename.
+
+    Nothing is left half-written if saving fails. ``refuse`` is the input path:
+    writing over the input is an error (the input is never modified).
+    """
+    path = Path(path)
+    if refuse is not None and path.resolve() == Path(refuse).resolve():
+        raise TfoptError(f"{path}: output path is the input path; refusing to overwrite the input")
+    if path.is_dir():
+        raise TfoptError(f"{path}: is a directory, expected an output .onnx file path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    external = _weight_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    data_name = path.name + ".data"
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        tmp_model = tmp_dir / path.name
+        ir.save(model, tmp_model, external_data=data_name if external else None)
+        if external:
+            os.replace(tmp_dir / data_name, path.parent / data_name)
+        os.replace(tmp_model, path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return path

@@ -1,0 +1,139 @@
+"""The context that flows through one run and the small typed result of each stage.
+
+The report is the sum of these results (see ``report.py``): every field here is
+what ``report.json`` documents, so keep them plain data (JSON-serialisable via
+``dataclasses.asdict``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+
+@dataclass
+class ModelInfo:
+    """What the fusion rules need to know about the exported model."""
+
+    model_type: str  # e.g. "bert", "distilbert", "roberta", "albert", "gpt2"
+    num_heads: int = 0  # 0 = detect from the graph
+    hidden_size: int = 0  # 0 = detect from the graph
+    num_layers: int = 0  # 0 = unknown; used to state the expected fusion counts
+
+
+@dataclass
+class IOSpec:
+    """Names, element types and dynamic axes of the exported graph's inputs/outputs."""
+
+    inputs: dict[str, str]  # name -> numpy dtype name ("int64", "float32", ...)
+    outputs: list[str]
+    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+
+
+@dataclass
+class ExportResult:
+    model_path: Path
+    io: IOSpec
+    info: ModelInfo
+    exporter: str = ""  # "dynamo", "legacy", "tf2onnx", ...
+    seconds: float = 0.0
+
+
+@dataclass
+class FuseResult:
+    model_path: Path
+    op_counts: dict[str, int]  # op type -> count in the fused graph
+    rule_counts: dict[str, int]  # fusion rule -> number of times it fired
+    expected: dict[str, int]  # fused op type -> count the family expects
+    missing: list[str]  # human-readable: each expected fusion that did not happen
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+
+
+@dataclass
+class PrecisionResult:
+    model_path: Path
+    precision: str  # "fp32", "fp16", "int8"
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DiffStats:
+    """Differences between the optimized model and the source, on valid (unpadded) positions."""
+
+    max_abs: float
+    p50_abs: float
+    p90_abs: float
+    p99_abs: float
+    max_rel: float
+    nan_count: int
+
+
+@dataclass
+class VerifyResult:
+    passed: bool
+    tolerance: float
+    precision: str
+    reference: str  # what the outputs were compared against ("torch", "onnxruntime:raw", ...)
+    overall: DiffStats
+    cases: list[dict[str, Any]] = field(default_factory=list)  # per case: shapes + DiffStats
+    top1_agreement: float | None = None  # for LM logits
+    seconds: float = 0.0
+
+
+@dataclass
+class LatencyRow:
+    engine: str  # "torch", "ort:raw", "ort:tfopt", ...
+    batch_size: int
+    sequence_length: int
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    throughput: float  # samples per second at p50
+
+
+@dataclass
+class BenchResult:
+    rows: list[LatencyRow]
+    device: str = "cpu"
+    seconds: float = 0.0
+
+
+@dataclass
+class RunContext:
+    """Everything a stage needs; one instance flows through a whole run.
+
+    ``options`` holds stage options (exporter, attention implementation, precision,
+    opset, input_int32, batch sizes, ...). Adapters read what they understand and
+    ignore the rest. ``progress`` reports long work to the user (the CLI prints it).
+    """
+
+    family: str
+    source: str | None
+    work_dir: Path
+    options: dict[str, Any] = field(default_factory=dict)
+    progress: Callable[[str], None] = field(default=lambda message: None, repr=False)
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def option(self, name: str, default: Any = None) -> Any:
+        value = self.options.get(name)
+        return default if value is None else value
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses/Paths/tuples -> plain JSON types."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.repr}
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return obj.item()
+    return obj
