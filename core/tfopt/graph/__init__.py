@@ -7,12 +7,13 @@ Entry points:
 - :func:`fuse_file` loads, fuses and atomically saves, returning a ``FuseResult``.
 """
 
-from .fusion import FUSION_NAMES, FusionStats, expected_counts, fuse_file, fuse_model
+from .fusion import FUSION_NAMES, FusionStats, count_ops, expected_counts, fuse_file, fuse_model
 from .io import load_model, save_model
 
 __all__ = [
     "FUSION_NAMES",
     "FusionStats",
+    "count_ops",
     "expected_counts",
     "fuse_file",
     "fuse_model",

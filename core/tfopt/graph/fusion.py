@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import onnx_ir as ir
+from onnxscript.rewriter.pattern import RewriteRuleSet
 
+from ..errors import TfoptError
 from ..results import FuseResult, ModelInfo
 from .io import load_model, save_model
+from .passes import cleanup, inputs_to_int32, prepare
+from .rules import activation, attention, embedding, normalization
+from .values import MS_DOMAIN
 
 # User-facing fusion names (also the --disable_* flags of `tfopt optimize`).
 FUSION_NAMES = (
@@ -36,14 +42,110 @@ class FusionStats:
     notes: list[str] = field(default_factory=list)
 
 
-def expected_counts(info: ModelInfo) -> dict[str, int]:
-    raise NotImplementedError  # filled in by the fusion work in progress
+# What each family's graphs should contain after fusion, per encoder layer.
+_GELU_OPS = ("BiasGelu", "FastGelu", "Gelu")
+_ENCODER_TYPES = ("bert", "roberta", "distilbert", "albert", "bert_tf", "bert_keras", "electra", "xlm-roberta")
+
+
+def count_ops(model: ir.Model) -> dict[str, int]:
+    counts = Counter(node.op_type for node in model.graph)
+    return dict(sorted(counts.items()))
+
+
+def expected_counts(info: ModelInfo, num_layers: int) -> dict[str, int]:
+    """Fused-op counts a fully fused encoder with ``num_layers`` layers has ("A|B" = sum of both)."""
+    if info.model_type not in _ENCODER_TYPES or num_layers <= 0:
+        return {}
+    return {
+        "EmbedLayerNormalization": 1,
+        "Attention": num_layers,
+        "SkipLayerNormalization": 2 * num_layers,
+        "|".join(_GELU_OPS): num_layers,
+    }
+
+
+def missing_fusions(expected: dict[str, int], op_counts: dict[str, int], disabled: set[str]) -> list[str]:
+    missing = []
+    for key, want in expected.items():
+        have = sum(op_counts.get(op_type, 0) for op_type in key.split("|"))
+        if have < want:
+            missing.append(f"{key}: expected {want}, found {have}")
+    leftover = op_counts.get("Softmax", 0)
+    if leftover and "Attention" in expected and "attention" not in disabled:
+        missing.append(f"{leftover} Softmax left unfused (an attention pattern did not match)")
+    return missing
+
+
+def _rule_plan(info: ModelInfo, disabled: set[str]) -> list[tuple[str, list]]:
+    """(fusion name, rules) in the order they must run: LN before SkipLN, EmbedLN before SkipLN."""
+    plan = [
+        ("layer_norm", normalization.layer_norm_rules()),
+        ("gelu", activation.gelu_rules()),
+        ("fast_gelu", activation.fast_gelu_rules()),
+        ("bias_gelu", activation.bias_gelu_rules()),
+        ("embed_layer_norm", embedding.embed_layer_norm_rules()),
+        ("attention", attention.attention_rules(info.num_heads)),
+        ("skip_layer_norm", normalization.skip_layer_norm_rules()),
+    ]
+    return [(name, rules) for name, rules in plan if name not in disabled]
 
 
 def fuse_model(
     model: ir.Model, info: ModelInfo, *, disabled: Iterable[str] = (), input_int32: bool = False
 ) -> FusionStats:
-    raise NotImplementedError  # filled in by the fusion work in progress
+    """Rewrite ``model`` in place into ONNX Runtime contrib ops; say what fired and what did not."""
+    disabled = set(disabled)
+    unknown = disabled - set(FUSION_NAMES)
+    if unknown:
+        raise TfoptError(f"unknown fusion name(s) {sorted(unknown)}; known: {', '.join(FUSION_NAMES)}")
+    if info.num_heads and info.hidden_size and info.hidden_size % info.num_heads:
+        raise TfoptError(f"num_heads={info.num_heads} does not divide hidden_size={info.hidden_size}")
+    start = time.perf_counter()
+    prepare(model)
+    num_layers = info.num_layers or sum(1 for node in model.graph if node.op_type == "Softmax")
+    rule_counts: dict[str, int] = {}
+    for _, rules in _rule_plan(info, disabled):
+        for rule in rules:
+            rule_counts[rule.name] = RewriteRuleSet([rule]).apply_to_model(model)
+    cleanup(model)
+    notes = []
+    if input_int32:
+        converted = inputs_to_int32(model)
+        notes.append(f"inputs now int32: {', '.join(converted) or 'none'}")
+    op_counts = count_ops(model)
+    expected = expected_counts(info, num_layers)
+    for name in disabled:  # a disabled fusion is not expected
+        expected.pop(_FUSION_OPS.get(name, ""), None)
+    heads = _attention_heads(model)
+    return FusionStats(
+        op_counts=op_counts,
+        rule_counts=rule_counts,
+        expected=expected,
+        missing=missing_fusions(expected, op_counts, disabled),
+        num_heads=heads[0],
+        hidden_size=heads[1],
+        seconds=time.perf_counter() - start,
+        notes=notes,
+    )
+
+
+_FUSION_OPS = {
+    "attention": "Attention",
+    "embed_layer_norm": "EmbedLayerNormalization",
+    "skip_layer_norm": "SkipLayerNormalization",
+    "bias_gelu": "|".join(_GELU_OPS),
+    "gelu": "|".join(_GELU_OPS),
+}
+
+
+def _attention_heads(model: ir.Model) -> tuple[int, int]:
+    """(num_heads, hidden_size) of the first fused Attention, detected from the graph; (0, 0) if none."""
+    for node in model.graph:
+        if node.op_type == "Attention" and node.domain == MS_DOMAIN:
+            bias = node.inputs[2].const_value if len(node.inputs) > 2 and node.inputs[2] is not None else None
+            hidden = bias.shape[0] // 3 if bias is not None else 0
+            return node.attributes.get_int("num_heads", 0), hidden
+    return 0, 0
 
 
 def fuse_file(

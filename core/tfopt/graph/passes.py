@@ -1,0 +1,111 @@
+"""Whole-graph passes around the fusion rules: prepare (fold, infer shapes, canonicalize) and clean up."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+import onnxscript.optimizer
+
+from .values import MS_DOMAIN
+
+_COMMUTATIVE = {"Add", "Mul"}
+
+
+def canonicalize_commutative(graph: ir.Graph) -> None:
+    """Put the constant operand of Add/Mul second, so rules match ``Add(MatMul(x, W), bias)`` only.
+
+    The legacy exporter writes ``Add(bias, MatMul)``, dynamo ``Add(MatMul, bias)``;
+    one canonical order keeps every rule free of commuted variants.
+    """
+    for node in graph:
+        if node.op_type in _COMMUTATIVE and node.domain == "" and len(node.inputs) == 2:
+            first, second = node.inputs
+            if first is not None and second is not None and first.const_value is not None and second.const_value is None:
+                node.replace_input_with(0, second)
+                node.replace_input_with(1, first)
+
+
+def shapes_from_sources(graph: ir.Graph) -> int:
+    """Shape(Gather(table, ids)) -> Concat(Shape(ids), [width]) for constant 2-D tables.
+
+    Exports take the shape of the embedding lookup to size the position ids; that
+    extra use of the lookup would keep it alive after EmbedLayerNormalization
+    replaces it. Returns how many Shape nodes were redirected.
+    """
+    changed = 0
+    for node in list(graph):
+        if node.op_type != "Shape" or node.domain != "" or node.attributes:
+            continue
+        lookup = node.inputs[0].producer()
+        if lookup is None or lookup.op_type != "Gather" or lookup.attributes.get_int("axis", 0) != 0:
+            continue
+        table = lookup.inputs[0].const_value
+        if table is None or len(table.shape) != 2:
+            continue
+        width = ir.tensor(np.array([table.shape[1]], dtype=np.int64), name=f"{node.name}_width")
+        ids_shape = ir.node("Shape", [lookup.inputs[1]], name=f"{node.name}_of_ids")
+        width_value = ir.node("Constant", [], attributes={"value": width}, name=f"{node.name}_width")
+        joined = ir.node("Concat", [ids_shape.outputs[0], width_value.outputs[0]], attributes={"axis": 0}, name=f"{node.name}_joined")
+        graph.insert_before(node, [ids_shape, width_value, joined])
+        node.outputs[0].replace_all_uses_with(joined.outputs[0])
+        changed += 1
+    return changed
+
+
+def prepare(model: ir.Model) -> None:
+    """Fold constants and shape computations, infer shapes, canonicalize operand order.
+
+    Legacy (TorchScript) exports carry Constant nodes and no intermediate shapes;
+    after this they look like dynamo exports to the rules.
+    """
+    onnxscript.optimizer.optimize(model, num_iterations=2)
+    if shapes_from_sources(model.graph):
+        common_passes.RemoveUnusedNodesPass()(model)
+    canonicalize_commutative(model.graph)
+
+
+def cleanup(model: ir.Model) -> None:
+    """Drop what fusion left dead (mask subgraphs, unpacked Q/K/V weights), merge duplicate casts."""
+    common_passes.RemoveUnusedNodesPass()(model)
+    common_passes.CommonSubexpressionEliminationPass()(model)
+    common_passes.RemoveUnusedNodesPass()(model)
+    common_passes.RemoveUnusedOpsetsPass()(model)
+    if any(node.domain == MS_DOMAIN for node in model.graph):
+        model.opset_imports[MS_DOMAIN] = 1
+    common_passes.TopologicalSortPass()(model)
+
+
+def inputs_to_int32(model: ir.Model) -> list[str]:
+    """``--input_int32``: int64 graph inputs become int32, removing the casts contrib ops needed.
+
+    Consumers that still need int64 get one Cast back; returns the converted input names.
+    """
+    converted = []
+    graph = model.graph
+    for value in graph.inputs:
+        if value.dtype != ir.DataType.INT64:
+            continue
+        uses = list(value.uses())
+        int32_casts = [
+            node
+            for node, _ in uses
+            if node.op_type == "Cast" and node.domain == "" and node.attributes.get_int("to") == ir.DataType.INT32
+        ]
+        if not int32_casts:
+            continue
+        value.dtype = ir.DataType.INT32
+        for cast in int32_casts:
+            cast.outputs[0].replace_all_uses_with(value)
+        others = [(node, index) for node, index in value.uses() if node not in int32_casts]
+        if others:
+            back = ir.node("Cast", [value], attributes={"to": ir.DataType.INT64}, name=f"{value.name}_as_int64")
+            back.outputs[0].name = f"{value.name}_int64"
+            back.outputs[0].dtype = ir.DataType.INT64
+            graph.append(back)  # TopologicalSortPass below puts it in place
+            for node, index in others:
+                node.replace_input_with(index, back.outputs[0])
+        converted.append(value.name)
+    common_passes.RemoveUnusedNodesPass()(model)
+    common_passes.TopologicalSortPass()(model)
+    return converted

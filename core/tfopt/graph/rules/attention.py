@@ -1,0 +1,163 @@
+"""Self-attention of encoder models -> ORT's ``Attention`` contrib op (packed QKV GEMM).
+
+One rule covers what today's exporters write for BERT-family self-attention:
+
+- Q, K, V: ``Transpose(Reshape(MatMul(x, W) + b), [0, 2, 1, 3])``;
+- K^T three ways: ``Transpose(k, [0, 2, 3, 1])`` (eager, legacy sdpa), a 3-D
+  reshape/transpose/reshape round trip (dynamo sdpa), or two Transposes;
+- the 1/sqrt(head_size) scale on Q and K separately (sdpa), or on the scores
+  (eager), as Mul or Div;
+- the mask as an additive tensor (``Add``), absent, or both;
+- sdpa's NaN guard after Softmax (``Where(IsNaN(p), 0, p)``).
+
+The mask subgraph (transformers 5 builds it with GatherND/And/Where) is replaced
+by the raw 2-D ``attention_mask`` input, which ``Attention`` accepts as
+``mask_index`` for any padding side; the check proves the additive mask is
+computed from that input's data alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from ..values import MS_DOMAIN, constant_array, int32_of, scalar, shape_tail, source_graph_inputs
+
+_SCALE_TAGS = ["Mul", "Div", "None"]
+
+
+def _scaled(op, value, factor, tag):
+    return pattern.OrValue([op.Mul(value, factor), op.Div(value, factor), value], tag_var=tag, tag_values=_SCALE_TAGS)
+
+
+def _scale_of(tag: str, factor) -> float | None:
+    if tag == "None":
+        return 1.0
+    number = scalar(factor)
+    if number is None or number == 0:
+        return None
+    return number if tag == "Mul" else 1.0 / number
+
+
+class SelfAttention(pattern.RewriteRuleClassBase):
+    def __init__(self, num_heads: int = 0):
+        # remove_nodes=False: exports take Shape() of intermediate Q/K/V tensors to build
+        # the Reshape targets inside this very pattern; those uses die with the pattern,
+        # and the cleanup pass removes the dead chain. Real outside uses keep it alive (correct, slower).
+        super().__init__(name="Attention", remove_nodes=False)
+        self.num_heads = num_heads
+        self._packed: dict[tuple[int, ...], tuple[ir.Value, ir.Value]] = {}
+
+    def setup(self):
+        self._packed = {}
+
+    def pattern(self, op, x, wq, bq, wk, bk, wv, bv, q_shape, k_shape, v_shape, q_factor, k_factor, s_factor, mask, zero):
+        def heads(weight, bias, shape):
+            return op.Reshape(op.Add(op.MatMul(x, weight), bias), shape, _allow_other_attributes=True)
+
+        query = op.Transpose(heads(wq, bq, q_shape), perm=[0, 2, 1, 3])
+        key = heads(wk, bk, k_shape)
+        key_t = pattern.OrValue(
+            [
+                op.Transpose(key, perm=[0, 2, 3, 1]),
+                op.Reshape(
+                    op.Transpose(
+                        op.Reshape(op.Transpose(key, perm=[0, 2, 1, 3]), pattern.ANY_VALUE, _allow_other_attributes=True),
+                        perm=[0, 2, 1],
+                    ),
+                    pattern.ANY_VALUE,
+                    _allow_other_attributes=True,
+                ),
+                op.Transpose(op.Transpose(key, perm=[0, 2, 1, 3]), perm=[0, 1, 3, 2]),
+            ]
+        )
+        value = op.Transpose(heads(wv, bv, v_shape), perm=[0, 2, 1, 3])
+        scores = op.MatMul(_scaled(op, query, q_factor, "q_scaling"), _scaled(op, key_t, k_factor, "k_scaling"))
+        scores = _scaled(op, scores, s_factor, "s_scaling")
+        scores = pattern.OrValue([op.Add(scores, mask), scores], tag_var="masked", tag_values=[True, False])
+        probs = op.Softmax(scores, _outputs=["probs"])
+        probs = pattern.OrValue([op.Where(op.IsNaN(probs), zero, probs), probs])
+        context = op.MatMul(probs, value)
+        context = pattern.OrValue([op.Reshape(context, pattern.ANY_VALUE, _allow_other_attributes=True), context])
+        context = op.Transpose(context, perm=[0, 2, 1, 3])
+        return op.Reshape(context, pattern.ANY_VALUE, _allow_other_attributes=True)
+
+    def _split(self, q_shape, hidden: int) -> tuple[int, int] | None:
+        tail = shape_tail(q_shape, 2)
+        if tail is not None:  # [num_heads, head_size]; either may be -1 (inferred by Reshape)
+            heads, size = tail
+            if heads == -1 and size > 0 and hidden % size == 0:
+                heads = hidden // size
+            if size == -1 and heads > 0 and hidden % heads == 0:
+                size = hidden // heads
+            if heads > 0 and size > 0 and heads * size == hidden:
+                return heads, size
+        if self.num_heads and hidden % self.num_heads == 0:
+            return self.num_heads, hidden // self.num_heads
+        return None
+
+    def check(self, context, x, wq, bq, wk, bk, wv, bv, q_shape, probs, masked, mask=None, zero=None, **tags):
+        result = pattern.MatchResult()
+        weights = [constant_array(w) for w in (wq, wk, wv)]
+        biases = [constant_array(b) for b in (bq, bk, bv)]
+        if any(w is None or w.ndim != 2 for w in weights) or any(b is None or b.ndim != 1 for b in biases):
+            return result.fail("Q/K/V projections are not constant 2-D weights with 1-D biases")
+        if len({w.shape for w in weights}) != 1:
+            return result.fail("Q, K and V weights differ in shape")
+        hidden = weights[0].shape[1]
+        split = self._split(q_shape, hidden)
+        if split is None:
+            return result.fail(f"cannot tell the head split of hidden size {hidden}; pass num_heads")
+        axis = probs.producer().attributes.get_int("axis", -1)
+        if axis not in (-1, 3):
+            return result.fail(f"Softmax over axis {axis}, not the key axis")
+        if zero is not None and scalar(zero) != 0.0:
+            return result.fail("NaN guard does not write zeros")
+        scale = 1.0
+        for tag, factor in (("q_scaling", "q_factor"), ("k_scaling", "k_factor"), ("s_scaling", "s_factor")):
+            part = _scale_of(tags.get(tag, "None"), tags.get(factor))
+            if part is None:
+                return result.fail(f"{factor} is not a constant scalar")
+            scale *= part
+        self._heads, self._scale = split, scale
+        self._mask_input = None
+        if masked:
+            sources = source_graph_inputs(mask, context.graph_or_function)
+            if len(sources) != 1:
+                return result.fail(f"mask is not computed from exactly one graph input: {sorted(sources)}")
+            (name,) = sources
+            self._mask_input = next(v for v in context.graph_or_function.inputs if v.name == name)
+            shape = self._mask_input.shape
+            if shape is not None and shape.rank() != 2:
+                return result.fail(f"mask input {name} is not 2-D (batch, sequence)")
+        return result
+
+    def _packed_weights(self, op, wq, bq, wk, bk, wv, bv) -> tuple[ir.Value, ir.Value]:
+        """One [D, 3D] weight and [3D] bias per distinct Q/K/V triple (ALBERT shares them across layers)."""
+        key = tuple(id(v) for v in (wq, bq, wk, bk, wv, bv))
+        if key not in self._packed:
+            stem = (wq.name or "attention").replace(".query", "").replace("query", "") + f".qkv{len(self._packed)}"
+            weight = np.concatenate([constant_array(w) for w in (wq, wk, wv)], axis=1)
+            bias = np.concatenate([constant_array(b) for b in (bq, bk, bv)])
+            self._packed[key] = (
+                op.initializer(ir.tensor(weight, name=stem + ".weight")),
+                op.initializer(ir.tensor(bias, name=stem + ".bias")),
+            )
+        return self._packed[key]
+
+    def rewrite(self, op, x, wq, bq, wk, bk, wv, bv, **_):
+        weight, bias = self._packed_weights(op, wq, bq, wk, bk, wv, bv)
+        num_heads, head_size = self._heads
+        attributes = {"num_heads": num_heads}
+        if not math.isclose(self._scale, 1.0 / math.sqrt(head_size), rel_tol=1e-5):
+            attributes["scale"] = float(self._scale)
+        mask = int32_of(op, self._mask_input) if self._mask_input is not None else None
+        inputs = [x, weight, bias] + ([mask] if mask is not None else [])
+        return op.Attention(*inputs, **attributes, _domain=MS_DOMAIN)
+
+
+def attention_rules(num_heads: int = 0) -> list[pattern.RewriteRule]:
+    return [SelfAttention.rule(num_heads)]

@@ -1,0 +1,107 @@
+"""LayerNormalization from its decomposed form, and SkipLayerNormalization (residual Add + LN, with bias).
+
+torch exports LayerNorm as one op at opset >= 17; TF/tf2onnx and older exporters
+write it out as ReduceMean/Sub/Pow/Sqrt/Div. Both end up as ORT's
+``SkipLayerNormalization`` when a residual Add feeds them, which saves one full
+read/write of the hidden state per sub-layer.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from ..values import MS_DOMAIN, constant_array, is_constant_vector, scalar
+
+
+def _reduces_last_axis(node: ir.Node) -> bool:
+    """ReduceMean over the last axis only, with the axes as attribute (opset < 18) or input."""
+    axes_attr = node.attributes.get("axes")
+    if axes_attr is not None:
+        axes = list(axes_attr.as_ints())
+    elif len(node.inputs) > 1 and node.inputs[1] is not None:
+        array = constant_array(node.inputs[1])
+        if array is None:
+            return False
+        axes = [int(a) for a in array.ravel()]
+    else:
+        return False
+    if len(axes) != 1:
+        return False
+    rank = node.inputs[0].shape.rank() if node.inputs[0].shape is not None else None
+    return axes[0] == -1 or (rank is not None and axes[0] == rank - 1)
+
+
+class DecomposedLayerNorm(pattern.RewriteRuleClassBase):
+    """(x - mean) / sqrt(var + eps) * gamma + beta -> LayerNormalization."""
+
+    def pattern(self, op, x, two, eps, gamma, beta):
+        mean = op.ReduceMean(x, _allow_other_inputs=True, _outputs=["mean"])
+        centered = op.Sub(x, mean)
+        square = pattern.OrValue([op.Pow(centered, two), op.Mul(centered, centered)])
+        variance = op.ReduceMean(square, _allow_other_inputs=True, _outputs=["variance"])
+        normalized = op.Div(centered, op.Sqrt(op.Add(variance, eps)))
+        return op.Add(op.Mul(normalized, gamma), beta)
+
+    def check(self, context, mean, variance, eps, gamma, beta, two=None, **_):
+        if two is not None and scalar(two) != 2.0:
+            return False
+        if scalar(eps) is None or not (is_constant_vector(gamma) and is_constant_vector(beta)):
+            return False
+        return _reduces_last_axis(mean.producer()) and _reduces_last_axis(variance.producer())
+
+    def rewrite(self, op, x, eps, gamma, beta, **_):
+        return op.LayerNormalization(x, gamma, beta, axis=-1, epsilon=scalar(eps))
+
+
+def _is_broadcast_row(value: ir.Value) -> bool:
+    """A (1, S, H)-shaped addend (position embeddings): it must be the skip, not the input."""
+    shape = value.shape
+    return shape is not None and shape.rank() == 3 and shape[0] == 1
+
+
+class SkipLayerNorm(pattern.RewriteRuleClassBase):
+    """LayerNormalization(a + b) -> SkipLayerNormalization(a, b).
+
+    With ``with_bias`` it matches LayerNormalization((a + bias) + b) and folds the
+    bias in; that variant is tried first, the plain one catches the rest.
+    """
+
+    def __init__(self, with_bias: bool):
+        super().__init__(name="SkipLayerNormBias" if with_bias else "SkipLayerNorm")
+        self.with_bias = with_bias
+
+    def pattern(self, op, a, b, bias, gamma, beta):
+        if self.with_bias:
+            biased_a = op.Add(a, bias)
+            total = pattern.OrValue([op.Add(biased_a, b), op.Add(b, biased_a)])
+        else:
+            total = op.Add(a, b)
+        return op.LayerNormalization(total, gamma, beta, _outputs=["out"])
+
+    def check(self, context, a, b, gamma, beta, out, bias=None, **_):
+        node = out.producer()
+        if node.attributes.get_int("axis", -1) != -1 or len(node.outputs) != 1:
+            return False
+        if not (is_constant_vector(gamma) and is_constant_vector(beta)):
+            return False
+        if self.with_bias and not is_constant_vector(bias):
+            return False
+        if a.const_value is not None or b.const_value is not None:
+            return False
+        return not (_is_broadcast_row(a) and _is_broadcast_row(b))
+
+    def rewrite(self, op, a, b, gamma, beta, out, bias=None, **_):
+        epsilon = out.producer().attributes.get_float("epsilon", 1e-5)
+        if _is_broadcast_row(a):
+            a, b = b, a
+        inputs = [a, b, gamma, beta] + ([bias] if self.with_bias else [])
+        return op.SkipLayerNormalization(*inputs, epsilon=epsilon, _domain=MS_DOMAIN)
+
+
+def layer_norm_rules() -> list[pattern.RewriteRule]:
+    return [DecomposedLayerNorm.rule()]
+
+
+def skip_layer_norm_rules() -> list[pattern.RewriteRule]:
+    return [SkipLayerNorm.rule(with_bias=True), SkipLayerNorm.rule(with_bias=False)]

@@ -1,0 +1,114 @@
+"""Small questions the fusion checks ask about values: is it a constant, which graph input feeds it."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+MS_DOMAIN = "com.microsoft"
+
+# Ops that only reorder, cast or reshape a tensor: tracing "which graph input is this" looks through them.
+_PASS_THROUGH = {"Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Expand", "Flatten"}
+
+
+def constant_array(value: ir.Value | None) -> np.ndarray | None:
+    """The value's data if it is an initializer or a folded constant, else None."""
+    if value is None:
+        return None
+    tensor = value.const_value
+    if tensor is None:
+        producer = value.producer()
+        if producer is not None and producer.op_type == "Constant" and producer.domain == "":
+            attr = producer.attributes.get("value")
+            tensor = attr.value if attr is not None else None
+    if tensor is None:
+        return None
+    return tensor.numpy()
+
+
+def scalar(value: ir.Value | None) -> float | None:
+    """A constant holding exactly one number, as a float; else None."""
+    array = constant_array(value)
+    if array is None or array.size != 1:
+        return None
+    return float(array.reshape(()))
+
+
+def is_constant_vector(value: ir.Value | None, length: int | None = None) -> bool:
+    array = constant_array(value)
+    return array is not None and array.ndim == 1 and (length is None or array.shape[0] == length)
+
+
+def is_constant_matrix(value: ir.Value | None) -> bool:
+    array = constant_array(value)
+    return array is not None and array.ndim == 2
+
+
+def shape_tail(shape_value: ir.Value | None, count: int) -> list[int] | None:
+    """The last ``count`` entries of a Reshape target when they are constants.
+
+    Exports build targets like Concat(batch, seq, [num_heads], [head_size]); the
+    trailing constant entries tell the head split even when batch/seq are dynamic.
+    """
+    array = constant_array(shape_value)
+    if array is not None:
+        return [int(v) for v in array[-count:]] if array.size >= count else None
+    producer = shape_value.producer() if shape_value is not None else None
+    if producer is None or producer.op_type != "Concat":
+        return None
+    tail: list[int] = []
+    for part in reversed(producer.inputs):
+        piece = constant_array(part)
+        if piece is None:
+            break
+        tail[:0] = [int(v) for v in piece.ravel()]
+        if len(tail) >= count:
+            return tail[-count:]
+    return None
+
+
+def source_graph_inputs(value: ir.Value, graph: ir.Graph, *, limit: int = 400) -> set[str]:
+    """Names of the graph inputs whose *data* flows into ``value``.
+
+    Shape-only uses (Shape, Size) do not count: a mask built from
+    ``attention_mask`` and ``Shape(input_ids)`` depends on the mask's data only.
+    """
+    graph_inputs = {id(v): v.name for v in graph.inputs}
+    found: set[str] = set()
+    stack, seen = [value], set()
+    while stack and len(seen) < limit:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if id(current) in graph_inputs:
+            found.add(graph_inputs[id(current)])
+            continue
+        producer = current.producer()
+        if producer is None or producer.op_type in ("Shape", "Size"):
+            continue
+        stack.extend(producer.inputs)
+    return found
+
+
+def traced_graph_input(value: ir.Value, graph: ir.Graph) -> ir.Value | None:
+    """The graph input this value is (through casts/reshapes only), else None."""
+    inputs = {id(v) for v in graph.inputs}
+    current: ir.Value | None = value
+    for _ in range(8):
+        if current is None:
+            return None
+        if id(current) in inputs:
+            return current
+        producer = current.producer()
+        if producer is None or producer.op_type not in _PASS_THROUGH:
+            return None
+        current = producer.inputs[0]
+    return None
+
+
+def int32_of(op, value: ir.Value) -> ir.Value:
+    """``value`` as int32 (contrib ops want int32 ids and masks); no Cast if it already is."""
+    if value.dtype == ir.DataType.INT32:
+        return value
+    return op.Cast(value, to=ir.DataType.INT32)
