@@ -42,6 +42,8 @@ class FusionStats:
     notes: list[str] = field(default_factory=list)
 
 
+TARGETS = ("cpu", "cuda")
+
 # What each family's graphs should contain after fusion, per encoder layer.
 _GELU_OPS = ("BiasGelu", "FastGelu", "Gelu")
 _ENCODER_TYPES = ("bert", "roberta", "distilbert", "albert", "bert_tf", "bert_keras", "electra", "xlm-roberta")
@@ -58,7 +60,7 @@ def expected_counts(info: ModelInfo, num_layers: int) -> dict[str, int]:
         return {}
     return {
         "EmbedLayerNormalization": 1,
-        "Attention": num_layers,
+        "Attention|MultiHeadAttention": num_layers,
         "SkipLayerNormalization": 2 * num_layers,
         "|".join(_GELU_OPS): num_layers,
     }
@@ -71,12 +73,12 @@ def missing_fusions(expected: dict[str, int], op_counts: dict[str, int], disable
         if have < want:
             missing.append(f"{key}: expected {want}, found {have}")
     leftover = op_counts.get("Softmax", 0)
-    if leftover and "Attention" in expected and "attention" not in disabled:
+    if leftover and "Attention|MultiHeadAttention" in expected and "attention" not in disabled:
         missing.append(f"{leftover} Softmax left unfused (an attention pattern did not match)")
     return missing
 
 
-def _rule_plan(info: ModelInfo, disabled: set[str]) -> list[tuple[str, list]]:
+def _rule_plan(info: ModelInfo, disabled: set[str], target: str) -> list[tuple[str, list]]:
     """(fusion name, rules) in the order they must run: LN before SkipLN, EmbedLN before SkipLN."""
     plan = [
         ("layer_norm", normalization.layer_norm_rules()),
@@ -84,16 +86,26 @@ def _rule_plan(info: ModelInfo, disabled: set[str]) -> list[tuple[str, list]]:
         ("fast_gelu", activation.fast_gelu_rules()),
         ("bias_gelu", activation.bias_gelu_rules()),
         ("embed_layer_norm", embedding.embed_layer_norm_rules()),
-        ("attention", attention.attention_rules(info.num_heads)),
+        ("attention", attention.attention_rules(info.num_heads, target)),
         ("skip_layer_norm", normalization.skip_layer_norm_rules()),
     ]
     return [(name, rules) for name, rules in plan if name not in disabled]
 
 
 def fuse_model(
-    model: ir.Model, info: ModelInfo, *, disabled: Iterable[str] = (), input_int32: bool = False
+    model: ir.Model,
+    info: ModelInfo,
+    *,
+    disabled: Iterable[str] = (),
+    input_int32: bool = False,
+    target: str = "cpu",
 ) -> FusionStats:
-    """Rewrite ``model`` in place into ONNX Runtime contrib ops; say what fired and what did not."""
+    """Rewrite ``model`` in place into ONNX Runtime contrib ops; say what fired and what did not.
+
+    ``target`` ("cpu" or "cuda") picks the attention op that runs fastest there.
+    """
+    if target not in TARGETS:
+        raise TfoptError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
     disabled = set(disabled)
     unknown = disabled - set(FUSION_NAMES)
     if unknown:
@@ -104,7 +116,7 @@ def fuse_model(
     prepare(model)
     num_layers = info.num_layers or sum(1 for node in model.graph if node.op_type == "Softmax")
     rule_counts: dict[str, int] = {}
-    for _, rules in _rule_plan(info, disabled):
+    for _, rules in _rule_plan(info, disabled, target):
         for rule in rules:
             rule_counts[rule.name] = RewriteRuleSet([rule]).apply_to_model(model)
     cleanup(model)
@@ -130,7 +142,7 @@ def fuse_model(
 
 
 _FUSION_OPS = {
-    "attention": "Attention",
+    "attention": "Attention|MultiHeadAttention",
     "embed_layer_norm": "EmbedLayerNormalization",
     "skip_layer_norm": "SkipLayerNormalization",
     "bias_gelu": "|".join(_GELU_OPS),
@@ -140,9 +152,11 @@ _FUSION_OPS = {
 
 def _attention_heads(model: ir.Model) -> tuple[int, int]:
     """(num_heads, hidden_size) of the first fused Attention, detected from the graph; (0, 0) if none."""
+    bias_index = {"Attention": 2, "MultiHeadAttention": 3}
     for node in model.graph:
-        if node.op_type == "Attention" and node.domain == MS_DOMAIN:
-            bias = node.inputs[2].const_value if len(node.inputs) > 2 and node.inputs[2] is not None else None
+        if node.op_type in bias_index and node.domain == MS_DOMAIN:
+            index = bias_index[node.op_type]
+            bias = node.inputs[index].const_value if len(node.inputs) > index and node.inputs[index] is not None else None
             hidden = bias.shape[0] // 3 if bias is not None else 0
             return node.attributes.get_int("num_heads", 0), hidden
     return 0, 0
@@ -155,10 +169,11 @@ def fuse_file(
     *,
     disabled: Iterable[str] = (),
     input_int32: bool = False,
+    target: str = "cpu",
 ) -> FuseResult:
     """Load, fuse and atomically save; the input file is never modified."""
     model = load_model(input_path)
-    stats = fuse_model(model, info, disabled=disabled, input_int32=input_int32)
+    stats = fuse_model(model, info, disabled=disabled, input_int32=input_int32, target=target)
     save_model(model, output_path, refuse=input_path)
     return FuseResult(
         model_path=Path(output_path),
