@@ -15,7 +15,7 @@ from ..errors import TfoptError
 from ..results import FuseResult, ModelInfo
 from .io import load_model, save_model
 from .passes import cleanup, inputs_to_int32, prepare
-from .rules import activation, attention, embedding, normalization
+from .rules import activation, attention, embedding, linear, normalization
 from .values import MS_DOMAIN
 
 # User-facing fusion names (also the --disable_* flags of `tfopt optimize`).
@@ -46,6 +46,7 @@ TARGETS = ("cpu", "cuda")
 
 # What each family's graphs should contain after fusion, per encoder layer.
 _GELU_OPS = ("BiasGelu", "FastGelu", "Gelu")
+_DECODER_TYPES = ("gpt2",)
 _ENCODER_TYPES = ("bert", "roberta", "distilbert", "albert", "bert_tf", "bert_keras", "electra", "xlm-roberta")
 
 
@@ -55,8 +56,18 @@ def count_ops(model: ir.Model) -> dict[str, int]:
 
 
 def expected_counts(info: ModelInfo, num_layers: int) -> dict[str, int]:
-    """Fused-op counts a fully fused encoder with ``num_layers`` layers has ("A|B" = sum of both)."""
-    if info.model_type not in _ENCODER_TYPES or num_layers <= 0:
+    """Fused-op counts a fully fused model with ``num_layers`` layers has ("A|B" = sum of both)."""
+    if num_layers <= 0:
+        return {}
+    if info.model_type in _DECODER_TYPES:
+        # Pre-LN: every LayerNorm follows an Add (word + position embeddings for layer 0's
+        # ln_1, a residual for the others and ln_f), so all 2L + 1 become SkipLayerNormalization.
+        return {
+            "Attention|MultiHeadAttention": num_layers,
+            "SkipLayerNormalization": 2 * num_layers + 1,
+            "|".join(_GELU_OPS): num_layers,
+        }
+    if info.model_type not in _ENCODER_TYPES:
         return {}
     return {
         "EmbedLayerNormalization": 1,
@@ -81,12 +92,14 @@ def missing_fusions(expected: dict[str, int], op_counts: dict[str, int], disable
 def _rule_plan(info: ModelInfo, disabled: set[str], target: str) -> list[tuple[str, list]]:
     """(fusion name, rules) in the order they must run: LN before SkipLN, EmbedLN before SkipLN."""
     plan = [
+        ("linear", linear.linear_rules()),  # canonical form for the rules below; always on
         ("layer_norm", normalization.layer_norm_rules()),
         ("gelu", activation.gelu_rules()),
         ("fast_gelu", activation.fast_gelu_rules()),
         ("bias_gelu", activation.bias_gelu_rules()),
         ("embed_layer_norm", embedding.embed_layer_norm_rules()),
         ("attention", attention.attention_rules(info.num_heads, target)),
+        ("linear", linear.linear_rules()),  # again: attention fusion exposes GPT-2's c_proj Gemm
         ("skip_layer_norm", normalization.skip_layer_norm_rules()),
     ]
     return [(name, rules) for name, rules in plan if name not in disabled]
@@ -118,7 +131,8 @@ def fuse_model(
     rule_counts: dict[str, int] = {}
     for _, rules in _rule_plan(info, disabled, target):
         for rule in rules:
-            rule_counts[rule.name] = RewriteRuleSet([rule]).apply_to_model(model)
+            applied = RewriteRuleSet([rule]).apply_to_model(model)
+            rule_counts[rule.name] = rule_counts.get(rule.name, 0) + applied
     cleanup(model)
     notes = []
     if input_int32:

@@ -105,14 +105,17 @@ class SelfAttention(pattern.RewriteRuleClassBase):
         return None
 
     def check(self, context, x, wq, bq, wk, bk, wv, bv, q_shape, probs, masked, mask=None, zero=None, **tags):
-        result = pattern.MatchResult()
         weights = [constant_array(w) for w in (wq, wk, wv)]
         biases = [constant_array(b) for b in (bq, bk, bv)]
         if any(w is None or w.ndim != 2 for w in weights) or any(b is None or b.ndim != 1 for b in biases):
-            return result.fail("Q/K/V projections are not constant 2-D weights with 1-D biases")
+            return pattern.MatchResult().fail("Q/K/V projections are not constant 2-D weights with 1-D biases")
         if len({w.shape for w in weights}) != 1:
-            return result.fail("Q, K and V weights differ in shape")
-        hidden = weights[0].shape[1]
+            return pattern.MatchResult().fail("Q, K and V weights differ in shape")
+        return self._check_core(context, weights[0].shape[1], q_shape, probs, masked, mask, zero, tags)
+
+    def _check_core(self, context, hidden, q_shape, probs, masked, mask, zero, tags):
+        """Checks shared with the decoder rule: head split, softmax axis, NaN guard, scale, mask source."""
+        result = pattern.MatchResult()
         split = self._split(q_shape, hidden)
         if split is None:
             return result.fail(f"cannot tell the head split of hidden size {hidden}; pass num_heads")
@@ -163,5 +166,102 @@ class SelfAttention(pattern.RewriteRuleClassBase):
         return op.Attention(x, weight, bias, mask, **attributes, _domain=MS_DOMAIN)
 
 
+def _output_rank(value: ir.Value) -> int | None:
+    """Rank of a Reshape's output: from shape inference, else from its constant target."""
+    if value.shape is not None:
+        return value.shape.rank()
+    target = constant_array(value.producer().inputs[1])
+    return int(target.size) if target is not None else None
+
+
+def _key_transposed(op, key):
+    """K^T as exports write it: one Transpose of the last two axes, or a 3-D round trip (dynamo sdpa)."""
+    return pattern.OrValue(
+        [
+            op.Transpose(key, perm=[0, 1, 3, 2]),
+            op.Reshape(
+                op.Transpose(op.Reshape(key, pattern.ANY_VALUE, _allow_other_attributes=True), perm=[0, 2, 1]),
+                pattern.ANY_VALUE,
+                _allow_other_attributes=True,
+            ),
+        ]
+    )
+
+
+class CausalSelfAttentionWithPast(SelfAttention):
+    """GPT-2 attention with past state -> ``MultiHeadAttention(unidirectional=1)`` with past/present.
+
+    Matches one packed QKV projection split in three, the past key/value concatenated
+    in front of the new ones (those concats are the ``present`` outputs), the causal +
+    padding mask, and the same scale/NaN-guard variants as the encoder rule.
+    ``MultiHeadAttention`` takes the per-layer past key/value tensors as they are, so
+    the model's inputs and outputs do not change; it is used for every target
+    (``Attention`` would need the past packed into one tensor, and
+    ``GroupQueryAttention`` assumes right padding, while generation pads on the left).
+    """
+
+    def __init__(self, num_heads: int = 0, target: str = "cpu"):
+        super().__init__(num_heads, target)
+        self.name = "AttentionWithPast"
+
+    def pattern(self, op, x, w_qkv, b_qkv, q_shape, k_shape, v_shape, past_key, past_value, q_factor, k_factor, s_factor, mask, zero):
+        projected = op.MatMul(x, w_qkv, _outputs=["qkv_matmul"])
+        q, k, v = op.Split(
+            op.Add(projected, b_qkv), _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["q", "k", "v"]
+        )
+
+        def heads(value, shape):
+            return op.Transpose(op.Reshape(value, shape, _allow_other_attributes=True), perm=[0, 2, 1, 3])
+
+        present_key = op.Concat(past_key, heads(k, k_shape), _allow_other_attributes=True, _outputs=["present_key"])
+        present_value = op.Concat(past_value, heads(v, v_shape), _allow_other_attributes=True, _outputs=["present_value"])
+        query = _scaled(op, heads(q, q_shape), q_factor, "q_scaling")
+        key_t = _scaled(op, _key_transposed(op, present_key), k_factor, "k_scaling")
+        scores = _scaled(op, op.MatMul(query, key_t), s_factor, "s_scaling")
+        scores = pattern.OrValue([op.Add(scores, mask), scores], tag_var="masked", tag_values=[True, False])
+        probs = op.Softmax(scores, _outputs=["probs"])
+        probs = pattern.OrValue([op.Where(op.IsNaN(probs), zero, probs), probs])
+        context = op.MatMul(probs, present_value)
+        context = pattern.OrValue([op.Reshape(context, pattern.ANY_VALUE, _allow_other_attributes=True), context])
+        context = op.Transpose(context, perm=[0, 2, 1, 3])
+        output = op.Reshape(context, pattern.Var("out_shape"), _allow_other_attributes=True, _outputs=["attn_out"])
+        return output, present_key, present_value
+
+    def check(self, context, x, w_qkv, b_qkv, q_shape, q, present_key, present_value, probs, masked, mask=None, zero=None, **tags):
+        weight, bias = constant_array(w_qkv), constant_array(b_qkv)
+        if weight is None or weight.ndim != 2 or bias is None or bias.ndim != 1 or weight.shape[1] % 3:
+            return pattern.MatchResult().fail("QKV projection is not a constant [D, 3D] weight with a bias")
+        split = q.producer()
+        if split.attributes.get_int("axis", 0) not in (-1, 2):
+            return pattern.MatchResult().fail("QKV split is not along the hidden axis")
+        sizes = constant_array(split.inputs[1]) if len(split.inputs) > 1 and split.inputs[1] is not None else None
+        if sizes is not None and len(set(int(v) for v in sizes)) != 1:
+            return pattern.MatchResult().fail("QKV split into unequal parts")
+        for concat in (present_key.producer(), present_value.producer()):
+            if concat.attributes.get_int("axis", 0) not in (-2, 2):
+                return pattern.MatchResult().fail("past is not concatenated along the sequence axis")
+        hidden = weight.shape[1] // 3
+        self._hidden = hidden
+        if _output_rank(tags["attn_out"]) not in (2, 3):
+            return pattern.MatchResult().fail("cannot tell whether the attention output is 2-D or 3-D")
+        # Reuse the encoder checks for heads, scale, NaN guard and mask provenance.
+        return self._check_core(context, hidden, q_shape, probs, masked, mask, zero, tags)
+
+    def rewrite(self, op, x, b_qkv, qkv_matmul, past_key, past_value, attn_out, **_):
+        num_heads, head_size = self._heads
+        attributes = {"num_heads": num_heads, "unidirectional": 1}
+        if not math.isclose(self._scale, 1.0 / math.sqrt(head_size), rel_tol=1e-5):
+            attributes["scale"] = float(self._scale)
+        mask = int32_of(op, self._mask_input) if self._mask_input is not None else None
+        sizes = op.Constant(value_ints=[self._hidden] * 3)
+        q, k, v = op.Split(qkv_matmul, sizes, axis=-1, _outputs=3)
+        output, present_key, present_value = op.MultiHeadAttention(
+            q, k, v, b_qkv, mask, None, past_key, past_value, **attributes, _domain=MS_DOMAIN, _outputs=3
+        )
+        if _output_rank(attn_out) == 2:  # GPT-2 merges heads straight into Gemm's 2-D input
+            output = op.Reshape(output, op.Constant(value_ints=[-1, self._hidden]))
+        return output, present_key, present_value
+
+
 def attention_rules(num_heads: int = 0, target: str = "cpu") -> list[pattern.RewriteRule]:
-    return [SelfAttention.rule(num_heads, target)]
+    return [SelfAttention.rule(num_heads, target), CausalSelfAttentionWithPast.rule(num_heads, target)]

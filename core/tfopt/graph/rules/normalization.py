@@ -64,20 +64,28 @@ class SkipLayerNorm(pattern.RewriteRuleClassBase):
     """LayerNormalization(a + b) -> SkipLayerNormalization(a, b).
 
     With ``with_bias`` it matches LayerNormalization((a + bias) + b) and folds the
-    bias in; that variant is tried first, the plain one catches the rest.
+    bias in; that variant is tried first, the plain one catches the rest. With
+    ``keep_sum`` the residual sum is also read elsewhere (pre-LN models such as
+    GPT-2 carry it to the next layer), so the fused op emits it as its 4th output.
     """
 
-    def __init__(self, with_bias: bool):
-        super().__init__(name="SkipLayerNormBias" if with_bias else "SkipLayerNorm")
-        self.with_bias = with_bias
+    def __init__(self, bias: str, keep_sum: bool = False):
+        """``bias``: "left" for (a + bias) + b, "right" for b + (a + bias), "none" for a + b."""
+        name = ("SkipLayerNorm" if bias == "none" else f"SkipLayerNormBias[{bias}]") + ("+Sum" if keep_sum else "")
+        super().__init__(name=name)
+        self.with_bias = bias != "none"
+        self.bias_side = bias
+        self.keep_sum = keep_sum
 
     def pattern(self, op, a, b, bias, gamma, beta):
-        if self.with_bias:
-            biased_a = op.Add(a, bias)
-            total = pattern.OrValue([op.Add(biased_a, b), op.Add(b, biased_a)])
+        if self.bias_side == "left":
+            total = op.Add(op.Add(a, bias), b)
+        elif self.bias_side == "right":
+            total = op.Add(b, op.Add(a, bias))
         else:
             total = op.Add(a, b)
-        return op.LayerNormalization(total, gamma, beta, _outputs=["out"])
+        out = op.LayerNormalization(total, gamma, beta, _outputs=["out"])
+        return (out, total) if self.keep_sum else out
 
     def check(self, context, a, b, gamma, beta, out, bias=None, **_):
         node = out.producer()
@@ -96,7 +104,10 @@ class SkipLayerNorm(pattern.RewriteRuleClassBase):
         if _is_broadcast_row(a):
             a, b = b, a
         inputs = [a, b, gamma, beta] + ([bias] if self.with_bias else [])
-        return op.SkipLayerNormalization(*inputs, epsilon=epsilon, _domain=MS_DOMAIN)
+        if not self.keep_sum:
+            return op.SkipLayerNormalization(*inputs, epsilon=epsilon, _domain=MS_DOMAIN)
+        out, _mean, _inv_std, total = op.SkipLayerNormalization(*inputs, epsilon=epsilon, _domain=MS_DOMAIN, _outputs=4)
+        return out, total
 
 
 def layer_norm_rules() -> list[pattern.RewriteRule]:
@@ -104,4 +115,8 @@ def layer_norm_rules() -> list[pattern.RewriteRule]:
 
 
 def skip_layer_norm_rules() -> list[pattern.RewriteRule]:
-    return [SkipLayerNorm.rule(with_bias=True), SkipLayerNorm.rule(with_bias=False)]
+    return [
+        SkipLayerNorm.rule(bias=bias, keep_sum=keep_sum)
+        for keep_sum in (False, True)
+        for bias in ("left", "right", "none")
+    ]
