@@ -224,8 +224,7 @@ class CausalSelfAttentionWithPast(SelfAttention):
         context = op.MatMul(probs, present_value)
         context = pattern.OrValue([op.Reshape(context, pattern.ANY_VALUE, _allow_other_attributes=True), context])
         context = op.Transpose(context, perm=[0, 2, 1, 3])
-        output = op.Reshape(context, pattern.Var("out_shape"), _allow_other_attributes=True, _outputs=["attn_out"])
-        return output, present_key, present_value
+        return op.Reshape(context, pattern.Var("out_shape"), _allow_other_attributes=True, _outputs=["attn_out"])
 
     def check(self, context, x, w_qkv, b_qkv, q_shape, q, present_key, present_value, probs, masked, mask=None, zero=None, **tags):
         weight, bias = constant_array(w_qkv), constant_array(b_qkv)
@@ -247,7 +246,7 @@ class CausalSelfAttentionWithPast(SelfAttention):
         # Reuse the encoder checks for heads, scale, NaN guard and mask provenance.
         return self._check_core(context, hidden, q_shape, probs, masked, mask, zero, tags)
 
-    def rewrite(self, op, x, b_qkv, qkv_matmul, past_key, past_value, attn_out, **_):
+    def rewrite(self, op, x, b_qkv, qkv_matmul, past_key, past_value, attn_out, present_key, present_value, **_):
         num_heads, head_size = self._heads
         attributes = {"num_heads": num_heads, "unidirectional": 1}
         if not math.isclose(self._scale, 1.0 / math.sqrt(head_size), rel_tol=1e-5):
@@ -255,12 +254,31 @@ class CausalSelfAttentionWithPast(SelfAttention):
         mask = int32_of(op, self._mask_input) if self._mask_input is not None else None
         sizes = op.Constant(value_ints=[self._hidden] * 3)
         q, k, v = op.Split(qkv_matmul, sizes, axis=-1, _outputs=3)
-        output, present_key, present_value = op.MultiHeadAttention(
+        output, new_present_key, new_present_value = op.MultiHeadAttention(
             q, k, v, b_qkv, mask, None, past_key, past_value, **attributes, _domain=MS_DOMAIN, _outputs=3
         )
         if _output_rank(attn_out) == 2:  # GPT-2 merges heads straight into Gemm's 2-D input
             output = op.Reshape(output, op.Constant(value_ints=[-1, self._hidden]))
-        return output, present_key, present_value
+        self._present_swaps += [(present_key, new_present_key), (present_value, new_present_value)]
+        return output
+
+    def setup(self):
+        super().setup()
+        self._present_swaps: list[tuple[ir.Value, ir.Value]] = []
+
+    def cleanup(self):
+        """Point the model's ``present`` outputs (and any reader) at the fused op's present outputs.
+
+        The pattern has one output on purpose: multi-output patterns make the matcher try
+        node combinations (seconds per model); the present values are swapped here instead.
+        """
+        for old, new in self._present_swaps:
+            if old.is_graph_output():
+                name = old.name
+                old.name = f"{name}_unfused"
+                new.name = name  # the model's IO keeps its names
+            old.replace_all_uses_with(new, replace_graph_outputs=True)
+        self._present_swaps = []
 
 
 def attention_rules(num_heads: int = 0, target: str = "cpu") -> list[pattern.RewriteRule]:
