@@ -6,6 +6,8 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 import onnxscript.optimizer
+from onnxscript.rewriter.pattern import RewriteRuleSet
+from onnxscript.rewriter.rules import common as common_rules
 
 from .values import MS_DOMAIN
 
@@ -53,13 +55,43 @@ def shapes_from_sources(graph: ir.Graph) -> int:
     return changed
 
 
+def _exact_simplifications() -> list:
+    """onnxscript's structural clean-ups, without its arithmetic no-op rules.
+
+    ``onnxscript.optimizer.optimize()`` would run its default rules, whose "Add(x, 0) -> x"
+    matches constants with abs_tol 1e-8 and so deletes LayerNorm's epsilon (1e-12) from
+    tf2onnx graphs; everything kept here is exact.
+    """
+    return [
+        common_rules.cast_cast_rule,
+        common_rules.no_op_cast_rule,
+        common_rules.no_op_expand_rule,
+        common_rules.no_op_transpose_rule,
+        common_rules.reshape_reshape_rule,
+        common_rules.slice_split_rule,
+        common_rules.squeeze_reshape_1d_rule,
+        common_rules.transpose_transpose_rule,
+        common_rules.unsqueeze_unsqueeze_rule,
+        common_rules.collapse_slice_rule,
+        common_rules.collapse_slice2_rule,
+        common_rules.materialize_reshape_shape_rule,
+        common_rules.cast_constant_of_shape_rule,
+        common_rules.cast_constant_of_shape_without_value_rule,
+        common_rules.dropout_inference_rule,
+        common_rules.dropout_zero_rule,
+    ]
+
+
 def prepare(model: ir.Model) -> None:
     """Fold constants and shape computations, infer shapes, canonicalize operand order.
 
     Legacy (TorchScript) exports carry Constant nodes and no intermediate shapes;
     after this they look like dynamo exports to the rules.
     """
-    onnxscript.optimizer.optimize(model, num_iterations=2)
+    for _ in range(2):
+        onnxscript.optimizer.fold_constants(model, onnx_shape_inference=True)
+        RewriteRuleSet(_exact_simplifications()).apply_to_model(model)
+        onnxscript.optimizer.remove_unused_nodes(model)
     if shapes_from_sources(model.graph):
         common_passes.RemoveUnusedNodesPass()(model)
     canonicalize_commutative(model.graph)

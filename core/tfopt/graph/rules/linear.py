@@ -58,5 +58,31 @@ class FlattenedGemm(pattern.RewriteRuleClassBase):
         return op.Add(op.MatMul(x, weight), bias)
 
 
+class FlattenedMatMul(pattern.RewriteRuleClassBase):
+    """Reshape(MatMul(Reshape(x, [-1, D]), W), [..., D']) -> MatMul(x, W) (tf2onnx's Tensordot)."""
+
+    def pattern(self, op, x, flat_shape, weight, out_shape):
+        flat = op.Reshape(x, flat_shape, _allow_other_attributes=True, _outputs=["flat"])
+        product = op.MatMul(flat, weight)
+        return op.Reshape(product, out_shape, _allow_other_attributes=True, _outputs=["out"])
+
+    def check(self, context, x, weight, flat, out, out_shape, **_):
+        w = constant_array(weight)
+        if w is None or w.ndim != 2:
+            return pattern.MatchResult().fail("weight is not a constant matrix")
+        if _rank(x) not in (3, None) or _rank(flat) not in (2, None) or _rank(out) not in (3, None):
+            return pattern.MatchResult().fail("not a flatten/unflatten of a 3-D hidden state")
+        if _rank(x) is None and _rank(out) is None:
+            return pattern.MatchResult().fail("neither side has a known rank")
+        if _rank(x) == 3 and isinstance(x.shape[-1], int) and x.shape[-1] != w.shape[0]:
+            return pattern.MatchResult().fail("input width differs from the weight's rows")
+        if shape_tail(out_shape, 1) not in ([w.shape[1]], [-1], None):
+            return pattern.MatchResult().fail("unflatten does not restore the MatMul width")
+        return pattern.MatchResult()
+
+    def rewrite(self, op, x, weight, **_):
+        return op.MatMul(x, weight)
+
+
 def linear_rules() -> list[pattern.RewriteRule]:
-    return [FlattenedGemm.rule()]
+    return [FlattenedGemm.rule(), FlattenedMatMul.rule()]

@@ -54,6 +54,37 @@ class DecomposedLayerNorm(pattern.RewriteRuleClassBase):
         return op.LayerNormalization(x, gamma, beta, axis=-1, epsilon=scalar(eps))
 
 
+def _is_last_axis_mean(value: ir.Value) -> bool:
+    """``GlobalAveragePool`` on (B, S, H) averages over H: tf2onnx writes LayerNorm's means that way."""
+    node = value.producer()
+    shape = node.inputs[0].shape if node is not None else None
+    return shape is not None and shape.rank() == 3
+
+
+class TfLayerNorm(pattern.RewriteRuleClassBase):
+    """TF's LayerNorm as tf2onnx writes it -> LayerNormalization.
+
+    mean = GAP(x); var = GAP((x - mean)^2); inv = gamma / sqrt(var + eps);
+    out = x * inv + (beta - mean * inv). ``GlobalAveragePool`` of a (B, S, H)
+    tensor is the mean over H, which is why tf2onnx emits it for ``reduce_mean``.
+    """
+
+    def pattern(self, op, x, eps, gamma, beta):
+        mean = op.GlobalAveragePool(x, _outputs=["mean"])
+        centered = op.Sub(x, mean)
+        variance = op.GlobalAveragePool(op.Mul(centered, centered), _outputs=["variance"])
+        inv = op.Mul(op.Reciprocal(op.Sqrt(op.Add(variance, eps))), gamma)
+        return op.Add(op.Mul(x, inv), op.Sub(beta, op.Mul(mean, inv)))
+
+    def check(self, context, x, eps, gamma, beta, mean, variance, **_):
+        if scalar(eps) is None or not (is_constant_vector(gamma) and is_constant_vector(beta)):
+            return False
+        return _is_last_axis_mean(mean) and _is_last_axis_mean(variance)
+
+    def rewrite(self, op, x, eps, gamma, beta, **_):
+        return op.LayerNormalization(x, gamma, beta, axis=-1, epsilon=scalar(eps))
+
+
 def _is_broadcast_row(value: ir.Value) -> bool:
     """A (1, S, H)-shaped addend (position embeddings): it must be the skip, not the input."""
     shape = value.shape
@@ -111,7 +142,7 @@ class SkipLayerNorm(pattern.RewriteRuleClassBase):
 
 
 def layer_norm_rules() -> list[pattern.RewriteRule]:
-    return [DecomposedLayerNorm.rule()]
+    return [DecomposedLayerNorm.rule(), TfLayerNorm.rule()]
 
 
 def skip_layer_norm_rules() -> list[pattern.RewriteRule]:
