@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterable
 
 import onnx_ir as ir
+from onnxscript.optimizer import remove_unused_nodes
 from onnxscript.rewriter.pattern import RewriteRuleSet
 
 from ..errors import TfoptError
@@ -133,6 +134,8 @@ def fuse_model(
         for rule in rules:
             applied = RewriteRuleSet([rule]).apply_to_model(model)
             rule_counts[rule.name] = rule_counts.get(rule.name, 0) + applied
+        # Rules that keep matched nodes leave them dead; dead readers would block later matches.
+        remove_unused_nodes(model)
     cleanup(model)
     notes = []
     if input_int32:

@@ -62,6 +62,21 @@ class ErfGelu(_GeluFormula):
         return op.Gelu(x, _domain=MS_DOMAIN)
 
 
+class ErfcGelu(_GeluFormula):
+    """x * 0.5 * erfc(-x / sqrt(2)), as TF 2.21 writes exact Gelu, with erfc(z) = 1 - erf(z)."""
+
+    def pattern(self, op, x, sqrt2, one, half):
+        inner = pattern.OrValue(
+            [op.Div(op.Neg(x), sqrt2), op.Mul(op.Neg(x), sqrt2)], tag_var="scaling", tag_values=["Div", "Mul"]
+        )
+        return _half_x_times(op, self.form, x, op.Sub(one, op.Erf(inner)), half)
+
+    check = ErfGelu.check
+
+    def rewrite(self, op, x, **_):
+        return op.Gelu(x, _domain=MS_DOMAIN)
+
+
 class TanhGelu(_GeluFormula):
     """0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3))) -> com.microsoft.FastGelu(x)."""
 
@@ -124,7 +139,7 @@ class FastGeluBias(pattern.RewriteRuleClassBase):
 
 
 def gelu_rules() -> list[pattern.RewriteRule]:
-    return [*ErfGelu.rules(), OnnxGelu.rule()]
+    return [*ErfGelu.rules(), *ErfcGelu.rules(), OnnxGelu.rule()]
 
 
 def fast_gelu_rules() -> list[pattern.RewriteRule]:

@@ -21,6 +21,9 @@ def _rank(value: ir.Value) -> int | None:
 class FlattenedGemm(pattern.RewriteRuleClassBase):
     """Reshape(Gemm(Reshape(x, [-1, D]), W, b), [..., D']) -> Add(MatMul(x, W), b)."""
 
+    def __init__(self):
+        super().__init__(remove_nodes=False)  # see FlattenedMatMul
+
     def pattern(self, op, x, flat_shape, weight, bias, out_shape):
         flat = op.Reshape(x, flat_shape, _allow_other_attributes=True, _outputs=["flat"])
         gemm = op.Gemm(flat, weight, bias, _allow_other_attributes=True, _outputs=["gemm"])
@@ -60,6 +63,10 @@ class FlattenedGemm(pattern.RewriteRuleClassBase):
 
 class FlattenedMatMul(pattern.RewriteRuleClassBase):
     """Reshape(MatMul(Reshape(x, [-1, D]), W), [..., D']) -> MatMul(x, W) (tf2onnx's Tensordot)."""
+
+    def __init__(self):
+        # The flatten of x is shared by the Q, K and V projections: keep it until all are rewritten.
+        super().__init__(remove_nodes=False)
 
     def pattern(self, op, x, flat_shape, weight, out_shape):
         flat = op.Reshape(x, flat_shape, _allow_other_attributes=True, _outputs=["flat"])
