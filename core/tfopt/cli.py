@@ -1,0 +1,369 @@
+"""The ``tfopt`` command: run, export, optimize, verify, bench, plugins.
+
+Progress goes to stderr, results to stdout. Exit codes (see ``console.py``): 0 ok,
+1 verification failed (report kept), 2 one-line error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .console import TfoptGroup, error_line, progress_printer
+from .errors import TfoptError
+from .graph.fusion import FUSION_NAMES
+from .optimizer import optimize_command
+from .pipeline import (
+    benchmark_models,
+    export_result_from_file,
+    run_export,
+    run_pipeline,
+    verification_message,
+    verify_models,
+)
+from .plugins import build_plugin_manager, check_adapter_name, list_plugins, parse_block_options
+from .precision import PRECISIONS
+from .report import (
+    export_result_from_report,
+    latency_lines,
+    load_report,
+    parity_line,
+    resolve_output,
+    summary_text,
+)
+from .results import RunContext, to_jsonable
+
+MAIN_HELP = """Optimize transformer models for ONNX Runtime: export, fuse, convert, verify, benchmark.
+
+Each model family is a plugin (entry-point group `tfopt`); `tfopt plugins` lists them.
+Choose plugins per deployment with TFOPT_PLUGINS=a,b (empty: none), `-p no:NAME`, or
+[plugins] allow/block in ./tfopt.toml (or the file named by TFOPT_CONFIG).
+
+\b
+Examples:
+  tfopt plugins
+  tfopt run --plugin bert_pt --output out/
+  tfopt run --plugin bert_pt --model tiny-bert --exporter legacy --precision int8 --output out/
+  tfopt -p no:gpt2 plugins --json
+  tfopt optimize --input model.onnx --output model.opt.onnx --model_type bert
+"""
+
+_OPTION_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+def parse_option_value(text: str) -> Any:
+    """``8`` -> 8, ``true`` -> True, ``1,2`` -> [1, 2], ``[1, 2]`` -> [1, 2], anything else stays a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    if "," in text:
+        return [parse_option_value(part.strip()) for part in text.split(",") if part.strip()]
+    return text
+
+
+def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not _OPTION_KEY.match(key):
+            raise TfoptError(f"--option expects key=value, got {pair!r}")
+        options[key] = parse_option_value(value.strip())
+    return options
+
+
+def parse_int_list(value: str | None, flag: str) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        numbers = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise TfoptError(f"{flag} expects comma-separated positive integers, got {value!r}") from None
+    if not numbers or min(numbers) <= 0:
+        raise TfoptError(f"{flag} expects comma-separated positive integers, got {value!r}")
+    return numbers
+
+
+def _set(options: dict[str, Any], **values: Any) -> dict[str, Any]:
+    """Explicit flags win over --option pairs; unset flags (None) leave them alone."""
+    options.update({key: value for key, value in values.items() if value is not None})
+    return options
+
+
+class _LazyPlugins:
+    """The plugin manager, built on first use so `--help` and `optimize` never import plugins."""
+
+    def __init__(self, blocks: tuple[str, ...]):
+        self.blocked = parse_block_options(blocks)
+        self._pm = None
+
+    @property
+    def pm(self):
+        if self._pm is None:
+            self._pm = build_plugin_manager(blocked=self.blocked)
+        return self._pm
+
+
+@click.group(name="tfopt", cls=TfoptGroup, help=MAIN_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-p", "blocks", multiple=True, metavar="no:NAME", help="Block the plugin NAME for this command (repeatable).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
+@click.version_option(__version__, prog_name="tfopt")
+@click.pass_context
+def main(ctx: click.Context, blocks: tuple[str, ...], quiet: bool) -> None:
+    ctx.obj = {"plugins": _LazyPlugins(blocks), "progress": progress_printer(quiet)}
+
+
+def _pm(ctx: click.Context):
+    return ctx.obj["plugins"].pm
+
+
+def source_options(function):
+    """Options shared by `run` and `export`: which adapter, which model, how to export."""
+    decorators = [
+        click.option("--plugin", "plugin", required=True, metavar="NAME", help="The adapter to use (see `tfopt plugins`)."),
+        click.option("--model", "source", default=None, metavar="SRC", help="Model directory, hub id or built-in name; default: the adapter's default model."),
+        click.option("--output", "output", required=True, type=click.Path(path_type=Path), help="Output directory (created if needed)."),
+        click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), default=None, help="torch exporter; default: torch's default."),
+        click.option("--attn-implementation", "attn_implementation", type=click.Choice(["sdpa", "eager"]), default=None, help="transformers attention implementation (default sdpa)."),
+        click.option("--opset", type=int, default=None, help="ONNX opset; default: the adapter's choice."),
+        click.option("--option", "extra", multiple=True, metavar="KEY=VALUE", help="Any stage option, e.g. bench_repeat=50 or bench_batch_sizes=1,8 (repeatable)."),
+    ]
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function
+
+
+RUN_HELP = """Export, fuse, convert, verify and benchmark one model with one adapter.
+
+Writes OUTPUT/exported.onnx, OUTPUT/optimized.onnx (+ optimized.<precision>.onnx for
+fp16/int8) and OUTPUT/report.json (schema: docs/report.md), then prints a summary.
+Exits 1 when verification fails (the report is kept), 2 on any other error.
+
+\b
+Examples:
+  tfopt run --plugin bert_pt --output out/
+  tfopt run --plugin bert_pt --model tiny-roberta --exporter legacy \\
+      --attn-implementation eager --precision fp16 --no-benchmark --output out/
+  tfopt run --plugin bert_pt --model ./my-bert --batch-sizes 1,2 --sequence-lengths 8,64 \\
+      --option bench_repeat=50 --output out/
+"""
+
+
+@main.command("run", help=RUN_HELP)
+@source_options
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="Precision of the final model [default: fp32].")
+@click.option("--input-int32", "input_int32", is_flag=True, default=None, help="Make int64 inputs int32 in the optimized model.")
+@click.option("--benchmark/--no-benchmark", default=None, help="Measure latency after verification [default: on].")
+@click.option("--batch-sizes", default=None, metavar="1,2,4", help="Batch sizes of the verification inputs.")
+@click.option("--sequence-lengths", default=None, metavar="8,16,32", help="Sequence lengths of the verification inputs.")
+@click.option("--disable", "disabled", multiple=True, type=click.Choice(FUSION_NAMES), help="Do not apply this fusion (repeatable).")
+@click.pass_context
+def run_command(ctx, plugin, source, output, exporter, attn_implementation, opset, extra, precision, input_int32,
+                benchmark, batch_sizes, sequence_lengths, disabled):
+    options = _set(
+        parse_options(extra),
+        exporter=exporter,
+        attn_implementation=attn_implementation,
+        opset=opset,
+        precision=precision,
+        input_int32=input_int32,
+        benchmark=benchmark,
+        batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"),
+        sequence_lengths=parse_int_list(sequence_lengths, "--sequence-lengths"),
+        disabled=list(disabled) or None,
+    )
+    options.setdefault("precision", "fp32")
+    options.setdefault("benchmark", True)
+    pm = _pm(ctx)
+    check_adapter_name(pm, plugin)
+    run_ctx = RunContext(family=plugin, source=source, work_dir=output, options=options, progress=ctx.obj["progress"])
+    try:
+        outcome = run_pipeline(pm, plugin, run_ctx, raise_on_failure=False)
+    except TfoptError as exc:
+        report_path = output / "report.json"
+        if report_path.is_file() and json.loads(report_path.read_text()).get("error") == str(exc):
+            raise TfoptError(f"{exc} (report: {report_path})") from exc
+        raise
+    click.echo(summary_text(outcome.report, output))
+    if not outcome.passed:
+        click.echo(error_line(verification_message(run_ctx.results["verify"], outcome.report_path)), err=True)
+        ctx.exit(1)
+
+
+EXPORT_HELP = """Export a model with an adapter, without fusing it.
+
+Writes OUTPUT/exported.onnx and OUTPUT/report.json (status "exported").
+
+\b
+Example:
+  tfopt export --plugin bert_pt --model tiny-bert --exporter legacy --output out/
+"""
+
+
+@main.command("export", help=EXPORT_HELP)
+@source_options
+@click.pass_context
+def export_command(ctx, plugin, source, output, exporter, attn_implementation, opset, extra):
+    options = _set(parse_options(extra), exporter=exporter, attn_implementation=attn_implementation, opset=opset)
+    pm = _pm(ctx)
+    check_adapter_name(pm, plugin)
+    run_ctx = RunContext(family=plugin, source=source, work_dir=output, options=options, progress=ctx.obj["progress"])
+    exported = run_export(pm, plugin, run_ctx)
+    inputs = ", ".join(f"{name}:{dtype}" for name, dtype in exported.io.inputs.items())
+    click.echo(f"exported {exported.model_path} ({exported.exporter or 'exporter unknown'}; inputs {inputs})")
+
+
+def _run_dir_context(ctx: click.Context, run_dir: Path, overrides: dict[str, Any]):
+    """(pm, adapter, RunContext, ExportResult, report) for stages run again on a `tfopt run` output dir."""
+    report = load_report(run_dir)
+    adapter = report.get("family")
+    pm = _pm(ctx)
+    check_adapter_name(pm, adapter)
+    options = dict(report.get("options") or {})
+    options.update(overrides)
+    run_ctx = RunContext(family=adapter, source=report.get("source"), work_dir=run_dir, options=options, progress=ctx.obj["progress"])
+    return pm, adapter, run_ctx, export_result_from_report(report, run_dir), report
+
+
+VERIFY_HELP = """Check a model's outputs against its reference.
+
+TARGET is either a `tfopt run` output directory (its final model is checked against the
+source framework by the adapter recorded in report.json) or an ONNX file, checked with
+ONNX Runtime against the unfused model given by --reference. Exits 1 when it fails.
+
+\b
+Examples:
+  tfopt verify out/
+  tfopt verify model.opt.onnx --reference model.onnx --batch-sizes 1,4
+"""
+
+
+@main.command("verify", help=VERIFY_HELP)
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--reference", type=click.Path(path_type=Path), default=None, help="Unfused ONNX model (when TARGET is a file).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="Tolerance to apply (default: the run's precision, or fp32).")
+@click.option("--tolerance", type=float, default=None, help="Max abs diff allowed (overrides --precision's).")
+@click.option("--batch-sizes", default=None, metavar="1,2,4")
+@click.option("--sequence-lengths", default=None, metavar="8,16,32")
+@click.option("--option", "extra", multiple=True, metavar="KEY=VALUE")
+@click.option("--json", "as_json", is_flag=True, help="Print the verification result as JSON.")
+@click.pass_context
+def verify_command(ctx, target, reference, precision, tolerance, batch_sizes, sequence_lengths, extra, as_json):
+    overrides = _set(
+        parse_options(extra),
+        precision=precision,
+        tolerance=tolerance,
+        batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"),
+        sequence_lengths=parse_int_list(sequence_lengths, "--sequence-lengths"),
+    )
+    if target.is_dir():
+        if reference is not None:
+            raise TfoptError("--reference is for an ONNX file TARGET; a run directory has its own reference")
+        pm, adapter, run_ctx, exported, report = _run_dir_context(ctx, target, overrides)
+        candidate = resolve_output(report, target, "final")
+        if candidate is None or not candidate.is_file():
+            raise TfoptError(f"{target}: the report names no final model that exists")
+    else:
+        if not target.is_file():
+            raise TfoptError(f"{target}: no such file or directory")
+        if reference is None:
+            raise TfoptError("an ONNX file TARGET needs --reference UNFUSED.onnx (or pass a `tfopt run` output directory)")
+        pm, adapter, candidate = _pm(ctx), None, target
+        exported = export_result_from_file(reference)
+        run_ctx = RunContext(family="generic", source=str(reference), work_dir=target.parent, options=overrides, progress=ctx.obj["progress"])
+    verified = verify_models(pm, adapter, run_ctx, exported, candidate)
+    click.echo(json.dumps(to_jsonable(verified), indent=2) if as_json else parity_line(to_jsonable(verified)))
+    if not verified.passed:
+        click.echo(error_line(verification_message(verified)), err=True)
+        ctx.exit(1)
+
+
+BENCH_HELP = """Measure latency.
+
+TARGET is either one `tfopt run` output directory (the adapter measures its source
+framework, the raw export and tfopt's model) or one or more ONNX files, each timed with
+ONNX Runtime on the same generated inputs.
+
+\b
+Examples:
+  tfopt bench out/ --batch-sizes 1,8 --sequence-lengths 128
+  tfopt bench model.onnx model.opt.onnx --repeat 50
+"""
+
+
+@main.command("bench", help=BENCH_HELP)
+@click.argument("targets", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--batch-sizes", default=None, metavar="1", help="Batch sizes to time.")
+@click.option("--sequence-lengths", default=None, metavar="8,32", help="Sequence lengths to time.")
+@click.option("--repeat", type=click.IntRange(min=1), default=None, help="Timed calls per shape (default 20).")
+@click.option("--option", "extra", multiple=True, metavar="KEY=VALUE")
+@click.option("--json", "as_json", is_flag=True, help="Print the benchmark result as JSON.")
+@click.pass_context
+def bench_command(ctx, targets, batch_sizes, sequence_lengths, repeat, extra, as_json):
+    overrides = _set(
+        parse_options(extra),
+        bench_batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"),
+        bench_sequence_lengths=parse_int_list(sequence_lengths, "--sequence-lengths"),
+        bench_repeat=repeat,
+    )
+    if len(targets) == 1 and targets[0].is_dir():
+        pm, adapter, run_ctx, exported, report = _run_dir_context(ctx, targets[0], overrides)
+        final = resolve_output(report, targets[0], "final")
+        if final is None or not final.is_file():
+            raise TfoptError(f"{targets[0]}: the report names no optimized model that exists; run `tfopt run` first")
+        models = {"ort:raw": exported.model_path, "ort:tfopt": final}
+    else:
+        for target in targets:
+            if not target.is_file():
+                raise TfoptError(f"{target}: no such ONNX file (pass one run directory or ONNX files)")
+        pm, adapter = _pm(ctx), None
+        exported = export_result_from_file(targets[0])
+        labels = [f"ort:{target.name}" for target in targets]
+        if len(set(labels)) != len(labels):
+            labels = [f"ort:{target}" for target in targets]
+        models = dict(zip(labels, targets))
+        run_ctx = RunContext(family="generic", source=str(targets[0]), work_dir=targets[0].parent, options=overrides, progress=ctx.obj["progress"])
+    result = benchmark_models(pm, adapter, run_ctx, exported, models)
+    if as_json:
+        click.echo(json.dumps(to_jsonable(result), indent=2))
+    else:
+        click.echo("\n".join(latency_lines(to_jsonable(result))))
+
+
+PLUGINS_HELP = """List installed plugins: name, version, distribution, hooks, status, load error.
+
+\b
+Examples:
+  tfopt plugins
+  TFOPT_PLUGINS=bert_pt tfopt plugins --json
+"""
+
+
+@main.command("plugins", help=PLUGINS_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def plugins_command(ctx, as_json):
+    listing = list_plugins(_pm(ctx))
+    if as_json:
+        click.echo(json.dumps(listing, indent=2))
+        return
+    for entry in listing:
+        kind = "built-in" if entry["builtin"] else "adapter" if entry["is_adapter"] else "extension"
+        origin = f"{entry['distribution'] or '-'} {entry['version'] or ''}".rstrip()
+        line = f"{entry['name']:<14} {kind:<10} {origin:<28} {entry['status']}"
+        if entry["hooks"]:
+            line += "  hooks: " + ", ".join(entry["hooks"])
+        if entry["reason"]:
+            line += f"  ({entry['reason']})"
+        if entry["error"]:
+            line += f"  error: {entry['error']}"
+        click.echo(line)
+
+
+main.add_command(optimize_command, name="optimize")

@@ -1,0 +1,185 @@
+"""Generic input feeds read off an ONNX graph's declared inputs, for families with no opinion of their own.
+
+Adapters know their vocabulary and build realistic ids; this module only knows the
+graph: names, element types and which axes are dynamic. Axis 0 of a dynamic input is
+taken as the batch, any other dynamic axis as the sequence. Padding matters: a fused
+attention that ignores the mask only shows on rows shorter than the longest, so
+``attention_mask`` gets right padding that differs from row to row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import onnx
+
+from .errors import TfoptError
+
+DEFAULT_BATCH_SIZES = (1, 2, 4)
+DEFAULT_SEQUENCE_LENGTHS = (8, 16, 32)
+DEFAULT_ID_LIMIT = 100  # ids in [0, 100): inside any real vocabulary (and inside the table when one is found)
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(bool)": np.bool_,
+}
+
+
+@dataclass
+class GraphInput:
+    name: str
+    dtype: np.dtype
+    dims: list[int | None]  # None = dynamic
+    id_limit: int | None = None  # rows of the embedding table this input indexes, if any
+
+
+def _lookup_table_rows(graph: onnx.GraphProto) -> dict[str, int]:
+    """Input name -> rows of the constant table a Gather indexes with it (through Casts).
+
+    Ids must stay inside the vocabulary (and token types inside the type vocabulary),
+    or ONNX Runtime refuses the lookup.
+    """
+    rows_of = {init.name: init.dims[0] for init in graph.initializer if len(init.dims) == 2}
+    source = {value.name: value.name for value in graph.input}
+    for node in graph.node:  # nodes are topologically sorted
+        if node.op_type == "Cast" and node.input and node.input[0] in source:
+            source[node.output[0]] = source[node.input[0]]
+    limits: dict[str, int] = {}
+    for node in graph.node:
+        if node.op_type == "Gather" and len(node.input) == 2 and node.input[0] in rows_of and node.input[1] in source:
+            name = source[node.input[1]]
+            limits[name] = min(limits.get(name, rows_of[node.input[0]]), rows_of[node.input[0]])
+    return limits
+
+
+def graph_inputs(model_path: str | Path) -> list[GraphInput]:
+    """The model's real inputs (initializers listed as inputs by old exporters are skipped).
+
+    Reads the graph only: external weights are not loaded.
+    """
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:
+        raise TfoptError(f"{model_path}: not a readable ONNX model ({type(exc).__name__})") from None
+    initializers = {init.name for init in model.graph.initializer}
+    limits = _lookup_table_rows(model.graph)
+    found = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor_type = value.type.tensor_type
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+        dims = [dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None for dim in tensor_type.shape.dim]
+        found.append(GraphInput(value.name, dtype, dims, limits.get(value.name)))
+    return found
+
+
+def int_tuple(value: Any, name: str) -> tuple[int, ...]:
+    """Accept 4, "1,2", [1, 2] or (1, 2) from options; positive ints only."""
+    if isinstance(value, str):
+        parts = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, Iterable):
+        parts = list(value)
+    else:
+        parts = [value]
+    try:
+        numbers = tuple(int(part) for part in parts)
+    except (TypeError, ValueError):
+        raise TfoptError(f"{name} must be positive integers, got {value!r}") from None
+    if not numbers or any(number <= 0 for number in numbers):
+        raise TfoptError(f"{name} must be positive integers, got {value!r}")
+    return numbers
+
+
+def valid_lengths(batch_size: int, sequence_length: int) -> np.ndarray:
+    """Row i keeps ``S - i*S//B`` tokens: row 0 full, later rows shorter, never empty."""
+    rows = np.arange(batch_size)
+    return sequence_length - (rows * sequence_length) // batch_size
+
+
+def _shape(spec: GraphInput, batch_size: int, sequence_length: int) -> tuple[int, ...]:
+    dims = []
+    for axis, dim in enumerate(spec.dims):
+        if dim is not None:
+            dims.append(dim)
+        else:
+            dims.append(batch_size if axis == 0 else sequence_length)
+    return tuple(dims)
+
+
+def feed_for(
+    specs: list[GraphInput],
+    batch_size: int,
+    sequence_length: int,
+    *,
+    rng: np.random.Generator,
+    id_limit: int = DEFAULT_ID_LIMIT,
+    padded: bool = True,
+) -> dict[str, np.ndarray]:
+    """One feed for every input; ``padded=False`` gives full-length rows (benchmarks)."""
+    lengths = valid_lengths(batch_size, sequence_length) if padded else np.full(batch_size, sequence_length)
+    feed = {}
+    for spec in specs:
+        shape = _shape(spec, batch_size, sequence_length)
+        is_mask = "mask" in spec.name
+        if is_mask and len(shape) == 2:
+            value = np.arange(shape[1])[None, :] < lengths[:, None]
+        elif spec.dtype.kind == "b":
+            value = np.ones(shape, dtype=bool)
+        elif spec.name == "token_type_ids" and len(shape) == 2:  # second half of the text is segment 1
+            second_half = np.arange(shape[1])[None, :] >= (lengths[:, None] + 1) // 2
+            value = second_half if (spec.id_limit or 2) > 1 else np.zeros(shape)
+        elif spec.name == "position_ids":
+            value = np.broadcast_to(np.arange(shape[-1]), shape)
+        elif spec.dtype.kind in "iu":
+            value = rng.integers(0, min(id_limit, spec.id_limit or id_limit), size=shape)
+        else:
+            value = rng.standard_normal(shape)
+        feed[spec.name] = np.ascontiguousarray(value).astype(spec.dtype)
+    return feed
+
+
+def dummy_feeds(
+    model_path: str | Path,
+    *,
+    batch_sizes: Iterable[int] = DEFAULT_BATCH_SIZES,
+    sequence_lengths: Iterable[int] = DEFAULT_SEQUENCE_LENGTHS,
+    id_limit: int = DEFAULT_ID_LIMIT,
+    padded: bool = True,
+    seed: int = 0,
+) -> list[dict[str, np.ndarray]]:
+    """One feed per (batch size, sequence length), reproducible for a seed."""
+    specs = graph_inputs(model_path)
+    rng = np.random.default_rng(seed)
+    return [
+        feed_for(specs, batch_size, sequence_length, rng=rng, id_limit=id_limit, padded=padded)
+        for batch_size in batch_sizes
+        for sequence_length in sequence_lengths
+    ]
+
+
+def session_feed(session, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inputs ``session`` declares, cast to its types (a fused model may take int32 ids)."""
+    prepared = {}
+    for spec in session.get_inputs():
+        if spec.name not in feed:
+            raise TfoptError(f"the model wants an input {spec.name!r} that the dummy inputs do not have")
+        dtype = _ORT_TYPES.get(spec.type)
+        value = feed[spec.name]
+        prepared[spec.name] = value.astype(dtype) if dtype is not None and value.dtype != dtype else value
+    return prepared
+
+
+def describe_feeds(feeds: list[dict[str, np.ndarray]]) -> list[dict[str, dict[str, Any]]]:
+    """Shapes and types of each feed: what the report keeps instead of the arrays."""
+    return [
+        {name: {"shape": list(value.shape), "dtype": str(value.dtype)} for name, value in feed.items()}
+        for feed in feeds
+    ]

@@ -1,0 +1,339 @@
+"""Drop-in for ONNX Runtime's ``onnxruntime.transformers.optimizer``: same flags, same Python API.
+
+Command line (also ``tfopt optimize``)::
+
+    python -m tfopt.optimizer --input in.onnx --output out.onnx --model_type bert \\
+        --num_heads 12 --hidden_size 768 [--input_int32] [--float16] [--use_gpu]
+
+Python::
+
+    from tfopt import optimize_model
+    model = optimize_model("in.onnx", model_type="bert", num_heads=12, hidden_size=768)
+    model.convert_float_to_float16(keep_io_types=True)
+    model.save_model_to_file("out.onnx")
+    print(model.get_fused_operator_statistics())
+
+Differences that matter: ``num_heads``/``hidden_size`` of 0 (the default) are detected
+from the graph; ``opt_level`` 0 or 1 (the default) runs tfopt's fusions only, because
+ONNX Runtime applies its basic optimizations when it loads any model anyway, while 2 and
+99 additionally run ONNX Runtime's offline optimizer at that level (the output is then
+tied to the provider and machine, as in ONNX Runtime's tool). Outputs are written
+atomically; the input is never modified.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable
+
+import click
+import onnx
+import onnx_ir as ir
+
+from .console import TfoptCommand, progress_printer
+from .errors import TfoptError
+from .graph.fusion import FUSION_NAMES, fuse_model
+from .graph.io import load_model, save_model
+from .results import ModelInfo
+
+MODEL_TYPES = ("bert", "roberta", "distilbert", "albert")
+OPT_LEVELS = (0, 1, 2, 99)
+MS_DOMAIN = "com.microsoft"
+
+# The keys ONNX Runtime's BertOnnxModel.get_fused_operator_statistics() reports, always present.
+ORT_STATISTICS_OPS = (
+    "EmbedLayerNormalization", "Attention", "MultiHeadAttention", "Gelu", "FastGelu", "BiasGelu",
+    "GemmFastGelu", "LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization",
+    "SkipSimplifiedLayerNormalization", "RotaryEmbedding", "QOrderedAttention", "QOrderedGelu",
+    "QOrderedLayerNormalization", "QOrderedMatMul",
+)
+
+# ONNX Runtime's FusionOptions attribute -> tfopt fusion names it switches off when False.
+_FUSION_OPTION_NAMES = {
+    "enable_attention": ("attention",),
+    "enable_skip_layer_norm": ("skip_layer_norm",),
+    "enable_embed_layer_norm": ("embed_layer_norm",),
+    "enable_bias_gelu": ("bias_gelu",),
+    "enable_gelu": ("gelu", "fast_gelu"),
+    "enable_layer_norm": ("layer_norm",),
+}
+
+# CLI flag -> tfopt fusion names (ONNX Runtime's --disable_gelu covers Gelu and FastGelu).
+DISABLE_FLAGS = {
+    "disable_attention": ("attention",),
+    "disable_skip_layer_norm": ("skip_layer_norm",),
+    "disable_embed_layer_norm": ("embed_layer_norm",),
+    "disable_bias_gelu": ("bias_gelu",),
+    "disable_gelu": ("gelu", "fast_gelu"),
+    "disable_layer_norm": ("layer_norm",),
+}
+
+
+def check_model_type(model_type: str) -> str:
+    if model_type not in MODEL_TYPES:
+        raise TfoptError(f"unknown model type {model_type!r}; valid: {', '.join(MODEL_TYPES)}")
+    return model_type
+
+
+def check_heads(num_heads: int, hidden_size: int) -> None:
+    if num_heads < 0 or hidden_size < 0:
+        raise TfoptError(f"num_heads and hidden_size must be >= 0 (0 = detect), got {num_heads} and {hidden_size}")
+    if num_heads and hidden_size and hidden_size % num_heads:
+        raise TfoptError(f"num_heads={num_heads} does not divide hidden_size={hidden_size}")
+
+
+def check_output_path(input_path: str | Path, output_path: str | Path) -> None:
+    """Refuse, before any work: writing over the input, a directory, a path under a file."""
+    input_path, output_path = Path(input_path), Path(output_path)
+    if output_path.resolve() == input_path.resolve():
+        raise TfoptError(f"{output_path}: output path is the input path; refusing to overwrite the input")
+    if output_path.is_dir():
+        raise TfoptError(f"{output_path}: is a directory, expected an output .onnx file path")
+    for parent in output_path.resolve().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise TfoptError(f"{output_path}: {parent} is not a directory")
+            break
+
+
+def _disabled_from_options(optimization_options: Any) -> set[str]:
+    """Fusions switched off by an ONNX Runtime FusionOptions-like object (duck-typed)."""
+    disabled: set[str] = set()
+    for attribute, names in _FUSION_OPTION_NAMES.items():
+        if getattr(optimization_options, attribute, True) is False:
+            disabled.update(names)
+    return disabled
+
+
+def _ort_offline_optimize(model: ir.Model, level: int, use_gpu: bool) -> ir.Model:
+    """ONNX Runtime's own graph optimizer at ``level``, written by a session and read back."""
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if use_gpu:
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise TfoptError(
+                "--use_gpu with --opt_level 2/99 needs ONNX Runtime's CUDA provider (onnxruntime-gpu); "
+                "use --opt_level 0 or 1 to fuse for the GPU on this machine"
+            )
+        providers.insert(0, "CUDAExecutionProvider")
+    levels = {
+        0: ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        2: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        99: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    tmp_dir = Path(tempfile.mkdtemp(prefix="tfopt-ort-"))
+    try:
+        source = save_model(model, tmp_dir / "in.onnx")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = levels[level]
+        options.optimized_model_filepath = str(tmp_dir / "out.onnx")
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "out.onnx.data")
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1048576")
+        try:
+            ort.InferenceSession(str(source), options, providers=providers)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TfoptError(f"ONNX Runtime could not optimize the model ({first})") from None
+        return ir.serde.deserialize_model(onnx.load(str(tmp_dir / "out.onnx")))  # weights into memory
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+class OptimizedModel:
+    """What :func:`optimize_model` returns: the parts of ONNX Runtime's ``OnnxModel`` scripts use.
+
+    The graph is held as an onnx-ir model (weights stay on disk until saved). Reading
+    ``.model`` turns it into an ``onnx.ModelProto`` once; from then on that proto is the
+    model, so changes made to it are what ``save_model_to_file`` writes.
+    """
+
+    def __init__(self, model: ir.Model, *, input_path: Path, stats=None):
+        self._ir: ir.Model | None = model
+        self._proto: onnx.ModelProto | None = None
+        self.input_path = Path(input_path)
+        self.stats = stats  # tfopt.graph.FusionStats, or None when tfopt's fusions did not run
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        if self._proto is None:
+            self._proto = ir.serde.serialize_model(self._ir)
+            self._ir = None
+        return self._proto
+
+    def _ir_model(self) -> ir.Model:
+        return self._ir if self._ir is not None else ir.serde.deserialize_model(self._proto)
+
+    def _op_types(self) -> Counter:
+        if self._ir is not None:
+            return Counter((node.domain or "", node.op_type) for node in self._ir.graph)
+        return Counter((node.domain or "", node.op_type) for node in self._proto.graph.node)
+
+    def get_fused_operator_statistics(self) -> dict[str, int]:
+        """Op type -> count for ONNX Runtime's fused-op keys (0 when absent) plus any other contrib op."""
+        counts = self._op_types()
+        statistics = {op: sum(n for (_, op_type), n in counts.items() if op_type == op) for op in ORT_STATISTICS_OPS}
+        for (domain, op_type), count in sorted(counts.items()):
+            if domain == MS_DOMAIN and op_type not in statistics:
+                statistics[op_type] = count
+        return statistics
+
+    @property
+    def missing_fusions(self) -> list[str]:
+        """Each fusion the model type expects that did not happen (empty if none or not fused)."""
+        return list(self.stats.missing) if self.stats is not None else []
+
+    def convert_float_to_float16(self, use_symbolic_shape_infer: bool = True, keep_io_types: bool = True, **kwargs) -> None:
+        """fp16 in place, with tfopt's NaN-safe block list unless ``op_block_list`` is given.
+
+        ``use_symbolic_shape_infer`` is accepted for compatibility; the converter needs no shapes.
+        """
+        from .precision import convert_proto_to_fp16
+
+        self._proto = convert_proto_to_fp16(self.model, keep_io_types=keep_io_types, **kwargs)
+
+    def save_model_to_file(self, output_path: str | Path, use_external_data_format: bool = False, **_ignored) -> Path:
+        """Write atomically; weights go to ``<name>.data`` when they are large or came that way.
+
+        ``use_external_data_format`` is accepted for compatibility: tfopt decides by size
+        (100 MB and up, or external in the input), which covers models over 2 GB.
+        """
+        check_output_path(self.input_path, output_path)
+        try:
+            return save_model(self._ir_model(), output_path, refuse=self.input_path)
+        except OSError as exc:
+            raise TfoptError(f"{output_path}: cannot write ({exc.strerror or exc})") from None
+
+
+def optimize_model(
+    input: str | Path,
+    model_type: str = "bert",
+    num_heads: int = 0,
+    hidden_size: int = 0,
+    optimization_options: Any = None,
+    opt_level: int | None = None,
+    use_gpu: bool = False,
+    only_onnxruntime: bool = False,
+    verbose: bool = False,
+    *,
+    disabled_fusions: Iterable[str] = (),
+    input_int32: bool = False,
+    provider: str | None = None,
+) -> OptimizedModel:
+    """Fuse ``input`` for ONNX Runtime, like ``onnxruntime.transformers.optimizer.optimize_model``.
+
+    ``model_type``: bert, roberta, distilbert or albert. ``num_heads``/``hidden_size``:
+    0 = detect from the graph. ``disabled_fusions``: names from
+    :data:`tfopt.graph.FUSION_NAMES`; an ONNX Runtime ``FusionOptions`` passed as
+    ``optimization_options`` is honoured too. ``use_gpu`` (or ``provider="cuda"``)
+    picks the CUDA target's ops (packed Attention). ``only_onnxruntime`` skips tfopt's
+    fusions and runs ONNX Runtime's optimizer only (at ``opt_level``, default 99).
+    ``verbose`` is accepted for compatibility; the result's ``stats`` holds per-rule counts.
+    """
+    check_model_type(model_type)
+    check_heads(int(num_heads), int(hidden_size))
+    if opt_level is not None and opt_level not in OPT_LEVELS:
+        raise TfoptError(f"opt_level must be one of {', '.join(map(str, OPT_LEVELS))}, got {opt_level}")
+    use_gpu = use_gpu or (provider or "").lower() in ("cuda", "rocm", "tensorrt")
+    disabled = set(disabled_fusions) | _disabled_from_options(optimization_options)
+    unknown = disabled - set(FUSION_NAMES)
+    if unknown:
+        raise TfoptError(f"unknown fusion name(s) {', '.join(sorted(unknown))}; known: {', '.join(FUSION_NAMES)}")
+    model = load_model(input)
+    if only_onnxruntime:
+        return OptimizedModel(_ort_offline_optimize(model, 99 if opt_level is None else opt_level, use_gpu), input_path=Path(input))
+    info = ModelInfo(model_type=model_type, num_heads=int(num_heads), hidden_size=int(hidden_size))
+    stats = fuse_model(model, info, disabled=disabled, input_int32=input_int32, target="cuda" if use_gpu else "cpu")
+    if opt_level in (2, 99):
+        model = _ort_offline_optimize(model, opt_level, use_gpu)
+    return OptimizedModel(model, input_path=Path(input), stats=stats)
+
+
+# ----------------------------------------------------------------------------- command line
+
+OPTIMIZE_HELP = """Fuse an exported transformer ONNX model for ONNX Runtime.
+
+Takes the flags of ONNX Runtime's `python -m onnxruntime.transformers.optimizer`
+(underscore or dash spellings). --num_heads/--hidden_size default to 0: detect them
+from the graph. Every expected fusion that did not happen is reported on stderr.
+
+\b
+Examples:
+  tfopt optimize --input model.onnx --output model.opt.onnx --model_type bert
+  tfopt optimize --input model.onnx --output model.opt.onnx --model_type bert \\
+      --num_heads 12 --hidden_size 768 --input_int32 --float16
+  python -m tfopt.optimizer --input model.onnx --output out.onnx --disable_attention
+"""
+
+
+def _flag(name: str, help_text: str):
+    spellings = dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}"])  # ORT's underscores, and dashes
+    return click.option(*spellings, name, is_flag=True, default=False, help=help_text)
+
+
+def optimize_options(function):
+    """The ONNX Runtime-compatible options, applied to the command below."""
+    decorators = [
+        click.option("--input", "input_path", required=True, type=click.Path(dir_okay=True, path_type=Path), help="The exported ONNX model."),
+        click.option("--output", "output_path", required=True, type=click.Path(path_type=Path), help="Where to write the optimized model (never the input)."),
+        click.option("--model_type", "--model-type", "model_type", default="bert", show_default=True, help=f"One of: {', '.join(MODEL_TYPES)}."),
+        click.option("--num_heads", "--num-heads", "num_heads", type=int, default=0, show_default=True, help="Attention heads; 0 = detect."),
+        click.option("--hidden_size", "--hidden-size", "hidden_size", type=int, default=0, show_default=True, help="Hidden size; 0 = detect."),
+        _flag("input_int32", "Make int64 id/mask inputs int32 (removes the casts the contrib ops need)."),
+        _flag("float16", "Convert to fp16, keeping fp32 inputs/outputs and NaN-prone ops."),
+        click.option("--opt_level", "--opt-level", "opt_level", type=click.Choice(["0", "1", "2", "99"]), default=None, help="0/1 (default): tfopt's fusions only; 2/99: then ONNX Runtime's offline optimizer (output tied to the machine)."),
+        _flag("use_gpu", "Fuse for the CUDA provider (packed Attention) instead of the CPU (MultiHeadAttention)."),
+        _flag("only_onnxruntime", "Skip tfopt's fusions; run ONNX Runtime's offline optimizer only."),
+        _flag("verbose", "Print per-rule match counts and detected shapes."),
+    ]
+    for flag in DISABLE_FLAGS:
+        decorators.append(_flag(flag, f"Do not fuse: {flag[len('disable_'):].replace('_', ' ')}."))
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function
+
+
+@click.command("optimize", cls=TfoptCommand, help=OPTIMIZE_HELP)
+@optimize_options
+def optimize_command(input_path, output_path, model_type, num_heads, hidden_size, input_int32, float16, opt_level,
+                     use_gpu, only_onnxruntime, verbose, **disable_flags):
+    say = progress_printer()
+    check_model_type(model_type)
+    check_heads(num_heads, hidden_size)
+    check_output_path(input_path, output_path)
+    disabled = {name for flag, names in DISABLE_FLAGS.items() if disable_flags.get(flag) for name in names}
+    optimized = optimize_model(
+        input_path,
+        model_type=model_type,
+        num_heads=num_heads,
+        hidden_size=hidden_size,
+        opt_level=None if opt_level is None else int(opt_level),
+        use_gpu=use_gpu,
+        only_onnxruntime=only_onnxruntime,
+        disabled_fusions=disabled,
+        input_int32=input_int32,
+    )
+    stats = optimized.stats
+    if stats is not None and verbose:
+        say(f"fusion took {stats.seconds:.2f} s; detected num_heads={stats.num_heads}, hidden_size={stats.hidden_size}")
+        for rule, count in stats.rule_counts.items():
+            if count:
+                say(f"  rule {rule}: {count}")
+        for note in stats.notes:
+            say(f"  {note}")
+    if float16:
+        optimized.convert_float_to_float16(keep_io_types=True)
+    optimized.save_model_to_file(output_path)
+    fused = {op: count for op, count in optimized.get_fused_operator_statistics().items() if count}
+    say("fused: " + (", ".join(f"{op} {count}" for op, count in fused.items()) or "nothing"))
+    for missing in optimized.missing_fusions:
+        say(f"warning: expected fusion did not happen: {missing}")
+    say(f"wrote {output_path}")
+
+
+if __name__ == "__main__":
+    optimize_command(prog_name="python -m tfopt.optimizer")

@@ -1,0 +1,294 @@
+"""One run: export -> fuse -> convert_precision -> make_dummy_inputs -> verify -> benchmark.
+
+Each stage is called through the selected adapter's subset caller (the adapter plus
+every extension, never another adapter), timed, announced through ``ctx.progress``
+and checked: a stage with no implementation, or one that returns the wrong type, is a
+one-line TfoptError naming the stage and the plugins that implement it.
+
+Output layout of ``ctx.work_dir``: ``exported.onnx`` (+ ``.data``), ``optimized.onnx``
+(+ ``optimized.<precision>.onnx`` for fp16/int8) and ``report.json``, which is
+written even when verification fails or a later stage errors.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pluggy
+
+from .errors import TfoptError, VerificationFailed
+from .feeds import describe_feeds, graph_inputs
+from .plugins import active_plugin_names, adapter_caller, adapter_names, generic_caller
+from .report import REPORT_FILE, build_report, write_report
+from .results import (
+    BenchResult,
+    ExportResult,
+    FuseResult,
+    IOSpec,
+    ModelInfo,
+    PrecisionResult,
+    RunContext,
+    VerifyResult,
+)
+
+STAGE_ORDER = ("export", "fuse", "convert_precision", "make_dummy_inputs", "verify", "benchmark")
+RESULT_TYPES = {
+    "export": ExportResult,
+    "fuse": FuseResult,
+    "convert_precision": PrecisionResult,
+    "verify": VerifyResult,
+    "benchmark": BenchResult,
+}
+TRACEBACK_ENV = "TFOPT_TRACEBACK"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _check_feeds(value: Any) -> str | None:
+    """Why ``value`` is not a non-empty list of {name: ndarray} feeds, or None."""
+    if not isinstance(value, list) or not value:
+        return f"returned {type(value).__name__}, expected a non-empty list of feeds"
+    for feed in value:
+        if not isinstance(feed, dict) or not feed or not all(isinstance(v, np.ndarray) for v in feed.values()):
+            return "returned a feed that is not a non-empty dict of numpy arrays"
+    return None
+
+
+class StageRunner:
+    """Calls stages for one adapter (or none: generic stages only) and keeps their timings."""
+
+    def __init__(self, pm: pluggy.PluginManager, adapter: str | None, ctx: RunContext):
+        self.pm = pm
+        self.adapter = adapter
+        self.ctx = ctx
+        self.stages: dict[str, dict[str, Any]] = {}
+
+    def caller(self, stage: str):
+        if self.adapter is None:
+            return generic_caller(self.pm, stage)
+        return adapter_caller(self.pm, self.adapter, stage)
+
+    def implementations(self, stage: str) -> list[str]:
+        """Plugins that implement ``stage`` in this run, in the order pluggy calls them."""
+        impls = self.caller(stage).get_hookimpls()
+        return [impl.plugin_name for impl in reversed(impls) if not (impl.wrapper or impl.hookwrapper)]
+
+    def __call__(self, stage: str, **kwargs: Any) -> Any:
+        implementations = self.implementations(stage)
+        who = ", ".join(implementations) or "no plugin"
+        step = STAGE_ORDER.index(stage) + 1 if stage in STAGE_ORDER else 0
+        self.ctx.progress(f"[{step}/{len(STAGE_ORDER)}] {stage} ...")
+        start = time.perf_counter()
+        try:
+            result = self.caller(stage)(ctx=self.ctx, **kwargs)
+        except TfoptError:
+            raise
+        except Exception as exc:
+            hint = "" if os.environ.get(TRACEBACK_ENV) else f" (set {TRACEBACK_ENV}=1 for the traceback)"
+            raise TfoptError(f"stage {stage!r} failed in {who}: {_one_line(exc)}{hint}") from exc
+        seconds = time.perf_counter() - start
+        if result is None:
+            raise TfoptError(
+                f"stage {stage!r} returned nothing: no active plugin implements it for adapter {self.adapter!r}"
+                f" (implemented by: {who})"
+            )
+        expected = RESULT_TYPES.get(stage)
+        problem = (
+            _check_feeds(result)
+            if stage == "make_dummy_inputs"
+            else None if isinstance(result, expected) else f"returned {type(result).__name__}, expected {expected.__name__}"
+        )
+        if problem:
+            raise TfoptError(f"stage {stage!r} ({who}) {problem}")
+        if getattr(result, "seconds", None) == 0.0:
+            result.seconds = seconds
+        self.stages[stage] = {"seconds": round(seconds, 4), "implementations": implementations}
+        self.ctx.results[stage] = describe_feeds(result) if stage == "make_dummy_inputs" else result
+        self.ctx.progress(f"{stage} done in {seconds:.2f} s")
+        return result
+
+
+@dataclass
+class RunOutcome:
+    report: dict[str, Any]
+    report_path: Path
+    passed: bool
+
+
+def prepare_output_dir(path: str | os.PathLike) -> bool:
+    """Create the output dir; True when it did not exist before. Refuse files and unwritable places."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise TfoptError(f"{path}: exists and is not a directory; --output takes a directory")
+    existed = path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TfoptError(f"{path}: cannot create the output directory ({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK):
+        raise TfoptError(f"{path}: output directory is not writable")
+    return not existed
+
+
+def _plugin_identity(pm: pluggy.PluginManager, adapter: str | None) -> tuple[dict[str, Any] | None, list[str]]:
+    records = getattr(pm, "records", {})
+    adapters = set(adapter_names(pm))
+    extensions = sorted(name for name in active_plugin_names(pm) if name not in adapters)
+    if adapter is None:
+        return None, extensions
+    record = records.get(adapter)
+    return (
+        {
+            "name": adapter,
+            "distribution": getattr(record, "distribution", None),
+            "version": getattr(record, "version", None),
+        },
+        extensions,
+    )
+
+
+def _outputs(ctx: RunContext) -> dict[str, Path | None]:
+    results = ctx.results
+    exported = results.get("export")
+    fused = results.get("fuse")
+    final = results.get("convert_precision")
+    return {
+        "exported": exported.model_path if exported else None,
+        "optimized": fused.model_path if fused else None,
+        "final": final.model_path if final else None,
+        "report": Path(ctx.work_dir) / REPORT_FILE,
+    }
+
+
+def _write(pm, adapter, ctx, runner, status, error=None) -> tuple[dict[str, Any], Path]:
+    identity, extensions = _plugin_identity(pm, adapter)
+    report = build_report(
+        ctx,
+        adapter=identity,
+        extensions=extensions,
+        stages=runner.stages,
+        outputs=_outputs(ctx),
+        status=status,
+        error=error,
+    )
+    path = write_report(report, Path(ctx.work_dir) / REPORT_FILE)
+    return report, path
+
+
+def _require_file(stage: str, path: Path) -> None:
+    if not Path(path).is_file():
+        raise TfoptError(f"stage {stage!r} reported {path}, but no such file exists")
+
+
+def run_export(pm: pluggy.PluginManager, adapter: str, ctx: RunContext) -> ExportResult:
+    """The export stage alone (``tfopt export``); writes report.json with status "exported"."""
+    created = prepare_output_dir(ctx.work_dir)
+    runner = StageRunner(pm, adapter, ctx)
+    try:
+        exported = runner("export")
+        _require_file("export", exported.model_path)
+    except BaseException:
+        if created:
+            shutil.rmtree(ctx.work_dir, ignore_errors=True)
+        raise
+    _write(pm, adapter, ctx, runner, "exported")
+    return exported
+
+
+def run_pipeline(
+    pm: pluggy.PluginManager, adapter: str, ctx: RunContext, *, raise_on_failure: bool = True
+) -> RunOutcome:
+    """Run every stage on ``adapter``; report.json is written whatever happens after export.
+
+    A failed verification raises :class:`VerificationFailed` after the report is
+    written (or, with ``raise_on_failure=False``, returns ``passed=False``). An
+    output dir this call created is removed again when export itself fails, so a
+    bad model name leaves nothing behind.
+    """
+    adapter_caller(pm, adapter, "export")  # unknown adapter: fail before touching the disk
+    created = prepare_output_dir(ctx.work_dir)
+    runner = StageRunner(pm, adapter, ctx)
+    try:
+        exported = runner("export")
+        _require_file("export", exported.model_path)
+    except BaseException:
+        if created:
+            shutil.rmtree(ctx.work_dir, ignore_errors=True)
+        raise
+    try:
+        fused = runner("fuse", exported=exported)
+        _require_file("fuse", fused.model_path)
+        final = runner("convert_precision", fused=fused)
+        _require_file("convert_precision", final.model_path)
+        inputs = runner("make_dummy_inputs", exported=exported)
+        verified = runner("verify", exported=exported, model_path=final.model_path, inputs=inputs)
+        if ctx.option("benchmark", True):
+            models = {"ort:raw": exported.model_path, "ort:tfopt": final.model_path}
+            runner("benchmark", exported=exported, models=models)
+    except TfoptError as exc:
+        _write(pm, adapter, ctx, runner, "error", str(exc))
+        raise
+    except KeyboardInterrupt:
+        _write(pm, adapter, ctx, runner, "error", "interrupted")
+        raise
+    status = "passed" if verified.passed else "failed"
+    report, path = _write(pm, adapter, ctx, runner, status)
+    if not verified.passed and raise_on_failure:
+        raise VerificationFailed(verification_message(verified, path))
+    return RunOutcome(report=report, report_path=path, passed=verified.passed)
+
+
+def verification_message(verified: VerifyResult, report_path: Path | None = None) -> str:
+    overall = verified.overall
+    kept = f"; report kept at {report_path}" if report_path else ""
+    return (
+        f"verification failed: max abs diff {overall.max_abs:.3g} vs tolerance {verified.tolerance:g}"
+        f" ({verified.precision}), {overall.nan_count} NaN{kept}"
+    )
+
+
+def export_result_from_file(model_path: str | os.PathLike) -> ExportResult:
+    """An ExportResult for a plain ONNX file, so the generic stages can verify/benchmark it."""
+    import onnx
+
+    specs = graph_inputs(model_path)
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    return ExportResult(
+        model_path=Path(model_path),
+        io=IOSpec(inputs={spec.name: spec.dtype.name for spec in specs}, outputs=[o.name for o in graph.output]),
+        info=ModelInfo(model_type="unknown"),
+        exporter="file",
+    )
+
+
+def verify_models(
+    pm: pluggy.PluginManager,
+    adapter: str | None,
+    ctx: RunContext,
+    exported: ExportResult,
+    model_path: Path,
+) -> VerifyResult:
+    """make_dummy_inputs + verify only (``tfopt verify``); ``adapter`` None = generic stages."""
+    runner = StageRunner(pm, adapter, ctx)
+    inputs = runner("make_dummy_inputs", exported=exported)
+    return runner("verify", exported=exported, model_path=model_path, inputs=inputs)
+
+
+def benchmark_models(
+    pm: pluggy.PluginManager,
+    adapter: str | None,
+    ctx: RunContext,
+    exported: ExportResult,
+    models: dict[str, Path],
+) -> BenchResult:
+    """The benchmark stage only (``tfopt bench``)."""
+    return StageRunner(pm, adapter, ctx)("benchmark", exported=exported, models=models)

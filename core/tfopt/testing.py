@@ -1,0 +1,174 @@
+"""The kit for plugin authors: pytest fixtures and a conformance check every adapter must pass.
+
+A plain module, not an auto-loaded pytest plugin: import what you use.
+
+.. code-block:: python
+
+    # plugins/myfamily/tests/test_conformance.py
+    from tfopt.testing import check_adapter, run_context, tfopt_pm  # noqa: F401 (fixtures)
+
+    def test_my_adapter_conforms(tmp_path):
+        check_adapter("myfamily", source="tiny-model", work_dir=tmp_path)
+
+    def test_export_hook(tfopt_pm, run_context):
+        ctx = run_context("myfamily", source="tiny-model")
+        exported = adapter_caller(tfopt_pm, "myfamily", "export")(ctx=ctx)
+        ...
+
+(``pytest_plugins = ["tfopt.testing"]`` works too, in the rootdir's conftest.py only.)
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import pytest
+
+from .errors import TfoptError
+from .feeds import graph_inputs
+from .hookspecs import hookimpl
+from .pipeline import RunOutcome, run_pipeline
+from .plugins import TfoptPluginManager, build_plugin_manager
+from .report import REPORT_FILE, SCHEMA_VERSION
+from .results import (
+    BenchResult,
+    ExportResult,
+    FuseResult,
+    PrecisionResult,
+    RunContext,
+    VerifyResult,
+)
+
+# Cheap benchmark settings for conformance runs: the hook must work, the numbers do not matter.
+QUICK_OPTIONS = {"bench_repeat": 2, "bench_warmup": 1, "bench_batch_sizes": [1], "bench_sequence_lengths": [8]}
+
+
+def isolated_plugin_manager(work_dir: str | Path | None = None) -> TfoptPluginManager:
+    """Every installed plugin, ignoring this machine's TFOPT_PLUGINS and tfopt.toml."""
+    return build_plugin_manager(environ={}, cwd=work_dir or tempfile.gettempdir())
+
+
+@pytest.fixture
+def tfopt_pm(tmp_path) -> TfoptPluginManager:
+    """A plugin manager with the built-ins and every installed plugin that loads."""
+    return isolated_plugin_manager(tmp_path)
+
+
+@pytest.fixture
+def run_context(tmp_path) -> Callable[..., RunContext]:
+    """Factory: ``run_context(family, source=None, **options)`` -> a RunContext in a fresh dir under tmp_path."""
+    counter = itertools.count()
+
+    def make(family: str = "test", source: str | None = None, **options: Any) -> RunContext:
+        work_dir = tmp_path / f"run-{next(counter)}"
+        work_dir.mkdir()
+        return RunContext(family=family, source=source, work_dir=work_dir, options=dict(options))
+
+    return make
+
+
+class _CaptureInputs:
+    """Wraps make_dummy_inputs to keep the arrays (the report keeps only their shapes)."""
+
+    def __init__(self) -> None:
+        self.feeds: list[dict[str, np.ndarray]] | None = None
+
+    @hookimpl(wrapper=True)
+    def make_dummy_inputs(self, ctx):
+        feeds = yield
+        self.feeds = feeds
+        return feeds
+
+
+def _graph_op_counts(model_path: Path) -> dict[str, int]:
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    return dict(Counter(node.op_type for node in graph.node))
+
+
+def check_adapter(
+    name: str,
+    source: str | None = None,
+    options: dict[str, Any] | None = None,
+    *,
+    work_dir: str | Path | None = None,
+    pm: TfoptPluginManager | None = None,
+    expect_full_fusion: bool = True,
+) -> RunOutcome:
+    """Run the whole pipeline on adapter ``name`` and assert what every adapter must guarantee.
+
+    Each stage returns its result type; the files it names exist; the IO spec matches
+    the exported graph; fused-op counts match the fused file; every expected fusion
+    happened (unless ``expect_full_fusion=False``); the dummy inputs cover every graph
+    input at two or more shapes, with padding when there is an attention mask;
+    verification passes; report.json is complete. Raises AssertionError on the first
+    broken promise; returns the run's outcome for further checks.
+    """
+    work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix=f"tfopt-check-{name}-"))
+    pm = pm or isolated_plugin_manager(work_dir)
+    capture = _CaptureInputs()
+    pm.register(capture, name="tfopt-testing-capture")
+    ctx = RunContext(family=name, source=source, work_dir=work_dir / "run", options={**QUICK_OPTIONS, **(options or {})})
+    try:
+        try:
+            outcome = run_pipeline(pm, name, ctx, raise_on_failure=False)
+        except TfoptError as exc:
+            raise AssertionError(f"adapter {name!r}: the pipeline failed: {exc}") from exc
+    finally:
+        pm.unregister(capture)
+    results = ctx.results
+
+    exported = results.get("export")
+    assert isinstance(exported, ExportResult), f"export returned {type(exported).__name__}"
+    assert Path(exported.model_path).is_file(), f"export: {exported.model_path} does not exist"
+    assert Path(exported.model_path).resolve().is_relative_to(Path(ctx.work_dir).resolve()), (
+        f"export wrote {exported.model_path} outside the work dir {ctx.work_dir}"
+    )
+    declared = {spec.name for spec in graph_inputs(exported.model_path)}
+    assert set(exported.io.inputs) == declared, f"export: IOSpec inputs {sorted(exported.io.inputs)} != graph inputs {sorted(declared)}"
+    assert exported.info.model_type, "export: ModelInfo.model_type is empty"
+
+    fused = results.get("fuse")
+    assert isinstance(fused, FuseResult), f"fuse returned {type(fused).__name__}"
+    assert Path(fused.model_path).is_file(), f"fuse: {fused.model_path} does not exist"
+    actual_counts = _graph_op_counts(Path(fused.model_path))
+    assert fused.op_counts == actual_counts, f"fuse: reported op counts {fused.op_counts} != the file's {actual_counts}"
+    if expect_full_fusion:
+        assert not fused.missing, f"fuse: expected fusions did not happen: {fused.missing}"
+        for key, want in fused.expected.items():
+            have = sum(actual_counts.get(op, 0) for op in key.split("|"))
+            assert have >= want, f"fuse: {key} expected {want}, found {have}"
+
+    final = results.get("convert_precision")
+    assert isinstance(final, PrecisionResult), f"convert_precision returned {type(final).__name__}"
+    assert Path(final.model_path).is_file(), f"convert_precision: {final.model_path} does not exist"
+    assert final.precision == ctx.option("precision", "fp32"), f"convert_precision: got {final.precision}"
+
+    feeds = capture.feeds
+    assert feeds and len(feeds) >= 2, "make_dummy_inputs: want several input shapes"
+    for feed in feeds:
+        assert declared <= set(feed), f"make_dummy_inputs: a feed lacks {sorted(declared - set(feed))}"
+    if "attention_mask" in declared:
+        assert any(not np.all(feed["attention_mask"]) for feed in feeds), "make_dummy_inputs: no padded row in any mask"
+
+    verified = results.get("verify")
+    assert isinstance(verified, VerifyResult), f"verify returned {type(verified).__name__}"
+    assert verified.passed, f"verify failed: max abs {verified.overall.max_abs} vs tolerance {verified.tolerance}"
+    assert verified.cases, "verify: no per-case statistics"
+
+    if ctx.option("benchmark", True):
+        bench = results.get("benchmark")
+        assert isinstance(bench, BenchResult), f"benchmark returned {type(bench).__name__}"
+        engines = {row.engine for row in bench.rows}
+        assert {"ort:raw", "ort:tfopt"} <= engines, f"benchmark: engines {sorted(engines)} lack ort:raw/ort:tfopt"
+        assert all(row.p50_ms > 0 for row in bench.rows), "benchmark: a p50 is not positive"
+
+    report = json.loads((Path(ctx.work_dir) / REPORT_FILE).read_text())
+    assert report["schema_version"] == SCHEMA_VERSION and report["status"] == "passed", f"report status {report['status']}"
+    return outcome

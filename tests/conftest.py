@@ -1,0 +1,47 @@
+"""Host test fixtures: a clean plugin environment per test and the fake plugins of tfopt_host_fakes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tfopt_host_fakes, importable by entry points
+
+import tfopt_host_fakes as fakes  # noqa: E402
+
+from tfopt import plugins  # noqa: E402
+from tfopt.testing import run_context, tfopt_pm  # noqa: E402,F401 (the plugin-author kit, used here too)
+
+
+@pytest.fixture(autouse=True)
+def clean_plugin_environment(monkeypatch, tmp_path):
+    """No deployment settings leak in: no TFOPT_PLUGINS, no TFOPT_CONFIG, no ./tfopt.toml."""
+    monkeypatch.delenv(plugins.ALLOW_ENV, raising=False)
+    monkeypatch.delenv(plugins.CONFIG_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def fresh_fakes(monkeypatch):
+    """New fake plugin objects (empty call logs) behind the fake entry points."""
+    calls: list = []
+    monkeypatch.setattr(fakes, "CALLS", calls)
+    monkeypatch.setattr(fakes, "ADAPTER_A", fakes.FakeAdapter("fake_a", calls))
+    monkeypatch.setattr(fakes, "ADAPTER_B", fakes.FakeAdapter("fake_b", calls))
+    monkeypatch.setattr(fakes, "EXPORT_ONLY", fakes.ExportOnlyAdapter(calls))
+    monkeypatch.setattr(fakes, "TIMER", fakes.StageTimer())
+    return fakes
+
+
+@pytest.fixture
+def installed(monkeypatch, fresh_fakes):
+    """Make ``discover_entry_points`` return the named fake entry points (the CLI's view of what is installed)."""
+
+    def install(*names: str):
+        entry_points = [fakes.entry_point(name, fakes.FAKE_ENTRY_POINTS[name]) for name in names]
+        monkeypatch.setattr(plugins, "discover_entry_points", lambda: entry_points)
+        return fresh_fakes
+
+    return install
