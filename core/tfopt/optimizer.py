@@ -35,11 +35,10 @@ import onnx_ir as ir
 
 from .console import TfoptCommand, progress_printer
 from .errors import TfoptError
-from .graph.fusion import FUSION_NAMES, fuse_model
+from .graph.fusion import FUSION_NAMES, MODEL_TYPES, fuse_model
 from .graph.io import load_model, save_model
 from .results import ModelInfo
 
-MODEL_TYPES = ("bert", "roberta", "distilbert", "albert")
 OPT_LEVELS = (0, 1, 2, 99)
 MS_DOMAIN = "com.microsoft"
 
@@ -226,7 +225,7 @@ def optimize_model(
 ) -> OptimizedModel:
     """Fuse ``input`` for ONNX Runtime, like ``onnxruntime.transformers.optimizer.optimize_model``.
 
-    ``model_type``: bert, roberta, distilbert or albert. ``num_heads``/``hidden_size``:
+    ``model_type``: one of :data:`tfopt.graph.fusion.MODEL_TYPES` (bert, roberta, distilbert, albert, bert_tf, bert_keras, gpt2, ...). ``num_heads``/``hidden_size``:
     0 = detect from the graph. ``disabled_fusions``: names from
     :data:`tfopt.graph.FUSION_NAMES`; an ONNX Runtime ``FusionOptions`` passed as
     ``optimization_options`` is honoured too. ``use_gpu`` (or ``provider="cuda"``)

@@ -49,6 +49,7 @@ TARGETS = ("cpu", "cuda")
 _GELU_OPS = ("BiasGelu", "FastGelu", "Gelu")
 _DECODER_TYPES = ("gpt2",)
 _ENCODER_TYPES = ("bert", "roberta", "distilbert", "albert", "bert_tf", "bert_keras", "electra", "xlm-roberta")
+MODEL_TYPES = _ENCODER_TYPES + _DECODER_TYPES  # what ``--model_type`` accepts
 
 
 def count_ops(model: ir.Model) -> dict[str, int]:
