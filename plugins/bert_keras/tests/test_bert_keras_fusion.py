@@ -1,0 +1,34 @@
+"""Fusion of the Keras routes' graphs: every layer fused, and still matching Keras."""
+
+from __future__ import annotations
+
+import pytest
+
+import tfopt_bert_keras
+from tfopt.graph import expected_counts, fuse_file
+
+
+@pytest.mark.parametrize(
+    "run_name",
+    [
+        # keras-hub's graph (EinsumDense as 5-D reshapes, masked softmax as Mul/Add selects)
+        # is not fused yet: the test states the goal and fails loudly if it starts passing.
+        pytest.param("keras_hub_run", marks=pytest.mark.xfail(strict=True, reason="keras-hub attention/LayerNorm form not fused yet")),
+        "hf_keras_run",
+    ],
+)
+def test_every_layer_fused_and_parity_kept(run_name, request, tmp_path):
+    ctx, exported = request.getfixturevalue(run_name)
+    fused = fuse_file(exported.model_path, tmp_path / "fused.onnx", exported.info)
+    expected = expected_counts(exported.info, exported.info.num_layers)
+    assert expected == {
+        "EmbedLayerNormalization": 1,
+        "Attention|MultiHeadAttention": 2,
+        "SkipLayerNormalization": 4,
+        "BiasGelu|FastGelu|Gelu": 2,
+    }
+    found = {key: sum(fused.op_counts.get(op, 0) for op in key.split("|")) for key in expected}
+    assert found == expected, fused.missing
+    assert fused.missing == []
+    result = tfopt_bert_keras.verify_hook(ctx, exported, fused.model_path, tfopt_bert_keras.make_dummy_inputs_hook(ctx, exported))
+    assert result.passed, result.overall
