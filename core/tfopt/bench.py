@@ -8,6 +8,7 @@ from typing import Callable
 
 import numpy as np
 
+from .errors import TfoptError
 from .results import LatencyRow
 
 
@@ -39,11 +40,20 @@ def latency_row(engine: str, batch_size: int, sequence_length: int, seconds: np.
 
 
 def ort_session(model_path: str | Path, *, threads: int = 0, providers: list[str] | None = None):
-    """An ONNX Runtime session with all graph optimizations on (what users deploy)."""
+    """An ONNX Runtime session with all graph optimizations on (what users deploy).
+
+    A model ONNX Runtime refuses (truncated, wrong types, unknown op) is user input,
+    not a bug: it becomes a one-line :class:`TfoptError`.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(model_path), options, providers=providers or ["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(model_path), options, providers=providers or ["CPUExecutionProvider"])
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        reason = text[0][:300] if text else type(exc).__name__
+        raise TfoptError(f"{model_path}: ONNX Runtime cannot load it ({reason})") from None

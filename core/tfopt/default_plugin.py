@@ -21,7 +21,6 @@ import numpy as np
 from . import feeds as feeds_module
 from . import precision as precision_module
 from .bench import latency_row, ort_session, time_calls
-from .errors import TfoptError
 from .hookspecs import hookimpl
 from .results import BenchResult, ExportResult, FuseResult, PrecisionResult, RunContext, VerifyResult
 from .verify import compare_cases
@@ -29,15 +28,6 @@ from .verify import compare_cases
 OPTIMIZED_FILE = "optimized.onnx"
 DEFAULT_BENCH_BATCH_SIZES = (1,)
 DEFAULT_BENCH_SEQUENCE_LENGTHS = (8, 32)
-
-
-def _session(model_path: str | Path):
-    try:
-        return ort_session(model_path)
-    except Exception as exc:
-        text = str(exc).strip().splitlines()
-        reason = text[0] if text else type(exc).__name__
-        raise TfoptError(f"{model_path}: ONNX Runtime cannot load it ({reason})") from None
 
 
 @hookimpl(trylast=True)
@@ -88,8 +78,8 @@ def verify(
     ctx: RunContext, exported: ExportResult, model_path: Path, inputs: list[dict[str, np.ndarray]]
 ) -> VerifyResult:
     start = time.perf_counter()
-    reference = _session(exported.model_path)
-    candidate = _session(model_path)
+    reference = ort_session(exported.model_path)
+    candidate = ort_session(model_path)
     output_name = reference.get_outputs()[0].name
     candidate_names = [output.name for output in candidate.get_outputs()]
     candidate_name = output_name if output_name in candidate_names else candidate_names[0]
@@ -125,7 +115,7 @@ def benchmark(ctx: RunContext, exported: ExportResult, models: dict[str, Path]) 
     )
     repeat = int(ctx.option("bench_repeat", 20))
     warmup = int(ctx.option("bench_warmup", 3))
-    sessions = {label: _session(path) for label, path in models.items()}
+    sessions = {label: ort_session(path) for label, path in models.items()}
     grid = feeds_module.dummy_feeds(
         exported.model_path,
         batch_sizes=batch_sizes,

@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tfopt.bench import latency_row, time_calls
+from tfopt.bench import latency_row, ort_session, time_calls
 from tfopt.feeds import int_tuple, session_feed
 from tfopt.results import BenchResult, ExportResult, RunContext
 
 from .cache import source_model
 from .inputs import checked_lengths, token_feeds
-from .sessions import load_session
 
 TINY_SEQUENCE_LENGTHS = (8, 32)
 REAL_SEQUENCE_LENGTHS = (32, 128)  # short and typical sentence-embedding inputs
@@ -29,7 +28,7 @@ def benchmark_models(ctx: RunContext, exported: ExportResult, models: dict[str, 
     sequence_lengths = checked_lengths(source, ctx.option("bench_sequence_lengths", default_lengths), "bench_sequence_lengths")
     repeat = int(ctx.option("bench_repeat", 20))
     warmup = int(ctx.option("bench_warmup", 3))
-    sessions = {label: load_session(path) for label, path in models.items()}
+    sessions = {label: ort_session(path) for label, path in models.items()}
     rng = np.random.default_rng(0)
     rows = []
     for batch_size in batch_sizes:

@@ -9,12 +9,12 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from tfopt.bench import ort_session
 from tfopt.feeds import session_feed
 from tfopt.results import ExportResult, RunContext, VerifyResult
 from tfopt.verify import compare_cases
 
 from .cache import source_model
-from .sessions import load_session
 
 
 def torch_hidden_states(model: PreTrainedModel, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -30,7 +30,7 @@ def verify_model(
     """Compare last_hidden_state per feed; padded positions are skipped (their values mean nothing)."""
     start = time.perf_counter()
     source = source_model(ctx)
-    session = load_session(model_path)
+    session = ort_session(model_path)
     output_name = session.get_outputs()[0].name
     ctx.progress(f"verifying {Path(model_path).name} against torch on {len(inputs)} input shapes ...")
     references, actuals, valids, labels = [], [], [], []

@@ -24,7 +24,7 @@ from .source import TfSource
 def verify_against_source(ctx: RunContext, source: TfSource, model_path: Path, inputs: list[dict[str, np.ndarray]]) -> VerifyResult:
     """Run ``source`` (its tf.function) and ONNX Runtime on each feed; diff every float output."""
     start = time.perf_counter()
-    session = _session(model_path)
+    session = ort_session(model_path)
     output_names = [o.name for o in session.get_outputs()]
     roles = source.roles()
     references, actuals, valids, labels = [], [], [], []
@@ -51,12 +51,3 @@ def verify_against_source(ctx: RunContext, source: TfSource, model_path: Path, i
     )
     result.seconds = time.perf_counter() - start
     return result
-
-
-def _session(model_path: Path):
-    try:
-        return ort_session(model_path)
-    except Exception as exc:
-        text = str(exc).strip().splitlines()
-        raise TfoptError(f"{model_path}: ONNX Runtime cannot load it ({text[0][:300] if text else type(exc).__name__})") from None
-
