@@ -1,0 +1,55 @@
+"""One loaded PyTorch model per run: export, dummy inputs, verify, benchmark and generation share it.
+
+Keyed by the run's context object (by identity; ``RunContext`` is an unhashable dataclass)
+and dropped when the context is garbage-collected. Not kept in ``ctx.results``: that
+dict becomes the JSON report, and a torch model is not report material.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+from tfopt.errors import TfoptError
+from tfopt.results import RunContext
+
+from .models import DEFAULT_SOURCE, SourceModel, load_source
+
+_LOADED: dict[int, tuple[tuple, SourceModel]] = {}
+
+
+def attn_implementation(ctx: RunContext) -> str:
+    return ctx.option("attn_implementation", "sdpa")
+
+
+def lm_head_option(ctx: RunContext) -> bool | None:
+    """``lm_head`` from the options (a bool, or "true"/"false" from a command line); None = as the checkpoint says."""
+    value = ctx.option("lm_head")
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise TfoptError(f"lm_head must be true or false, got {value!r}")
+
+
+def _key(ctx: RunContext) -> tuple:
+    return (ctx.source, attn_implementation(ctx), lm_head_option(ctx))
+
+
+def remember(ctx: RunContext, source: SourceModel) -> SourceModel:
+    """Make ``source`` the model of this run (for models built in code)."""
+    if id(ctx) not in _LOADED:
+        weakref.finalize(ctx, _LOADED.pop, id(ctx), None)
+    _LOADED[id(ctx)] = (_key(ctx), source)
+    return source
+
+
+def source_model(ctx: RunContext) -> SourceModel:
+    """The run's model, loaded on first use; loaded again only if what names it changed."""
+    cached = _LOADED.get(id(ctx))
+    if cached is not None and cached[0] == _key(ctx):
+        return cached[1]
+    ctx.progress(f"loading {ctx.source or DEFAULT_SOURCE + ' (the default: random weights)'} ...")
+    return remember(ctx, load_source(ctx.source, attn_implementation=attn_implementation(ctx), lm_head=lm_head_option(ctx)))

@@ -1,0 +1,137 @@
+"""Greedy generation driven by the ONNX decoder step, and PyTorch's own for reference.
+
+The ONNX loop is what a deployment runs: the prompt step with an empty past, then one
+token per step feeding each step's ``present`` back as the next ``past``. Prompts are
+padded on the LEFT, so every row's next token comes from the last position; position ids
+count real tokens only. The reference is transformers' ``generate`` (greedy), a separate
+implementation of the same loop, so agreement checks the cache handling as well as the
+numbers. In fp32 the tokens must be identical.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+from transformers import GenerationConfig, PreTrainedModel
+
+from tfopt.bench import ort_session
+from tfopt.errors import TfoptError
+from tfopt.feeds import session_feed, valid_lengths
+
+from .decoder import ATTENTION_MASK, INPUT_IDS, POSITION_IDS
+from .inputs import position_ids_for
+from .models import SourceModel
+
+from .sessions import run_session
+
+_PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def _checked_prompt(input_ids, attention_mask) -> tuple[np.ndarray, np.ndarray]:
+    input_ids = np.asarray(input_ids, dtype=np.int64)
+    if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+        raise TfoptError(f"input_ids must be (batch, prompt length) with at least one token, got shape {input_ids.shape}")
+    mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask, dtype=np.int64)
+    if mask.shape != input_ids.shape:
+        raise TfoptError(f"attention_mask shape {mask.shape} differs from input_ids shape {input_ids.shape}")
+    if not mask[:, -1].all():
+        raise TfoptError("prompts must be padded on the left: every row's last attention_mask entry must be 1")
+    return input_ids, mask
+
+
+def _empty_past(session, batch_size: int) -> dict[str, np.ndarray]:
+    """A zero-length past for every ``past_key_values.{i}.key/value`` input the graph declares."""
+    past = {}
+    for spec in session.get_inputs():
+        if not _PAST.match(spec.name):
+            continue
+        heads, head_size = spec.shape[1], spec.shape[3]
+        if not isinstance(heads, int) or not isinstance(head_size, int):
+            raise TfoptError(f"{spec.name}: the graph does not declare its head count and head size {spec.shape}")
+        past[spec.name] = np.zeros((batch_size, heads, 0, head_size), dtype=_NUMPY_TYPES.get(spec.type, np.float32))
+    if not past:
+        raise TfoptError("the model has no past_key_values.{i}.key/value inputs; it is not a GPT-2 decoder step export")
+    return past
+
+
+def greedy_generate_onnx(
+    model_path, input_ids, attention_mask=None, max_new_tokens: int = 16, *, eos_token_id: int | None = None
+) -> np.ndarray:
+    """The ``max_new_tokens`` greedy tokens (batch, max_new_tokens) of the ONNX decoder at ``model_path``.
+
+    ``model_path`` may also be a loaded ``onnxruntime.InferenceSession``. Rows that emit
+    ``eos_token_id`` keep emitting it (as transformers pads finished rows with it).
+    """
+    if hasattr(model_path, "get_inputs"):
+        session, label = model_path, "the ONNX Runtime session"
+    else:
+        session, label = ort_session(model_path), str(model_path)
+    output_names = [output.name for output in session.get_outputs()]
+    if output_names[0] != "logits":
+        raise TfoptError(f"{label}: greedy generation needs a model with a 'logits' output (a GPT2LMHeadModel export)")
+    ids, mask = _checked_prompt(input_ids, attention_mask)
+    batch_size = ids.shape[0]
+    past = _empty_past(session, batch_size)
+    presents = {name: name.replace("past_key_values.", "present.", 1) for name in past}
+    positions = position_ids_for(mask, ids.shape[1])
+    finished = np.zeros(batch_size, dtype=bool)
+    new_tokens = []
+    for _ in range(max_new_tokens):
+        feed = {INPUT_IDS: ids, ATTENTION_MASK: mask, POSITION_IDS: positions, **past}
+        outputs = dict(zip(output_names, run_session(session, output_names, session_feed(session, feed), label)))
+        next_tokens = outputs["logits"][:, -1, :].argmax(-1).astype(np.int64)
+        if eos_token_id is not None:
+            next_tokens = np.where(finished, eos_token_id, next_tokens)
+            finished |= next_tokens == eos_token_id
+        new_tokens.append(next_tokens)
+        past = {name: outputs[present] for name, present in presents.items()}
+        ids = next_tokens[:, None]
+        mask = np.concatenate([mask, np.ones((batch_size, 1), dtype=mask.dtype)], axis=1)
+        positions = mask.sum(axis=1, keepdims=True) - 1  # real tokens before the new one
+    return np.stack(new_tokens, axis=1) if new_tokens else np.zeros((batch_size, 0), dtype=np.int64)
+
+
+def greedy_generate_torch(
+    model: PreTrainedModel | SourceModel,
+    input_ids,
+    attention_mask=None,
+    max_new_tokens: int = 16,
+    *,
+    eos_token_id: int | None = None,
+) -> np.ndarray:
+    """transformers' greedy ``generate`` for the same prompts; the new tokens only, (batch, max_new_tokens).
+
+    With ``eos_token_id`` None generation never stops early (the model config's EOS is
+    ignored), so both sides always produce ``max_new_tokens`` tokens.
+    """
+    model = model.model if isinstance(model, SourceModel) else model
+    if not hasattr(model, "lm_head"):
+        raise TfoptError("greedy generation needs a GPT2LMHeadModel (this model has no LM head)")
+    ids, mask = _checked_prompt(input_ids, attention_mask)
+    if max_new_tokens <= 0:
+        return np.zeros((ids.shape[0], 0), dtype=np.int64)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=eos_token_id,
+        pad_token_id=eos_token_id if eos_token_id is not None else 0,
+    )
+    with torch.inference_mode():
+        output = model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), generation_config=config)
+    new = output[:, ids.shape[1] :].numpy()
+    if new.shape[1] < max_new_tokens:  # all rows hit EOS early: pad like the ONNX loop does
+        new = np.concatenate([new, np.full((ids.shape[0], max_new_tokens - new.shape[1]), eos_token_id)], axis=1)
+    return new
+
+
+def example_prompts(source: SourceModel, batch_size: int, prompt_length: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random prompts, left-padded to ``prompt_length``: row i has ``i * L // B`` pad slots (B=4, L=8: 0, 2, 4, 6)."""
+    rng = np.random.default_rng(seed)
+    lengths = valid_lengths(batch_size, prompt_length)
+    mask = (np.arange(prompt_length)[None, :] >= (prompt_length - lengths)[:, None]).astype(np.int64)
+    ids = rng.integers(0, source.vocab_size, size=(batch_size, prompt_length))
+    return np.where(mask.astype(bool), ids, 0).astype(np.int64), mask

@@ -1,0 +1,233 @@
+"""Where the PyTorch GPT-2 comes from: built-in random configs, a local directory, or a hub id.
+
+No real GPT-2 weights can be had offline (nothing on PyPI ships them), so the default
+source is ``tiny-gpt2``, a random-weight model; ``gpt2-small-random`` has GPT-2 small's
+exact shape for benchmarks. Every source ends as a :class:`SourceModel`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPT2Model,
+    PreTrainedModel,
+)
+from transformers.utils import logging as transformers_logging
+
+from tfopt.errors import TfoptError
+from tfopt.results import ModelInfo
+
+DEFAULT_SOURCE = "tiny-gpt2"
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+RANDOM_SEED = 20261123
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A random-weight model this adapter can build without any download."""
+
+    config: Callable[[], GPT2Config]
+    lm_head: bool
+
+
+def _tiny(**shape) -> Callable[[], GPT2Config]:
+    # initializer_range 0.2, not GPT-2's 0.02: at 0.02 a tiny random model's logits are nearly
+    # flat (top-2 gap ~0.02) and greedy decoding repeats one token from the second step on,
+    # so a generation test could not tell a broken cache from a working one.
+    return lambda: GPT2Config(n_positions=128, n_head=4, initializer_range=0.2, **shape)
+
+
+# Tiny shapes differ from one another (layers, hidden size, vocab) so shape bugs show.
+BUILTIN_MODELS = {
+    "tiny-gpt2": BuiltinModel(_tiny(vocab_size=160, n_embd=32, n_layer=3), lm_head=True),
+    "tiny-gpt2-base": BuiltinModel(_tiny(vocab_size=144, n_embd=48, n_layer=2), lm_head=False),
+    "tiny-distilgpt2": BuiltinModel(_tiny(vocab_size=200, n_embd=64, n_layer=2), lm_head=True),
+    # GPT-2 small's shape (12 layers, hidden 768, 12 heads, vocab 50257) with random weights.
+    "gpt2-small-random": BuiltinModel(lambda: GPT2Config(), lm_head=True),
+}
+
+
+@dataclass
+class SourceModel:
+    """The loaded PyTorch model in eval mode and the facts about it the other stages need."""
+
+    model: PreTrainedModel  # GPT2LMHeadModel or GPT2Model
+    name: str  # what the user asked for: "tiny-gpt2", a directory, a hub id
+    info: ModelInfo
+    lm_head: bool
+    vocab_size: int
+    max_positions: int  # past + sequence must stay below this (the position table's size)
+
+    @property
+    def num_layers(self) -> int:
+        return self.info.num_layers
+
+    @property
+    def num_heads(self) -> int:
+        return self.info.num_heads
+
+    @property
+    def head_size(self) -> int:
+        return self.info.hidden_size // self.info.num_heads
+
+    @property
+    def output_name(self) -> str:
+        return "logits" if self.lm_head else "last_hidden_state"
+
+
+def perturb_vector_params(model: torch.nn.Module, *, seed: int = 0, scale: float = 0.02) -> None:
+    """Add small noise to every 1-D parameter (biases, LayerNorm weights).
+
+    Random init leaves them all zeros or ones; the dynamo exporter then de-duplicates
+    the identical tensors into one shared initializer, which no real checkpoint has
+    and which hides fusion bugs that pick up the wrong bias.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 1:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
+
+
+def random_model(
+    config: GPT2Config, *, lm_head: bool = True, seed: int = RANDOM_SEED, attn_implementation: str = "sdpa"
+) -> PreTrainedModel:
+    """A random-weight GPT-2 for ``config``, the same for the same seed."""
+    check_attn(attn_implementation)
+    factory = AutoModelForCausalLM if lm_head else AutoModel
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = factory.from_config(config, attn_implementation=attn_implementation)
+    perturb_vector_params(model, seed=seed)
+    return model.eval()
+
+
+def load_source(source: str | None, *, attn_implementation: str = "sdpa", lm_head: bool | None = None) -> SourceModel:
+    """Load what ``source`` names (None: ``tiny-gpt2``); every failure is a one-line :class:`TfoptError`.
+
+    ``lm_head`` picks GPT2LMHeadModel (True) or GPT2Model (False) for directories and hub
+    ids; None follows the checkpoint's ``architectures``.
+    """
+    check_attn(attn_implementation)
+    name = source or DEFAULT_SOURCE
+    if name in BUILTIN_MODELS:
+        builtin = BUILTIN_MODELS[name]
+        head = builtin.lm_head if lm_head is None else lm_head
+        return describe(random_model(builtin.config(), lm_head=head, attn_implementation=attn_implementation), name)
+    path = Path(name).expanduser()
+    if path.exists():
+        return _from_directory(path, attn_implementation, lm_head)
+    if _looks_like_hub_id(name):
+        return _from_hub(name, attn_implementation, lm_head)
+    raise TfoptError(f"{name}: no such model directory (or use a hub id, or one of: {', '.join(BUILTIN_MODELS)})")
+
+
+def describe(model: PreTrainedModel, name: str) -> SourceModel:
+    """Wrap a GPT-2 model with the facts later stages need; other families are refused."""
+    config = model.config
+    if config.model_type != "gpt2":
+        raise TfoptError(f"{name}: model type {config.model_type!r} is not handled by the gpt2 adapter")
+    return SourceModel(
+        model=model.eval(),
+        name=name,
+        info=ModelInfo(model_type="gpt2", num_heads=config.n_head, hidden_size=config.n_embd, num_layers=config.n_layer),
+        lm_head=isinstance(model, GPT2LMHeadModel),
+        vocab_size=config.vocab_size,
+        max_positions=config.n_positions,
+    )
+
+
+def check_attn(attn_implementation: str) -> None:
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise TfoptError(f"unknown attn_implementation {attn_implementation!r}; known: {', '.join(ATTN_IMPLEMENTATIONS)}")
+
+
+def _model_class(config, lm_head: bool | None):
+    if lm_head is None:
+        lm_head = "GPT2LMHeadModel" in (getattr(config, "architectures", None) or [])
+    return GPT2LMHeadModel if lm_head else GPT2Model
+
+
+def _from_directory(path: Path, attn_implementation: str, lm_head: bool | None) -> SourceModel:
+    if not path.is_dir():
+        raise TfoptError(f"{path}: not a directory (expected a Hugging Face model directory)")
+    if not (path / "config.json").is_file():
+        raise TfoptError(f"{path}: no config.json, not a Hugging Face model directory")
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # bad JSON, unknown model_type, unreadable file
+        raise TfoptError(f"{path}: cannot read config.json ({first_line(exc)})") from None
+    if config.model_type != "gpt2":  # before loading weights we would not use
+        raise TfoptError(f"{path}: model type {config.model_type!r} is not handled by the gpt2 adapter")
+    try:
+        with _no_progress_bar():
+            model = _model_class(config, lm_head).from_pretrained(
+                path, local_files_only=True, attn_implementation=attn_implementation
+            )
+    except Exception as exc:  # missing or corrupt weights
+        raise TfoptError(f"{path}: cannot load the model weights ({first_line(exc)})") from None
+    return describe(model, str(path))
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def _looks_like_hub_id(source: str) -> bool:
+    return bool(_HUB_ID.match(source)) and not source.endswith((".onnx", ".json"))
+
+
+def hub_offline() -> bool:
+    """True when Hugging Face's offline switch is on (checked at call time, not at import)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    try:
+        from huggingface_hub import is_offline_mode
+    except ImportError:
+        return False
+    return is_offline_mode()
+
+
+def _from_hub(repo_id: str, attn_implementation: str, lm_head: bool | None) -> SourceModel:
+    if hub_offline():
+        raise TfoptError(f"{repo_id}: not a local directory, and the Hugging Face hub is offline (HF_HUB_OFFLINE)")
+    try:
+        config = AutoConfig.from_pretrained(repo_id)
+        if config.model_type != "gpt2":
+            raise TfoptError(f"{repo_id}: model type {config.model_type!r} is not handled by the gpt2 adapter")
+        with _no_progress_bar():
+            model = _model_class(config, lm_head).from_pretrained(repo_id, attn_implementation=attn_implementation)
+    except TfoptError:
+        raise
+    except Exception as exc:  # unknown repo, no network, gated model
+        raise TfoptError(f"{repo_id}: cannot load from the Hugging Face hub ({first_line(exc)})") from None
+    return describe(model, repo_id)
+
+
+@contextlib.contextmanager
+def _no_progress_bar():
+    """Loading a checkpoint takes a second; its "Loading weights" bar is noise in tfopt's output."""
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line: what TfoptError messages quote."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
