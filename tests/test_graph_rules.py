@@ -211,3 +211,324 @@ def test_disabled_fusion_does_not_run():
     fused, stats = _fuse(_model(nodes, [_float_input(), _float_input("skip")], inits), disabled={"skip_layer_norm"})
     assert count_ops(fused) == {"Add": 1, "LayerNormalization": 1}
     assert "SkipLayerNorm" not in stats.rule_counts
+
+
+# --- Keras 3 / keras-hub forms (tf2onnx): EinsumDense, LayerNorm with [1, 1, H] params, SelectV2 masks ---
+
+HEADS = 2
+HEAD_SIZE = H // HEADS
+
+
+def _ints(name: str, values) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(values, dtype=np.int64), name)
+
+
+def _keras_layer_norm(nodes, inits, x, name, out=None):
+    """keras-hub's LayerNorm through tf2onnx: x * inv + ((-mean) * inv + beta), gamma/beta [1, 1, H]."""
+    out = out or f"{name}_out"
+    inits += [
+        _const(f"{name}_eps", 1e-12),
+        _const(f"{name}_gamma", 1 + 0.1 * RNG.normal(size=(1, 1, H))),
+        _const(f"{name}_beta", 0.1 * RNG.normal(size=(1, 1, H))),
+    ]
+    nodes += [
+        helper.make_node("GlobalAveragePool", [x], [f"{name}_mean"]),
+        helper.make_node("Neg", [f"{name}_mean"], [f"{name}_neg"]),
+        helper.make_node("Sub", [x, f"{name}_mean"], [f"{name}_d"]),
+        helper.make_node("Mul", [f"{name}_d", f"{name}_d"], [f"{name}_sq"]),
+        helper.make_node("GlobalAveragePool", [f"{name}_sq"], [f"{name}_var"]),
+        helper.make_node("Add", [f"{name}_var", f"{name}_eps"], [f"{name}_ve"]),
+        helper.make_node("Sqrt", [f"{name}_ve"], [f"{name}_std"]),
+        helper.make_node("Reciprocal", [f"{name}_std"], [f"{name}_rstd"]),
+        helper.make_node("Mul", [f"{name}_rstd", f"{name}_gamma"], [f"{name}_inv"]),
+        helper.make_node("Mul", [x, f"{name}_inv"], [f"{name}_scaled"]),
+        helper.make_node("Mul", [f"{name}_neg", f"{name}_inv"], [f"{name}_shift0"]),
+        helper.make_node("Add", [f"{name}_shift0", f"{name}_beta"], [f"{name}_shift"]),
+        helper.make_node("Add", [f"{name}_scaled", f"{name}_shift"], [out]),
+    ]
+    return out
+
+
+def test_keras_layer_norm_becomes_one_op():
+    nodes, inits = [], []
+    _keras_layer_norm(nodes, inits, "x", "ln", out="y")
+    original = _model(nodes, [_float_input()], inits)
+    fused, stats = _fuse(original)
+    assert count_ops(fused) == {"LayerNormalization": 1}
+    assert stats.rule_counts["TfLayerNorm"] == 1
+    _assert_same(original, fused, {"x": RNG.normal(size=(2, 5, H)).astype(np.float32)})
+
+
+def test_keras_layer_norm_with_per_position_gamma_is_left_alone():
+    nodes, inits = [], []
+    _keras_layer_norm(nodes, inits, "x", "ln", out="y")
+    inits[1] = _const("ln_gamma", np.ones((5, 1, H)))  # not a [1, 1, H] row: LayerNormalization cannot take it
+    fused, _ = _fuse(_model(nodes, [_float_input()], inits))
+    assert "LayerNormalization" not in count_ops(fused)
+
+
+def _einsum_prologue(nodes, inits, x, name):
+    """What tf2onnx writes once per EinsumDense input: Unsqueeze(x, [2, 3]), its flatten and Shape()[:2]."""
+    inits += [_ints(f"{name}_axes", [2, 3]), _ints(f"{name}_flat", [-1, H]), _ints(f"{name}_lead", [0, 1])]
+    nodes += [
+        helper.make_node("Unsqueeze", [x, f"{name}_axes"], [f"{name}_u"]),
+        helper.make_node("Reshape", [f"{name}_u", f"{name}_flat"], [f"{name}_f"]),
+        helper.make_node("Shape", [f"{name}_u"], [f"{name}_shape"]),
+        helper.make_node("Gather", [f"{name}_shape", f"{name}_lead"], [f"{name}_bs"], axis=0),
+    ]
+    return f"{name}_f", f"{name}_bs"
+
+
+def _einsum_heads(nodes, inits, flat, lead, name, bias=True):
+    """einsum("abc,cde->abde") (+ a [N, Hd] bias) as tf2onnx writes it: Gemm, 5-D unflatten, Squeeze(4)."""
+    inits += [_const(f"{name}_w", RNG.normal(size=(H, H)) * 0.3), _ints(f"{name}_tail", [HEADS, HEAD_SIZE, 1]), _ints(f"{name}_sq", [4])]
+    nodes += [
+        helper.make_node("Gemm", [flat, f"{name}_w"], [f"{name}_g"], transB=1, beta=0.0),
+        helper.make_node("Concat", [lead, f"{name}_tail"], [f"{name}_target"], axis=0),
+        helper.make_node("Reshape", [f"{name}_g", f"{name}_target"], [f"{name}_r"]),
+        helper.make_node("Squeeze", [f"{name}_r", f"{name}_sq"], [name if not bias else f"{name}_nobias"]),
+    ]
+    if bias:
+        inits.append(_const(f"{name}_b", RNG.normal(size=(HEADS, HEAD_SIZE)) * 0.3))
+        nodes.append(helper.make_node("Add", [f"{name}_nobias", f"{name}_b"], [name]))
+    return name
+
+
+def _einsum_merge(nodes, inits, context, name, out, shape_of=None):
+    """einsum("abcd,cde->abe") + bias on a (B, N, S, Hd) context: Unsqueeze/Transpose to 5-D, Gemm, Squeeze(3, 4)."""
+    inits += [
+        _const(f"{name}_w", RNG.normal(size=(H, H)) * 0.3),
+        _const(f"{name}_b", RNG.normal(size=H)),
+        _ints(f"{name}_one", [1]),
+        _ints(f"{name}_lead", [0, 1]),
+        _ints(f"{name}_merged", [3, 4]),
+        _ints(f"{name}_minus_one", [-1]),
+        _ints(f"{name}_tail", [H, 1, 1]),
+    ]
+    nodes += [
+        helper.make_node("Unsqueeze", [context, f"{name}_one"], [f"{name}_u"]),
+        helper.make_node("Transpose", [f"{name}_u"], [f"{name}_t"], perm=[0, 3, 1, 2, 4]),
+        helper.make_node("Shape", [shape_of or f"{name}_t"], [f"{name}_shape"]),
+        helper.make_node("Gather", [f"{name}_shape", f"{name}_lead"], [f"{name}_bs"], axis=0),
+        helper.make_node("Gather", [f"{name}_shape", f"{name}_merged"], [f"{name}_nh"], axis=0),
+        helper.make_node("ReduceProd", [f"{name}_nh"], [f"{name}_k"], keepdims=1),
+        helper.make_node("Concat", [f"{name}_minus_one", f"{name}_k"], [f"{name}_flat"], axis=0),
+        helper.make_node("Reshape", [f"{name}_t", f"{name}_flat"], [f"{name}_f"]),
+        helper.make_node("Gemm", [f"{name}_f", f"{name}_w"], [f"{name}_g"], transB=1, beta=0.0),
+        helper.make_node("Concat", [f"{name}_bs", f"{name}_tail"], [f"{name}_target"], axis=0),
+        helper.make_node("Reshape", [f"{name}_g", f"{name}_target"], [f"{name}_r"]),
+        helper.make_node("Squeeze", [f"{name}_r", f"{name}_merged"], [f"{name}_sq"]),
+        helper.make_node("Add", [f"{name}_sq", f"{name}_b"], [out]),
+    ]
+    return out
+
+
+def _heads_input(name="ctx"):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", HEADS, "seq", HEAD_SIZE])
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_einsum_dense_into_heads_becomes_matmul(bias):
+    nodes, inits = [], []
+    flat, lead = _einsum_prologue(nodes, inits, "x", "in")
+    _einsum_heads(nodes, inits, flat, lead, "y", bias=bias)
+    original = _model(nodes, [_float_input()], inits)
+    fused, stats = _fuse(original)
+    counts = count_ops(fused)
+    assert counts.get("MatMul") == 1 and counts.get("Reshape") == 1 and counts.get("Add", 0) == int(bias)
+    assert not {"Gemm", "Squeeze", "Unsqueeze"} & set(counts)
+    assert stats.rule_counts["EinsumDense"] == 1 and stats.rule_counts["HeadBias"] == int(bias)
+    _assert_same(original, fused, {"x": RNG.normal(size=(2, 5, H)).astype(np.float32)})
+
+
+def test_einsum_dense_merging_heads_becomes_matmul_add():
+    nodes, inits = [], []
+    _einsum_merge(nodes, inits, "ctx", "o", "y")
+    original = _model(nodes, [_heads_input()], inits)
+    fused, stats = _fuse(original)
+    counts = count_ops(fused)
+    assert counts.get("MatMul") == 1 and counts.get("Add") == 1 and counts.get("Transpose") == 1
+    assert not {"Gemm", "Squeeze", "Unsqueeze", "ReduceProd"} & set(counts)
+    assert stats.rule_counts["EinsumDense"] == 1
+    _assert_same(original, fused, {"ctx": RNG.normal(size=(3, HEADS, 4, HEAD_SIZE)).astype(np.float32)})
+
+
+def test_einsum_unflatten_sized_by_another_tensor_is_left_alone():
+    # The 5-D target takes batch/sequence from a different tensor: nothing proves the flatten kept B x S rows.
+    nodes, inits = [], []
+    _einsum_merge(nodes, inits, "ctx", "o", "y", shape_of="other")
+    other = helper.make_tensor_value_info("other", TensorProto.FLOAT, ["b", "s", 1, HEADS, HEAD_SIZE])
+    fused, stats = _fuse(_model(nodes, [_heads_input(), other], inits))
+    assert "Gemm" in count_ops(fused) and stats.rule_counts["EinsumDense"] == 0
+
+
+def test_transposed_scores_become_query_times_key():
+    nodes = [
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1, 3]),
+        helper.make_node("Transpose", ["q"], ["qt"], perm=[0, 2, 3, 1]),
+        helper.make_node("MatMul", ["kt", "qt"], ["s"]),
+        helper.make_node("Transpose", ["s"], ["y"], perm=[0, 1, 3, 2]),
+    ]
+    heads = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", "seq", HEADS, HEAD_SIZE])  # noqa: E731
+    original = _model(nodes, [heads("q"), heads("k")], [])
+    fused, stats = _fuse(original)
+    assert count_ops(fused) == {"MatMul": 1, "Transpose": 2}
+    assert stats.rule_counts["TransposedScores"] == 1
+    perms = sorted(tuple(n.attributes.get_ints("perm")) for n in fused.graph if n.op_type == "Transpose")
+    assert perms == [(0, 2, 1, 3), (0, 2, 3, 1)]
+    feeds = {name: RNG.normal(size=(2, 5, HEADS, HEAD_SIZE)).astype(np.float32) for name in ("q", "k")}
+    _assert_same(original, fused, feeds)
+
+
+def _keras_attention(bias: bool, mask_inputs=("mask",), inverted=False):
+    """keras-hub self-attention as tf2onnx writes it: EinsumDense Q/K/V, Q scaled before its transpose,
+    K.Q^T transposed back, SelectV2 masks before and after Softmax, EinsumDense output projection."""
+    nodes, inits = [], [_const("scale", 1 / math.sqrt(HEAD_SIZE)), _const("fill", -1e9), _const("zero", 0.0), _ints("axis1", [1])]
+    flat, lead = _einsum_prologue(nodes, inits, "x", "in")
+    q, k, v = (_einsum_heads(nodes, inits, flat, lead, name, bias=bias) for name in ("q", "k", "v"))
+    nodes += [helper.make_node("Unsqueeze", [mask_inputs[0], "axis1"], ["m3"])]
+    if len(mask_inputs) == 2:  # a condition that also reads another input
+        nodes += [helper.make_node("Mul", ["m3", mask_inputs[1]], ["m3b"])]
+    m3 = "m3b" if len(mask_inputs) == 2 else "m3"
+    nodes += [
+        helper.make_node("Cast", [m3], ["m3_bool0"], to=TensorProto.BOOL),
+        helper.make_node("Not" if inverted else "Identity", ["m3_bool0"], ["m3_bool"]),
+        helper.make_node("Unsqueeze", ["m3_bool", "axis1"], ["cond"]),
+        helper.make_node("Cast", ["cond"], ["keep"], to=TensorProto.FLOAT),
+        helper.make_node("Not", ["cond"], ["not_cond"]),
+        helper.make_node("Cast", ["not_cond"], ["drop"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["drop", "fill"], ["fill_term"]),
+        helper.make_node("Mul", ["drop", "zero"], ["zero_term"]),
+        helper.make_node("Mul", [q, "scale"], ["q_scaled"]),
+        helper.make_node("Transpose", [k], ["k_t"], perm=[0, 2, 1, 3]),
+        helper.make_node("Transpose", ["q_scaled"], ["q_t"], perm=[0, 2, 3, 1]),
+        helper.make_node("MatMul", ["k_t", "q_t"], ["kq"]),
+        helper.make_node("Transpose", ["kq"], ["scores"], perm=[0, 1, 3, 2]),
+        helper.make_node("Mul", ["keep", "scores"], ["kept_scores"]),
+        helper.make_node("Add", ["kept_scores", "fill_term"], ["masked"]),
+        helper.make_node("Softmax", ["masked"], ["probs"], axis=-1),
+        helper.make_node("Mul", ["keep", "probs"], ["kept_probs"]),
+        helper.make_node("Add", ["kept_probs", "zero_term"], ["probs_masked"]),
+        helper.make_node("Transpose", [v], ["v_t"], perm=[0, 2, 1, 3]),
+        helper.make_node("MatMul", ["probs_masked", "v_t"], ["context"]),
+    ]
+    _einsum_merge(nodes, inits, "context", "o", "y")
+    inputs = [_float_input()] + [helper.make_tensor_value_info(name, TensorProto.INT32, ["batch", "seq"]) for name in mask_inputs]
+    return _model(nodes, inputs, inits)
+
+
+def _padding_mask(batch, seq):
+    mask = np.ones((batch, seq), np.int32)
+    mask[1, seq - 2 :] = 0  # right padding
+    mask[2, :3] = 0  # left padding
+    return mask
+
+
+@pytest.mark.parametrize("target", ["cpu", "cuda"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_keras_attention_becomes_one_op(target, bias):
+    original = _keras_attention(bias)
+    fused, stats = _fuse(original, target=target)
+    counts = count_ops(fused)
+    fused_op = "MultiHeadAttention" if target == "cpu" else "Attention"
+    assert counts.get(fused_op) == 1 and "Softmax" not in counts
+    assert stats.rule_counts["TransposedScores"] == 1 and stats.rule_counts["Attention"] == 1
+    assert stats.rule_counts["EinsumDense"] == 4 and stats.rule_counts["HeadBias"] == (3 if bias else 0)
+    attention = next(n for n in fused.graph if n.op_type == fused_op)
+    assert attention.inputs[-1].name == "mask"  # the raw 2-D mask, already int32
+    feeds = {"x": RNG.normal(size=(3, 7, H)).astype(np.float32), "mask": _padding_mask(3, 7)}
+    _assert_same(original, fused, feeds, tol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["mask_from_two_inputs", "inverted_mask"])
+def test_keras_attention_with_other_mask_is_left_alone(case):
+    # Both still read the mask input, but the fused op's mask_index would not mean the same.
+    if case == "mask_from_two_inputs":
+        original = _keras_attention(True, mask_inputs=("mask", "other"))
+    else:
+        original = _keras_attention(True, inverted=True)
+    fused, stats = _fuse(original)
+    assert "Softmax" in count_ops(fused) and stats.rule_counts["Attention"] == 0
+
+
+def _keras_embeddings(word_rows_in_wrap=32):
+    """keras-hub embeddings: negative-id wraps before the token/segment Gathers, the position
+    table sliced to the sequence length and broadcast, then the Keras LayerNorm."""
+    vocab, positions, types = 32, 16, 2
+    inits = [
+        _const("word", RNG.normal(size=(vocab, H))),
+        _const("position", RNG.normal(size=(positions, H))),
+        _const("segment", RNG.normal(size=(types, H))),
+        _const("f_zero", 0.0),
+        numpy_helper.from_array(np.array(word_rows_in_wrap, np.int32), "word_rows"),
+        numpy_helper.from_array(np.array(types, np.int32), "segment_rows"),
+        numpy_helper.from_array(np.array([H], np.int32), "width"),
+        numpy_helper.from_array(np.array([-1], np.int32), "minus_one"),
+        numpy_helper.from_array(np.array([2**31 - 1], np.int32), "big"),
+        numpy_helper.from_array(np.array([0, 0], np.int32), "begin"),
+        _ints("i0", [0]),
+        _ints("i1", [1]),
+        _ints("i2", [2]),
+    ]
+    nodes = []
+
+    def wrapped(ids, rows, name):
+        nodes.extend(
+            [
+                helper.make_node("Cast", [ids], [f"{name}_f"], to=TensorProto.FLOAT),
+                helper.make_node("Less", [f"{name}_f", "f_zero"], [f"{name}_neg"]),
+                helper.make_node("Add", [ids, rows], [f"{name}_shifted"]),
+                helper.make_node("Cast", [f"{name}_neg"], [f"{name}_neg_i"], to=TensorProto.INT32),
+                helper.make_node("Mul", [f"{name}_neg_i", f"{name}_shifted"], [f"{name}_a"]),
+                helper.make_node("Not", [f"{name}_neg"], [f"{name}_pos"]),
+                helper.make_node("Cast", [f"{name}_pos"], [f"{name}_pos_i"], to=TensorProto.INT32),
+                helper.make_node("Mul", [ids, f"{name}_pos_i"], [f"{name}_b"]),
+                helper.make_node("Add", [f"{name}_a", f"{name}_b"], [f"{name}_ids"]),
+            ]
+        )
+        return f"{name}_ids"
+
+    word_ids, segment_ids = wrapped("ids", "word_rows", "w"), wrapped("seg", "segment_rows", "s")
+    nodes += [
+        helper.make_node("Gather", ["word", word_ids], ["word_e"], axis=0),
+        helper.make_node("Gather", ["segment", segment_ids], ["segment_e"], axis=0),
+        # sequence length n from Shape(ids); TF Slice(begin, size=[n, H]) -> ends = size + (size == -1) * INT_MAX + begin
+        helper.make_node("Shape", [word_ids], ["ids_shape64"]),
+        helper.make_node("Cast", ["ids_shape64"], ["ids_shape"], to=TensorProto.INT32),
+        helper.make_node("Slice", ["ids_shape", "i1", "i2", "i0"], ["n"]),
+        helper.make_node("Slice", ["ids_shape", "i0", "i1", "i0"], ["b"]),
+        helper.make_node("Concat", ["n", "width"], ["size"], axis=0),
+        helper.make_node("Equal", ["minus_one", "size"], ["to_end"]),
+        helper.make_node("Cast", ["to_end"], ["to_end_i"], to=TensorProto.INT32),
+        helper.make_node("Mul", ["to_end_i", "big"], ["extra"]),
+        helper.make_node("Add", ["size", "extra"], ["length"]),
+        helper.make_node("Add", ["length", "begin"], ["ends"]),
+        helper.make_node("Slice", ["position", "begin", "ends"], ["rows"]),
+        helper.make_node("Concat", ["b", "n", "width"], ["target32"], axis=0),
+        helper.make_node("Cast", ["target32"], ["target"], to=TensorProto.INT64),
+        helper.make_node("Expand", ["rows", "target"], ["position_e"]),
+        helper.make_node("Add", ["word_e", "position_e"], ["sum1"]),
+        helper.make_node("Add", ["sum1", "segment_e"], ["sum"]),
+    ]
+    _keras_layer_norm(nodes, inits, "sum", "ln", out="y")
+    inputs = [helper.make_tensor_value_info(name, TensorProto.INT32, ["batch", "seq"]) for name in ("ids", "seg")]
+    return _model(nodes, inputs, inits)
+
+
+def test_keras_embeddings_become_embed_layer_norm():
+    original = _keras_embeddings()
+    fused, stats = _fuse(original)
+    counts = count_ops(fused)
+    assert counts.get("EmbedLayerNormalization") == 1
+    assert not {"Gather", "Less", "Not", "GlobalAveragePool", "LayerNormalization"} & set(counts)
+    assert stats.rule_counts["WrappedIdsLookup"] == 2 and stats.rule_counts["SlicedPositionTable"] == 1
+    for batch, seq in [(1, 5), (3, 9), (2, 16)]:
+        feeds = {"ids": RNG.integers(0, 32, size=(batch, seq)).astype(np.int32), "seg": RNG.integers(0, 2, size=(batch, seq)).astype(np.int32)}
+        _assert_same(original, fused, feeds)
+
+
+def test_wrap_that_is_not_the_table_size_is_left_alone():
+    # ids + 33 for negative ids on a 32-row table is not Gather's own wrap: the word ids stay computed.
+    fused, stats = _fuse(_keras_embeddings(word_rows_in_wrap=33))
+    assert "EmbedLayerNormalization" not in count_ops(fused)
+    assert stats.rule_counts["WrappedIdsLookup"] == 1  # the segment wrap is still exact

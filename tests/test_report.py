@@ -95,6 +95,7 @@ def test_paths_in_the_run_dir_are_relative_and_non_finite_numbers_are_strings(tm
 def test_write_report_is_atomic_and_readable(tmp_path):
     ctx = _ctx(tmp_path)
     path = report_module.write_report(_build(ctx), Path(ctx.work_dir) / "report.json")
+    assert path == Path(ctx.work_dir) / "report.json"
     assert [p.name for p in Path(ctx.work_dir).iterdir()] == ["report.json"]
     loaded = report_module.load_report(ctx.work_dir)
     assert loaded["family"] == "fam"

@@ -55,14 +55,15 @@ def shapes_from_sources(graph: ir.Graph) -> int:
     return changed
 
 
-def _exact_simplifications() -> list:
+def _exact_simplifications(opset: int) -> list:
     """onnxscript's structural clean-ups, without its arithmetic no-op rules.
 
     ``onnxscript.optimizer.optimize()`` would run its default rules, whose "Add(x, 0) -> x"
     matches constants with abs_tol 1e-8 and so deletes LayerNorm's epsilon (1e-12) from
-    tf2onnx graphs; everything kept here is exact.
+    tf2onnx graphs; everything kept here is exact. Slice pairs -> Split is kept from
+    opset 18 only: it writes ``Split(num_outputs=2)``, an attribute older opsets reject.
     """
-    return [
+    rules = [
         common_rules.cast_cast_rule,
         common_rules.no_op_cast_rule,
         common_rules.no_op_expand_rule,
@@ -80,6 +81,7 @@ def _exact_simplifications() -> list:
         common_rules.dropout_inference_rule,
         common_rules.dropout_zero_rule,
     ]
+    return [rule for rule in rules if opset >= 18 or rule is not common_rules.slice_split_rule]
 
 
 def prepare(model: ir.Model) -> None:
@@ -88,9 +90,10 @@ def prepare(model: ir.Model) -> None:
     Legacy (TorchScript) exports carry Constant nodes and no intermediate shapes;
     after this they look like dynamo exports to the rules.
     """
+    simplifications = _exact_simplifications(model.opset_imports.get("", 1))
     for _ in range(2):
         onnxscript.optimizer.fold_constants(model, onnx_shape_inference=True)
-        RewriteRuleSet(_exact_simplifications()).apply_to_model(model)
+        RewriteRuleSet(simplifications).apply_to_model(model)
         onnxscript.optimizer.remove_unused_nodes(model)
     if shapes_from_sources(model.graph):
         common_passes.RemoveUnusedNodesPass()(model)

@@ -11,9 +11,9 @@ from tfopt.graph import expected_counts, fuse_file
 @pytest.mark.parametrize(
     "run_name",
     [
-        # keras-hub's graph (EinsumDense as 5-D reshapes, masked softmax as Mul/Add selects)
-        # is not fused yet: the test states the goal and fails loudly if it starts passing.
-        pytest.param("keras_hub_run", marks=pytest.mark.xfail(strict=True, reason="keras-hub attention/LayerNorm form not fused yet")),
+        # keras-hub's graph: EinsumDense as 5-D reshapes around Gemm, masked softmax as SelectV2
+        # Mul/Add selects, LayerNorm with [1, 1, H] params, wrapped ids and a sliced position table.
+        "keras_hub_run",
         "hf_keras_run",
     ],
 )

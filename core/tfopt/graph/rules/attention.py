@@ -5,9 +5,13 @@ One rule covers what today's exporters write for BERT-family self-attention:
 - Q, K, V: ``Transpose(Reshape(MatMul(x, W) + b), [0, 2, 1, 3])``;
 - K^T three ways: ``Transpose(k, [0, 2, 3, 1])`` (eager, legacy sdpa), a 3-D
   reshape/transpose/reshape round trip (dynamo sdpa), or two Transposes;
-- the 1/sqrt(head_size) scale on Q and K separately (sdpa), or on the scores
-  (eager), as Mul or Div;
-- the mask as an additive tensor (``Add``), absent, or both;
+- the projections with a bias Add or without one (Keras EinsumDense with zero Q/K/V
+  bias, which TF folds away);
+- the 1/sqrt(head_size) scale on Q and K separately (sdpa), on Q before its head
+  transpose (Keras), or on the scores (eager), as Mul or Div;
+- the mask as an additive tensor (``Add``), absent, or both; or TF's ``SelectV2``
+  (``where(mask, scores, -1e9)``, lowered to ``Cast(m) * s + Cast(!m) * -1e9``), with
+  Keras' ``where(mask, probs, 0)`` after Softmax;
 - sdpa's NaN guard after Softmax (``Where(IsNaN(p), 0, p)``).
 
 The fused op depends on the target: on CPU, three MatMuls + ``MultiHeadAttention``
@@ -28,7 +32,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from ..values import MS_DOMAIN, constant_array, int32_of, scalar, shape_tail, source_graph_inputs
+from ..values import MS_DOMAIN, constant_array, int32_of, scalar, shape_tail, source_graph_inputs, traced_graph_input
 
 _SCALE_TAGS = ["Mul", "Div", "None"]
 
@@ -46,6 +50,44 @@ def _scale_of(tag: str, factor) -> float | None:
     return number if tag == "Mul" else 1.0 / number
 
 
+def _masked_softmax(op, scores, mask, zero):
+    """Softmax over the scores with the mask forms exporters write ("masked" tags which, "guard" what follows).
+
+    TF's ``SelectV2`` keeps the scores where the boolean ``condition`` holds and writes a
+    large negative ``fill`` elsewhere; Keras selects the probabilities again after Softmax
+    (``cleared`` = 0), which only changes rows with every key masked: ORT's kernels do not
+    zero those, as for the other exporters' masks.
+    """
+    condition = pattern.Var("condition")
+
+    def select(kept, dropped):
+        return op.Add(op.Mul(op.Cast(condition), kept), op.Mul(op.Cast(op.Not(condition)), dropped))
+
+    scores = pattern.OrValue(
+        [op.Add(scores, mask), select(scores, pattern.Var("fill")), scores],
+        tag_var="masked",
+        tag_values=["add", "select", "none"],
+    )
+    probs = op.Softmax(scores, _outputs=["probs"])
+    return pattern.OrValue(
+        [op.Where(op.IsNaN(probs), zero, probs), select(probs, pattern.Var("cleared")), probs],
+        tag_var="guard",
+        tag_values=["nan", "select", "none"],
+    )
+
+
+def _is_key_mask(condition: ir.Value, mask_input: ir.Value, graph: ir.Graph) -> bool:
+    """``condition`` is ``mask_input != 0`` (Casts) laid out as (batch, 1, 1, keys) (Unsqueeze/Reshape only).
+
+    A select is exact to replace by ``mask_index`` only if it keeps the scores where the
+    raw mask is non-zero; an inverted or per-query condition must not fuse.
+    """
+    if traced_graph_input(condition, graph) is not mask_input:
+        return False
+    shape = condition.shape
+    return shape is None or (shape.rank() == 4 and shape[1] == 1 and shape[2] == 1)
+
+
 class SelfAttention(pattern.RewriteRuleClassBase):
     def __init__(self, num_heads: int = 0, target: str = "cpu"):
         # remove_nodes=False: exports take Shape() of intermediate Q/K/V tensors to build
@@ -61,9 +103,10 @@ class SelfAttention(pattern.RewriteRuleClassBase):
 
     def pattern(self, op, x, wq, bq, wk, bk, wv, bv, q_shape, k_shape, v_shape, q_factor, k_factor, s_factor, mask, zero):
         def heads(weight, bias, shape):
-            return op.Reshape(op.Add(op.MatMul(x, weight), bias), shape, _allow_other_attributes=True)
+            projected = pattern.OrValue([op.Add(op.MatMul(x, weight), bias), op.MatMul(x, weight)])
+            return op.Reshape(projected, shape, _allow_other_attributes=True)
 
-        query = op.Transpose(heads(wq, bq, q_shape), perm=[0, 2, 1, 3])
+        query = op.Transpose(_scaled(op, heads(wq, bq, q_shape), pattern.Var("h_factor"), "h_scaling"), perm=[0, 2, 1, 3])
         key = heads(wk, bk, k_shape)
         key_t = pattern.OrValue(
             [
@@ -82,9 +125,7 @@ class SelfAttention(pattern.RewriteRuleClassBase):
         value = op.Transpose(heads(wv, bv, v_shape), perm=[0, 2, 1, 3])
         scores = op.MatMul(_scaled(op, query, q_factor, "q_scaling"), _scaled(op, key_t, k_factor, "k_scaling"))
         scores = _scaled(op, scores, s_factor, "s_scaling")
-        scores = pattern.OrValue([op.Add(scores, mask), scores], tag_var="masked", tag_values=[True, False])
-        probs = op.Softmax(scores, _outputs=["probs"])
-        probs = pattern.OrValue([op.Where(op.IsNaN(probs), zero, probs), probs])
+        probs = _masked_softmax(op, scores, mask, zero)
         context = op.MatMul(probs, value)
         context = pattern.OrValue([op.Reshape(context, pattern.ANY_VALUE, _allow_other_attributes=True), context])
         context = op.Transpose(context, perm=[0, 2, 1, 3])
@@ -104,14 +145,18 @@ class SelfAttention(pattern.RewriteRuleClassBase):
             return self.num_heads, hidden // self.num_heads
         return None
 
-    def check(self, context, x, wq, bq, wk, bk, wv, bv, q_shape, probs, masked, mask=None, zero=None, **tags):
+    def check(self, context, x, wq, wk, wv, q_shape, probs, masked, mask=None, zero=None, bq=None, bk=None, bv=None, **tags):
         weights = [constant_array(w) for w in (wq, wk, wv)]
-        biases = [constant_array(b) for b in (bq, bk, bv)]
-        if any(w is None or w.ndim != 2 for w in weights) or any(b is None or b.ndim != 1 for b in biases):
-            return pattern.MatchResult().fail("Q/K/V projections are not constant 2-D weights with 1-D biases")
+        biases = [constant_array(b) if b is not None else None for b in (bq, bk, bv)]
+        if any(w is None or w.ndim != 2 for w in weights):
+            return pattern.MatchResult().fail("Q/K/V projections are not constant 2-D weights")
         if len({w.shape for w in weights}) != 1:
             return pattern.MatchResult().fail("Q, K and V weights differ in shape")
-        return self._check_core(context, weights[0].shape[1], q_shape, probs, masked, mask, zero, tags)
+        width = weights[0].shape[1]
+        for given, array in zip((bq, bk, bv), biases):
+            if given is not None and (array is None or array.shape != (width,)):
+                return pattern.MatchResult().fail("a Q/K/V bias is not a constant vector of the projection width")
+        return self._check_core(context, width, q_shape, probs, masked, mask, zero, tags)
 
     def _check_core(self, context, hidden, q_shape, probs, masked, mask, zero, tags):
         """Checks shared with the decoder rule: head split, softmax axis, NaN guard, scale, mask source."""
@@ -124,16 +169,24 @@ class SelfAttention(pattern.RewriteRuleClassBase):
             return result.fail(f"Softmax over axis {axis}, not the key axis")
         if zero is not None and scalar(zero) != 0.0:
             return result.fail("NaN guard does not write zeros")
+        if tags.get("cleared") is not None and scalar(tags["cleared"]) != 0.0:
+            return result.fail("masked probabilities are not set to zero")
+        if masked == "select" and (scalar(tags.get("fill")) is None or scalar(tags["fill"]) > -1e4):
+            return result.fail("masked scores are not set to a large negative number")
+        if tags.get("guard") == "select" and masked != "select":
+            return result.fail("probabilities are masked after Softmax but the scores are not")
         scale = 1.0
-        for tag, factor in (("q_scaling", "q_factor"), ("k_scaling", "k_factor"), ("s_scaling", "s_factor")):
+        scalings = (("q_scaling", "q_factor"), ("h_scaling", "h_factor"), ("k_scaling", "k_factor"), ("s_scaling", "s_factor"))
+        for tag, factor in scalings:
             part = _scale_of(tags.get(tag, "None"), tags.get(factor))
             if part is None:
                 return result.fail(f"{factor} is not a constant scalar")
             scale *= part
         self._heads, self._scale = split, scale
         self._mask_input = None
-        if masked:
-            sources = source_graph_inputs(mask, context.graph_or_function)
+        if masked != "none":
+            condition = mask if masked == "add" else tags["condition"]
+            sources = source_graph_inputs(condition, context.graph_or_function)
             if len(sources) != 1:
                 return result.fail(f"mask is not computed from exactly one graph input: {sorted(sources)}")
             (name,) = sources
@@ -141,7 +194,15 @@ class SelfAttention(pattern.RewriteRuleClassBase):
             shape = self._mask_input.shape
             if shape is not None and shape.rank() != 2:
                 return result.fail(f"mask input {name} is not 2-D (batch, sequence)")
+            if masked == "select" and not _is_key_mask(condition, self._mask_input, context.graph_or_function):
+                return result.fail("the select condition is not the mask input reshaped to (batch, 1, 1, keys)")
         return result
+
+    def _zeros(self, op, width: int) -> ir.Value:
+        key = ("zeros", width)
+        if key not in self._packed:
+            self._packed[key] = op.initializer(ir.tensor(np.zeros(width, np.float32), name=f"attention.zero_bias{width}"))
+        return self._packed[key]
 
     def _pack(self, op, kind: str, parts) -> ir.Value:
         """One concatenated initializer per distinct Q/K/V triple (ALBERT shares them across layers)."""
@@ -152,7 +213,10 @@ class SelfAttention(pattern.RewriteRuleClassBase):
             self._packed[key] = op.initializer(ir.tensor(np.concatenate(arrays, axis=-1), name=name))
         return self._packed[key]
 
-    def rewrite(self, op, x, wq, bq, wk, bk, wv, bv, **_):
+    def rewrite(self, op, x, wq, wk, wv, bq=None, bk=None, bv=None, **_):
+        if bq is None or bk is None or bv is None:  # a projection without bias adds zeros
+            width = constant_array(wq).shape[1]
+            bq, bk, bv = (b if b is not None else self._zeros(op, width) for b in (bq, bk, bv))
         num_heads, head_size = self._heads
         attributes = {"num_heads": num_heads}
         if not math.isclose(self._scale, 1.0 / math.sqrt(head_size), rel_tol=1e-5):
@@ -218,9 +282,7 @@ class CausalSelfAttentionWithPast(SelfAttention):
         query = _scaled(op, heads(q, q_shape), q_factor, "q_scaling")
         key_t = _scaled(op, _key_transposed(op, present_key), k_factor, "k_scaling")
         scores = _scaled(op, op.MatMul(query, key_t), s_factor, "s_scaling")
-        scores = pattern.OrValue([op.Add(scores, mask), scores], tag_var="masked", tag_values=[True, False])
-        probs = op.Softmax(scores, _outputs=["probs"])
-        probs = pattern.OrValue([op.Where(op.IsNaN(probs), zero, probs), probs])
+        probs = _masked_softmax(op, scores, mask, zero)
         context = op.MatMul(probs, present_value)
         context = pattern.OrValue([op.Reshape(context, pattern.ANY_VALUE, _allow_other_attributes=True), context])
         context = op.Transpose(context, perm=[0, 2, 1, 3])
@@ -281,5 +343,32 @@ class CausalSelfAttentionWithPast(SelfAttention):
         self._present_swaps = []
 
 
+class TransposedScores(pattern.RewriteRuleClassBase):
+    """Transpose(MatMul(Transpose(k, pk), Transpose(q, pq)), [0, 1, 3, 2]) -> MatMul(Transpose(q, ..), Transpose(k, ..)).
+
+    Keras computes scores as ``einsum("aecd,abcd->acbe", key, query)``, which tf2onnx
+    writes as K . Q^T transposed afterwards. (A B)^T = B^T A^T, and each operand's
+    transpose folds into the one already there, giving the Q . K^T every attention form
+    above starts from.
+    """
+
+    def pattern(self, op, a, b):
+        product = op.MatMul(op.Transpose(a, _outputs=["a_t"]), op.Transpose(b, _outputs=["b_t"]))
+        return op.Transpose(product, perm=[0, 1, 3, 2])
+
+    def check(self, context, a_t, b_t, **_):
+        perms = [list(v.producer().attributes.get_ints("perm", [])) for v in (a_t, b_t)]
+        if any(sorted(p) != [0, 1, 2, 3] for p in perms):
+            return pattern.MatchResult().fail("operands are not 4-D transposes with explicit perms")
+        return pattern.MatchResult()
+
+    def rewrite(self, op, a, b, a_t, b_t, **_):
+        def swapped(value, transposed):
+            perm = list(transposed.producer().attributes.get_ints("perm"))
+            return op.Transpose(value, perm=[perm[i] for i in (0, 1, 3, 2)])
+
+        return op.MatMul(swapped(b, b_t), swapped(a, a_t))
+
+
 def attention_rules(num_heads: int = 0, target: str = "cpu") -> list[pattern.RewriteRule]:
-    return [SelfAttention.rule(num_heads, target), CausalSelfAttentionWithPast.rule(num_heads, target)]
+    return [TransposedScores.rule(), SelfAttention.rule(num_heads, target), CausalSelfAttentionWithPast.rule(num_heads, target)]

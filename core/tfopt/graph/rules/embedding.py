@@ -8,9 +8,11 @@ fused op is exact for every variant.
 
 from __future__ import annotations
 
+import numpy as np
+import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from ..values import MS_DOMAIN, constant_array, int32_of, is_constant_vector, traced_graph_input
+from ..values import MS_DOMAIN, constant_array, int32_of, is_constant_vector, scalar, shape_tail, traced_graph_input
 
 
 def _is_table(value, width: int | None = None) -> bool:
@@ -84,5 +86,103 @@ class EmbedLayerNorm(pattern.RewriteRuleClassBase):
         return output
 
 
+class WrappedIdsLookup(pattern.RewriteRuleClassBase):
+    """Gather(table, where(ids < 0, ids + V, ids)) -> Gather(table, ids), V = the table's rows.
+
+    Keras' ``Embedding`` wraps negative ids itself (tf2onnx writes the ``SelectV2`` as
+    ``Cast(ids < 0) * (ids + V) + ids * Cast(!(ids < 0))``). ONNX ``Gather`` already
+    reads index i in [-V, 0) as i + V, so the wrap is exact to drop for every index
+    Gather accepts; what is left is the plain lookup EmbedLayerNormalization fuses.
+    """
+
+    def __init__(self):
+        super().__init__(remove_nodes=False)  # the wrapped ids may also size the position ids
+
+    def setup(self):
+        self._unwrapped: list[tuple[ir.Value, ir.Value]] = []
+
+    def pattern(self, op, table, ids, zero, rows):
+        negative = op.Less(pattern.OrValue([op.Cast(ids), ids]), zero)
+        shifted = op.Mul(op.Cast(negative), op.Add(ids, rows))
+        kept = op.Mul(ids, op.Cast(op.Not(negative)))
+        return op.Gather(table, op.Add(shifted, kept, _outputs=["wrapped"]), _outputs=["lookup"])
+
+    def check(self, context, table, zero, rows, lookup, **_):
+        array = constant_array(table)
+        if array is None or array.ndim != 2 or lookup.producer().attributes.get_int("axis", 0) != 0:
+            return pattern.MatchResult().fail("not a lookup along the rows of a constant table")
+        if any(constant_array(v) is None or constant_array(v).ndim != 0 for v in (zero, rows)):
+            return pattern.MatchResult().fail("the wrap's constants are not scalars (they could broadcast the ids)")
+        if scalar(zero) != 0.0 or scalar(rows) != array.shape[0]:
+            return pattern.MatchResult().fail("the wrap does not add the table's row count to negative ids")
+        return pattern.MatchResult()
+
+    def rewrite(self, op, table, ids, wrapped, **_):
+        self._unwrapped.append((wrapped, ids))
+        return op.Gather(table, ids, axis=0)
+
+    def cleanup(self):
+        """Shape() of the wrapped ids (sizing the position ids) reads the ids' shape: same tensor shape, no wrap to run."""
+        for wrapped, ids in self._unwrapped:
+            for node, index in list(wrapped.uses()):
+                if node.op_type == "Shape" and node.domain == "":
+                    node.replace_input_with(index, ids)
+        self._unwrapped = []
+
+
+class SlicedPositionTable(pattern.RewriteRuleClassBase):
+    """Expand(table[0:n, :], [B, S, H]) -> Gather(table, Expand(Range(0, n), [B, S])).
+
+    Keras' ``PositionEmbedding`` slices the first n rows of its table and broadcasts them
+    (TF ``Slice(begin=[0, 0], size=[n, H])``, which tf2onnx lowers to ends =
+    size + (size == -1) * INT_MAX + begin). As a lookup of positions 0..n-1 it is the form
+    EmbedLayerNormalization takes; n = min(ends[0], rows) is what Slice itself computes.
+    """
+
+    def __init__(self):
+        super().__init__(remove_nodes=False)
+
+    def pattern(self, op, table, count, width, minus_one, big, begin, offset, target):
+        size = op.Concat(count, width, axis=0)
+        ends = op.Add(op.Add(size, op.Mul(op.Cast(op.Equal(minus_one, size)), big)), offset, _outputs=["ends"])
+        return op.Expand(op.Slice(table, begin, ends), target)
+
+    def check(self, context, table, width, minus_one, big, begin, offset, target, **_):
+        result = pattern.MatchResult()
+        array = constant_array(table)
+        if array is None or array.ndim != 2:
+            return result.fail("position table is not a constant matrix")
+        rows, hidden = array.shape
+        for value in (begin, offset):
+            start = constant_array(value)
+            if start is None or start.ravel().tolist() != [0, 0]:
+                return result.fail("slice does not start at row 0, column 0")
+        if constant_array(width) is None or constant_array(width).ravel().tolist() != [hidden]:
+            return result.fail("slice does not take every column")
+        if scalar(minus_one) != -1 or (scalar(big) or 0) < rows:
+            return result.fail("not TF's Slice(begin, size) lowering")
+        if target.shape is None or target.shape.rank() != 1 or target.shape[0] != 3:
+            return result.fail("broadcast target is not (batch, sequence, hidden)")
+        source = target.producer().inputs[0] if target.producer() is not None and target.producer().op_type == "Cast" else target
+        if shape_tail(source, 1) not in ([hidden], [1]):
+            return result.fail("broadcast target does not keep the hidden width")
+        return result
+
+    def rewrite(self, op, table, ends, target, **_):
+        rows = constant_array(table).shape[0]
+        first = op.Slice(ends, op.Constant(value_ints=[0]), op.Constant(value_ints=[1]))
+        count = op.Min(op.Cast(first, to=ir.DataType.INT64), op.Constant(value_ints=[rows]))
+        zero, one = op.Constant(value=ir.tensor(np.array(0, np.int64))), op.Constant(value=ir.tensor(np.array(1, np.int64)))
+        positions = op.Unsqueeze(op.Range(zero, op.Squeeze(count), one), op.Constant(value_ints=[0]))
+        batch_sequence = op.Slice(op.Cast(target, to=ir.DataType.INT64), op.Constant(value_ints=[0]), op.Constant(value_ints=[2]))
+        return op.Gather(table, op.Expand(positions, batch_sequence), axis=0)
+
+
 def embed_layer_norm_rules() -> list[pattern.RewriteRule]:
-    return [EmbedLayerNorm.rule(with_segment=True), EmbedLayerNorm.rule(with_segment=False)]
+    # The first two put Keras' lookups into the plain Gather form the fusion matches.
+    return [
+        WrappedIdsLookup.rule(),
+        SlicedPositionTable.rule(),
+        EmbedLayerNorm.rule(with_segment=True),
+        EmbedLayerNorm.rule(with_segment=False),
+    ]

@@ -1,7 +1,9 @@
 """Canonical form of a linear layer: ``Add(MatMul(x, W), b)`` on the 3-D hidden state.
 
-GPT-2's Conv1D exports as flatten -> ``Gemm`` -> unflatten. Rewriting it to the
-MatMul + Add form BERT exports use lets every other rule (bias folding into
+GPT-2's Conv1D exports as flatten -> ``Gemm`` -> unflatten, tf2onnx's Tensordot as
+flatten -> ``MatMul`` -> unflatten, Keras' EinsumDense as unit-axis 5-D reshapes around a
+``Gemm``. Rewriting them to the MatMul + Add form BERT exports use (projections into heads:
+``Reshape(Add(MatMul(x, W), b), [0, 0, N, Hd])``) lets every other rule (bias folding into
 SkipLayerNormalization/FastGelu, attention projections) match one shape only.
 """
 
@@ -91,5 +93,145 @@ class FlattenedMatMul(pattern.RewriteRuleClassBase):
         return op.MatMul(x, weight)
 
 
+
+
+def _leading_dims_of(shape_value: ir.Value, source: ir.Value) -> list[int] | None:
+    """The tail of ``Concat(Gather(Shape(source), [0, 1]), tail...)`` when ``tail`` is constant.
+
+    That target restores ``source``'s own batch and sequence sizes: this is what proves a
+    preceding ``Reshape(source, [-1, K])`` flattened exactly batch x sequence rows.
+    """
+    concat = shape_value.producer()
+    if concat is None or concat.op_type != "Concat" or len(concat.inputs) < 2:
+        return None
+    gather = concat.inputs[0].producer()
+    if gather is None or gather.op_type != "Gather" or gather.attributes.get_int("axis", 0) != 0:
+        return None
+    indices = constant_array(gather.inputs[1])
+    if indices is None or indices.ravel().tolist() != [0, 1]:
+        return None
+    shape = gather.inputs[0].producer()
+    if shape is None or shape.op_type != "Shape" or shape.attributes or shape.inputs[0] is not source:
+        return None
+    tail: list[int] = []
+    for part in concat.inputs[1:]:
+        piece = constant_array(part)
+        if piece is None:
+            return None
+        tail += [int(v) for v in piece.ravel()]
+    return tail
+
+
+class EinsumDense(pattern.RewriteRuleClassBase):
+    """Keras ``EinsumDense`` as tf2onnx writes it -> ``MatMul`` on the 3-D hidden state.
+
+    tf2onnx lowers ``einsum("abc,cde->abde")`` (Q/K/V, output split into heads) and
+    ``einsum("abcd,cde->abe")`` (attention output, heads merged) to one 2-D ``Gemm``:
+    ``Squeeze(Reshape(Gemm(Reshape(v, [-1, K]), W), [B, S, *tail]), unit_axes)``, with
+    B and S read from ``Shape(v)``. Unflattening to ``v``'s own B x S rows proves the
+    flatten merged exactly v's trailing axes, so this is ``MatMul(merge(v), W)``,
+    reshaped to ``[0, 0, N, Hd]`` when the einsum keeps the heads apart. The Q/K/V form
+    is the one the attention rule matches; the output form is ``Add(MatMul(x, W), b)``
+    once the bias Add that follows is counted in.
+    """
+
+    def __init__(self):
+        super().__init__(remove_nodes=False)  # Q, K and V share the flatten and the Shape
+
+    def pattern(self, op, v, flat_shape, weight, out_shape, axes):
+        flat = op.Reshape(v, flat_shape, _allow_other_attributes=True)
+        product = op.Gemm(flat, weight, _allow_other_attributes=True, _outputs=["gemm"])
+        return op.Squeeze(op.Reshape(product, out_shape, _allow_other_attributes=True), axes)
+
+    def check(self, context, v, weight, out_shape, axes, gemm, **_):
+        result = pattern.MatchResult()
+        node = gemm.producer()
+        if node.attributes.get_float("alpha", 1.0) != 1.0 or node.attributes.get_int("transA", 0):
+            return result.fail("Gemm with alpha or transA")
+        w = constant_array(weight)
+        if w is None or w.ndim != 2:
+            return result.fail("Gemm weight is not a constant matrix")
+        width = w.shape[0] if node.attributes.get_int("transB", 0) else w.shape[1]
+        if _rank(v) is None or _rank(v) < 3:
+            return result.fail("flattened input is not of known rank >= 3")
+        tail = _leading_dims_of(out_shape, v)
+        if tail is None:
+            return result.fail("unflatten does not restore the input's batch and sequence")
+        squeezed = constant_array(axes)
+        rank = 2 + len(tail)
+        if squeezed is None:
+            return result.fail("Squeeze axes are not constant")
+        squeezed = {int(a) % rank for a in squeezed.ravel()}
+        if not squeezed or min(squeezed) < 2 or any(tail[a - 2] != 1 for a in squeezed):
+            return result.fail("Squeeze removes more than the unit axes of the einsum")
+        kept = [d for i, d in enumerate(tail) if i + 2 not in squeezed]
+        if len(kept) not in (1, 2) or any(d <= 0 for d in kept) or int(np.prod(kept)) != width:
+            return result.fail(f"output tail {kept} does not hold the Gemm width {width}")
+        self._kept = kept
+        return result
+
+    def rewrite(self, op, v, weight, gemm, **_):
+        w = constant_array(weight)
+        if gemm.producer().attributes.get_int("transB", 0):
+            weight = op.initializer(ir.tensor(np.ascontiguousarray(w.T), name=f"{weight.name}_transposed"))
+        product = op.MatMul(_merged_hidden(op, v), weight)
+        if len(self._kept) == 1:
+            return product
+        return op.Reshape(product, op.Constant(value_ints=[0, 0, *self._kept]))
+
+
+def _merged_hidden(op, v: ir.Value) -> ir.Value:
+    """``v`` (batch, sequence, ...) with its trailing axes merged, written the way other rules match.
+
+    ``Unsqueeze(x, axes >= 2)`` of a 3-D x merges back to x itself; the head merge
+    ``Transpose(Unsqueeze(c, [1]), [0, 3, 1, 2, 4])`` of a (B, N, S, Hd) context is
+    ``Reshape(Transpose(c, [0, 2, 1, 3]), [0, 0, -1])``, the form exporters write for it.
+    """
+    node = v.producer()
+    if node is not None and node.op_type == "Unsqueeze" and node.domain == "":
+        axes = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+        if axes is not None and _rank(node.inputs[0]) == 3 and all(int(a) >= 2 for a in axes.ravel()):
+            return node.inputs[0]
+    if node is not None and node.op_type == "Transpose" and list(node.attributes.get_ints("perm", [])) == [0, 3, 1, 2, 4]:
+        inner = node.inputs[0].producer()
+        axes = constant_array(inner.inputs[1]) if inner is not None and inner.op_type == "Unsqueeze" and len(inner.inputs) > 1 else None
+        if axes is not None and axes.ravel().tolist() == [1]:
+            heads_last = op.Transpose(inner.inputs[0], perm=[0, 2, 1, 3])
+            return op.Reshape(heads_last, op.Constant(value_ints=[0, 0, -1]))
+    return op.Reshape(v, op.Constant(value_ints=[0, 0, -1]))
+
+
+class HeadBias(pattern.RewriteRuleClassBase):
+    """Add(Reshape(y, [0, 0, N, Hd]), b[N, Hd]) -> Reshape(Add(y, b.ravel()), [0, 0, N, Hd]).
+
+    An EinsumDense with per-head bias adds it after the head split; moved before the
+    split it is the ``Add(MatMul(x, W), b)`` of every other projection (exact: the
+    reshape only renames positions).
+    """
+
+    def __init__(self):
+        super().__init__(remove_nodes=False)
+
+    def pattern(self, op, y, shape, bias):
+        return op.Add(op.Reshape(y, shape, _allow_other_attributes=True), bias)
+
+    def check(self, context, y, shape, bias, **_):
+        target, b = constant_array(shape), constant_array(bias)
+        if target is None or target.size != 4 or target[:2].tolist() != [0, 0] or b is None:
+            return pattern.MatchResult().fail("not a constant head split with a constant bias")
+        heads = target[2:].tolist()
+        if list(b.shape) != heads or min(heads) <= 0:
+            return pattern.MatchResult().fail(f"bias shape {list(b.shape)} is not the head shape {heads}")
+        producer = y.producer()
+        weight = constant_array(producer.inputs[1]) if producer is not None and producer.op_type == "MatMul" else None
+        if weight is None or weight.ndim != 2 or weight.shape[1] != heads[0] * heads[1] or _rank(y) not in (3, None):
+            return pattern.MatchResult().fail("head split of something other than a 3-D projection")
+        return pattern.MatchResult()
+
+    def rewrite(self, op, y, shape, bias, **_):
+        flat = op.initializer(ir.tensor(np.ascontiguousarray(constant_array(bias).reshape(-1)), name=f"{bias.name}_flat"))
+        return op.Reshape(op.Add(y, flat), shape)
+
+
 def linear_rules() -> list[pattern.RewriteRule]:
-    return [FlattenedGemm.rule(), FlattenedMatMul.rule()]
+    return [FlattenedGemm.rule(), FlattenedMatMul.rule(), EinsumDense.rule(), HeadBias.rule()]

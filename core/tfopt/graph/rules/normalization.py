@@ -8,6 +8,7 @@ read/write of the hidden state per sub-layer.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
@@ -61,27 +62,57 @@ def _is_last_axis_mean(value: ir.Value) -> bool:
     return shape is not None and shape.rank() == 3
 
 
+def _row_vector(value: ir.Value) -> np.ndarray | None:
+    """A constant of shape [H] or [1, ..., 1, H] (Keras stores LayerNorm's gamma/beta as [1, 1, H]) as [H]."""
+    array = constant_array(value)
+    if array is None or array.ndim == 0 or any(d != 1 for d in array.shape[:-1]):
+        return None
+    return array.reshape(-1)
+
+
 class TfLayerNorm(pattern.RewriteRuleClassBase):
     """TF's LayerNorm as tf2onnx writes it -> LayerNormalization.
 
     mean = GAP(x); var = GAP((x - mean)^2); inv = gamma / sqrt(var + eps);
-    out = x * inv + (beta - mean * inv). ``GlobalAveragePool`` of a (B, S, H)
-    tensor is the mean over H, which is why tf2onnx emits it for ``reduce_mean``.
+    out = x * inv + shift. ``GlobalAveragePool`` of a (B, S, H) tensor is the mean over
+    H, which is why tf2onnx emits it for ``reduce_mean``. The shift is
+    ``beta - mean * inv`` (tf_keras, HF) or ``(-mean) * inv + beta`` (Keras 3, whose
+    gamma/beta are [1, 1, H]; they are passed on as [H], what the fused ops take).
     """
+
+    def __init__(self):
+        super().__init__()
+        self._vectors: dict[int, ir.Value] = {}
+
+    def setup(self):
+        self._vectors = {}
 
     def pattern(self, op, x, eps, gamma, beta):
         mean = op.GlobalAveragePool(x, _outputs=["mean"])
         centered = op.Sub(x, mean)
         variance = op.GlobalAveragePool(op.Mul(centered, centered), _outputs=["variance"])
         inv = op.Mul(op.Reciprocal(op.Sqrt(op.Add(variance, eps))), gamma)
-        return op.Add(op.Mul(x, inv), op.Sub(beta, op.Mul(mean, inv)))
+        shift = pattern.OrValue([op.Sub(beta, op.Mul(mean, inv)), op.Add(op.Mul(op.Neg(mean), inv), beta)])
+        return op.Add(op.Mul(x, inv), shift)
 
     def check(self, context, x, eps, gamma, beta, mean, variance, **_):
-        if scalar(eps) is None or not (is_constant_vector(gamma) and is_constant_vector(beta)):
+        if scalar(eps) is None:
+            return False
+        g, b = _row_vector(gamma), _row_vector(beta)
+        if g is None or b is None or g.shape != b.shape:
             return False
         return _is_last_axis_mean(mean) and _is_last_axis_mean(variance)
 
+    def _vector(self, op, value: ir.Value) -> ir.Value:
+        if value.const_value is not None and len(value.const_value.shape) == 1:
+            return value
+        if id(value) not in self._vectors:
+            name = f"{value.name}_vector"
+            self._vectors[id(value)] = op.initializer(ir.tensor(np.ascontiguousarray(_row_vector(value)), name=name))
+        return self._vectors[id(value)]
+
     def rewrite(self, op, x, eps, gamma, beta, **_):
+        gamma, beta = self._vector(op, gamma), self._vector(op, beta)
         return op.LayerNormalization(x, gamma, beta, axis=-1, epsilon=scalar(eps))
 
 
