@@ -131,7 +131,7 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from tfopt.bench import latency_row, ort_session, time_calls
+    from tfopt.bench import latency_row, ort_session, time_interleaved
 
     work = Path(tempfile.mkdtemp(prefix="tfopt-bench-"))
     print(f"exporting a random bert ({args.layers}x{args.hidden}, {args.heads} heads) with {args.exporter}/{args.attn} ...", flush=True)
@@ -150,15 +150,16 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     rows = []
     for seq in (int(s) for s in args.seq.split(",")):
+        print(f"timing batch {args.batch}, sequence {seq} (engines interleaved) ...", flush=True)
         feeds = feeds_for(sessions["ort:raw"], args.batch, seq)
         tensors = {k: torch.from_numpy(v.astype(np.int64)) for k, v in feeds.items()}
-        with torch.inference_mode():
-            seconds = time_calls(lambda: torch_model(**tensors), repeat=args.repeat)
-        rows.append(latency_row("torch", args.batch, seq, seconds))
+        calls = {"torch": lambda: torch_model(**tensors)}
         for label, session in sessions.items():
             session_feeds = {i.name: feeds[i.name].astype(np.int32 if i.type == "tensor(int32)" else np.int64) for i in session.get_inputs()}
-            seconds = time_calls(lambda: session.run(None, session_feeds), repeat=args.repeat)
-            rows.append(latency_row(label, args.batch, seq, seconds))
+            calls[label] = lambda session=session, session_feeds=session_feeds: session.run(None, session_feeds)
+        with torch.inference_mode():
+            times = time_interleaved(calls, repeat=args.repeat)
+        rows += [latency_row(label, args.batch, seq, seconds) for label, seconds in times.items()]
 
     lines = [
         f"# BERT benchmark ({time.strftime('%Y-%m-%d')}, {args.layers} layers, hidden {args.hidden}, "

@@ -82,7 +82,7 @@ def test_fp16_model_runs_finite_on_large_activations():
 
 
 def test_keep_chains_fp32_without_blocked_ops_changes_nothing():
-    converted = precision.convert_proto_to_fp16(_layer_norm_after_matmul(), op_block_list=[])
+    converted = precision.convert_proto_to_fp16(_layer_norm_after_matmul(), op_block_list=[], node_block_list=[])
     assert precision.keep_chains_fp32(converted.graph) == 0
     assert {init.name: init.data_type for init in converted.graph.initializer}["two"] == TensorProto.FLOAT16
 
@@ -122,3 +122,32 @@ def test_fp32_conversion_is_the_input_path(tmp_path):
     path = tmp_path / "m.onnx"
     assert precision.convert(path, "fp32").model_path == path
     assert not path.exists()  # nothing written, nothing read
+
+
+def test_the_op_computing_an_output_stays_fp32():
+    """GPT-2's logits MatMul is the classic fp16 overflow: whatever computes an output keeps fp32 weights."""
+    rng = np.random.default_rng(1)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w_hidden"], ["h"], name="hidden"),
+        helper.make_node("MatMul", ["h", "w_logits"], ["logits"], name="lm_head"),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((H, H)).astype(np.float32), "w_hidden"),
+        numpy_helper.from_array(rng.standard_normal((H, 16)).astype(np.float32), "w_logits"),
+    ]
+    graph = helper.make_graph(
+        nodes, "lm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", H])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 16])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    converted = precision.convert_proto_to_fp16(model)
+    weights = {init.name: init.data_type for init in converted.graph.initializer}
+    assert weights["w_logits"] == TensorProto.FLOAT
+    assert weights["w_hidden"] == TensorProto.FLOAT16
+    x = rng.standard_normal((3, H)).astype(np.float32)
+    session = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
+    reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], reference.run(None, {"x": x})[0], atol=0.05)

@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import TfoptError
+from .errors import TfoptError, first_line
 from .results import LatencyRow
 
 
@@ -21,6 +21,25 @@ def time_calls(fn: Callable[[], object], *, warmup: int = 3, repeat: int = 20) -
         start = time.perf_counter()
         fn()
         times[i] = time.perf_counter() - start
+    return times
+
+
+def time_interleaved(calls: dict[str, Callable[[], object]], *, warmup: int = 3, repeat: int = 20) -> dict[str, np.ndarray]:
+    """Seconds per call for several engines timed in alternation (one call each per round).
+
+    On a shared 2-core machine, timing engine A's 30 calls and then engine B's lets any
+    slow spell land on one engine only; alternating spreads it over all of them, so the
+    ratios between engines stay honest.
+    """
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    times = {label: np.empty(repeat) for label in calls}
+    for i in range(repeat):
+        for label, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[label][i] = time.perf_counter() - start
     return times
 
 
@@ -54,6 +73,4 @@ def ort_session(model_path: str | Path, *, threads: int = 0, providers: list[str
     try:
         return ort.InferenceSession(str(model_path), options, providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:
-        text = str(exc).strip().splitlines()
-        reason = text[0][:300] if text else type(exc).__name__
-        raise TfoptError(f"{model_path}: ONNX Runtime cannot load it ({reason})") from None
+        raise TfoptError(f"{model_path}: ONNX Runtime cannot load it ({first_line(exc)})") from None

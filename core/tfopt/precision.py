@@ -23,7 +23,7 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
-from .errors import TfoptError
+from .errors import TfoptError, first_line
 from .graph.io import load_model, save_model
 from .results import PrecisionResult
 
@@ -62,13 +62,23 @@ def convert_proto_to_fp16(
     name_unnamed_nodes(model.graph)
     model = with_inferred_types(model)
     converter_options.setdefault("disable_shape_infer", True)  # done above, safely
+    converter_options.setdefault("node_block_list", output_producers(model.graph))
     try:
         converted = convert_float_to_float16(model, keep_io_types=keep_io_types, op_block_list=block, **converter_options)
         keep_chains_fp32(converted.graph)
         return converted
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TfoptError(f"fp16 conversion failed ({first})") from None
+        raise TfoptError(f"fp16 conversion failed ({first_line(exc)})") from None
+
+
+def output_producers(graph: onnx.GraphProto) -> list[str]:
+    """Names of the nodes that compute the model's outputs: they stay fp32.
+
+    The last op's rounding is what the user sees: for GPT-2 that is the LM head, whose
+    logits over a 50k vocabulary are the classic fp16 overflow (the known NaN problem).
+    """
+    outputs = {value.name for value in graph.output}
+    return [node.name for node in graph.node if outputs.intersection(node.output)]
 
 
 def _cast_target(node: onnx.NodeProto) -> int | None:
@@ -162,7 +172,9 @@ def to_fp16(input_path: str | Path, output_path: str | Path) -> PrecisionResult:
         precision="fp16",
         seconds=time.perf_counter() - start,
         notes=[
-            "inputs and outputs kept fp32; kept fp32: " + ", ".join(NAN_PRONE_OPS) + " and ONNX Runtime's default block list",
+            "inputs and outputs kept fp32; kept fp32: the ops computing the outputs (e.g. GPT-2's logits), "
+            + ", ".join(NAN_PRONE_OPS)
+            + " and ONNX Runtime's default block list",
             "fp16 is meant for GPU providers; on the CPU it runs (where kernels exist) slower than fp32",
         ],
     )
@@ -194,8 +206,7 @@ def to_int8(input_path: str | Path, output_path: str | Path) -> PrecisionResult:
                 use_external_data_format=external,
             )
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TfoptError(f"int8 quantization failed ({first})") from None
+            raise TfoptError(f"int8 quantization failed ({first_line(exc)})") from None
         for produced in sorted(tmp_dir.iterdir(), key=lambda p: p == tmp_model):  # the model file last
             os.replace(produced, output_path.parent / produced.name)
     finally:

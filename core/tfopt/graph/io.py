@@ -7,9 +7,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import onnx
 import onnx_ir as ir
 
-from ..errors import TfoptError
+from ..errors import TfoptError, first_line
+from ..results import IOSpec
 
 # From this many bytes of weights on, tensors go to "<model>.data" beside the model: protobuf
 # cannot hold 2 GB, and serializing a big single-file model costs twice its size in memory and
@@ -34,6 +36,26 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     if len(model.graph) == 0:
         raise TfoptError(f"{path}: the ONNX graph has no nodes")
     return model
+
+
+def read_io_spec(path: str | os.PathLike) -> IOSpec:
+    """The IO spec as the written graph declares it (not as the exporter was asked for it)."""
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as exc:
+        raise TfoptError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
+
+    def dtype(value: onnx.ValueInfoProto) -> str:
+        return onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
+
+    def symbolic_axes(value: onnx.ValueInfoProto) -> dict[int, str]:
+        return {axis: dim.dim_param for axis, dim in enumerate(value.type.tensor_type.shape.dim) if dim.dim_param}
+
+    return IOSpec(
+        inputs={value.name: dtype(value) for value in graph.input},
+        outputs=[value.name for value in graph.output],
+        dynamic_axes={value.name: axes for value in (*graph.input, *graph.output) if (axes := symbolic_axes(value))},
+    )
 
 
 def _weight_bytes(model: ir.Model) -> int:

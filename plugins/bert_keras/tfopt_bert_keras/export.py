@@ -29,7 +29,7 @@ from pathlib import Path
 
 import onnx
 
-from tfopt.errors import TfoptError
+from tfopt.errors import TfoptError, first_line
 from tfopt.results import ExportResult, RunContext
 from tfopt_bert_tf.convert import (
     DEFAULT_OPSET,
@@ -41,9 +41,10 @@ from tfopt_bert_tf.convert import (
     write_atomically,
 )
 from tfopt_bert_tf.erfc import register_erfc_handler
-from tfopt_bert_tf.export import EXPORTER, export_with_tf2onnx, exported_path, read_io_spec
+from tfopt.graph.io import read_io_spec
+from tfopt_bert_tf.export import EXPORTER, export_with_tf2onnx, exported_path
 from tfopt_bert_tf.inputs import dummy_inputs
-from tfopt_bert_tf.source import TfSource, first_line
+from tfopt_bert_tf.source import TfSource
 
 from .models import is_tf_keras_model, layer_of_node
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tfopt.errors import TfoptError
+from tfopt.errors import TfoptError, first_line
 from tfopt.results import ModelInfo
 from tfopt_bert_tf.models import TINY_CONFIG, hf_directory_source, hf_source, perturb_vectors, random_tf_bert, saved_model_dir
-from tfopt_bert_tf.source import TfSource, first_line, input_roles, named_outputs
+from tfopt_bert_tf.source import TfSource, input_roles, named_outputs
 
 MODEL_TYPE = "bert_keras"
 TINY_KERAS_HUB = "tiny-keras-hub-bert"

@@ -19,17 +19,16 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 from transformers import PreTrainedModel
 
-from tfopt.errors import TfoptError
-from tfopt.graph.io import EXTERNAL_DATA_THRESHOLD
-from tfopt.results import ExportResult, IOSpec, RunContext
+from tfopt.errors import TfoptError, first_line
+from tfopt.graph.io import EXTERNAL_DATA_THRESHOLD, read_io_spec
+from tfopt.results import ExportResult, RunContext
 
 from .cache import remember, source_model
 from .inputs import token_feeds
-from .models import SourceModel, describe, first_line
+from .models import SourceModel, describe
 
 EXPORTERS = ("dynamo", "legacy")
 DEFAULT_OPSETS = {"dynamo": 20, "legacy": 17}
@@ -119,25 +118,6 @@ def _run_exporter(wrapper: HiddenStates, source: SourceModel, path: Path, export
     else:
         axes = {name: {0: "batch", 1: "sequence"} for name in (*names, OUTPUT_NAME)}
         torch.onnx.export(wrapper, example, str(path), dynamo=False, dynamic_axes=axes, **common)
-
-
-def read_io_spec(path: Path) -> IOSpec:
-    """The IO spec as the written graph declares it (not as we asked for it)."""
-    graph = onnx.load(str(path), load_external_data=False).graph
-
-    def dtype(value: onnx.ValueInfoProto) -> str:
-        return onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
-
-    def symbolic_axes(value: onnx.ValueInfoProto) -> dict[int, str]:
-        dims = value.type.tensor_type.shape.dim
-        return {axis: dim.dim_param for axis, dim in enumerate(dims) if dim.dim_param}
-
-    values = [*graph.input, *graph.output]
-    return IOSpec(
-        inputs={value.name: dtype(value) for value in graph.input},
-        outputs=[value.name for value in graph.output],
-        dynamic_axes={value.name: axes for value in values if (axes := symbolic_axes(value))},
-    )
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ import contextlib
 import importlib.util
 import inspect
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,8 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
-from tfopt.errors import TfoptError
+from tfopt.errors import TfoptError, first_line
+from tfopt.hub import hub_offline, looks_like_hub_id
 from tfopt.results import ModelInfo
 
 SUPPORTED_MODEL_TYPES = ("bert", "distilbert", "roberta", "albert")
@@ -119,7 +119,7 @@ def load_source(source: str | None, *, attn_implementation: str = "sdpa") -> Sou
     path = Path(source).expanduser()
     if path.exists():
         return _from_directory(path, attn_implementation, name=source)
-    if _looks_like_hub_id(source):
+    if looks_like_hub_id(source):
         return _from_hub(source, attn_implementation)
     known = ", ".join(TINY_CONFIGS)
     raise TfoptError(f"{source}: no such model directory (or use a hub id, or one of: {known})")
@@ -218,24 +218,6 @@ def _no_progress_bar():
             transformers_logging.enable_progress_bar()
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
-
-
-def _looks_like_hub_id(source: str) -> bool:
-    return bool(_HUB_ID.match(source)) and not source.endswith((".onnx", ".json"))
-
-
-def hub_offline() -> bool:
-    """True when Hugging Face's offline switch is on (checked at call time, not at import)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    try:
-        from huggingface_hub import is_offline_mode
-    except ImportError:
-        return False
-    return is_offline_mode()
-
-
 def _from_hub(repo_id: str, attn_implementation: str) -> SourceModel:
     if hub_offline():
         raise TfoptError(f"{repo_id}: not a local directory, and the Hugging Face hub is offline (HF_HUB_OFFLINE)")
@@ -244,9 +226,3 @@ def _from_hub(repo_id: str, attn_implementation: str) -> SourceModel:
     except Exception as exc:  # unknown repo, no network, gated model
         raise TfoptError(f"{repo_id}: cannot load from the Hugging Face hub ({first_line(exc)})") from None
     return describe(model, repo_id)
-
-
-def first_line(exc: BaseException) -> str:
-    """An exception as one line: what TfoptError messages quote."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import onnx
 
-from tfopt.errors import TfoptError
+from tfopt.errors import TfoptError, first_line
 
 from .erfc import register_erfc_handler
 
@@ -62,7 +62,7 @@ def convert_function(function, input_signature: Sequence, output_path: str | os.
         failed = unsupported_ops(str(exc) + "\n" + log.getvalue())
         if failed:
             raise TfoptError(f"{what}: tf2onnx cannot convert {_describe(failed, explain)}") from None
-        raise TfoptError(f"{what}: tf2onnx failed ({_first_line(exc)})") from None
+        raise TfoptError(f"{what}: tf2onnx failed ({first_line(exc)})") from None
     failed = unsupported_ops(log.getvalue()) or leftover_ops(model)
     if failed:
         raise TfoptError(f"{what}: tf2onnx cannot convert {_describe(failed, explain)}")
@@ -125,11 +125,6 @@ def write_atomically(model: onnx.ModelProto, output_path: str | os.PathLike) -> 
 def _describe(failed: list[Unconvertible], explain) -> str:
     parts = [explain(item) if explain else item.describe() for item in failed]
     return ("op " if len(parts) == 1 else "ops ") + ", ".join(parts)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 @contextlib.contextmanager

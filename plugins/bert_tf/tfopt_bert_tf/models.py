@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tfopt.errors import TfoptError
+from tfopt.errors import TfoptError, first_line
 from tfopt.results import ModelInfo
 
-from .source import TfSource, first_line, input_roles, named_outputs
+from .source import TfSource, input_roles, named_outputs
 
 MODEL_TYPE = "bert_tf"
 TINY_NAME = "tiny-bert-tf"

@@ -88,9 +88,3 @@ def named_outputs(outputs: Any) -> dict[str, Any]:
     if isinstance(outputs, (list, tuple)):
         return {f"output_{i}": value for i, value in enumerate(outputs)}
     return {"output_0": outputs}
-
-
-def first_line(exc: BaseException) -> str:
-    """An exception as one line: what TfoptError messages quote."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__

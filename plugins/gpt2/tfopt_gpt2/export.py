@@ -23,14 +23,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 import torch
 
 from tfopt.bench import ort_session
-from tfopt.errors import TfoptError
-from tfopt.graph.io import EXTERNAL_DATA_THRESHOLD, save_model
-from tfopt.results import ExportResult, IOSpec, RunContext
+from tfopt.errors import TfoptError, first_line
+from tfopt.graph.io import EXTERNAL_DATA_THRESHOLD, read_io_spec, save_model
+from tfopt.results import ExportResult, RunContext
 
 from .cache import remember, source_model
 from .decoder import (
@@ -45,7 +44,7 @@ from .decoder import (
     torch_feed,
 )
 from .inputs import StepShape, feeds_for_shapes
-from .models import SourceModel, describe, first_line
+from .models import SourceModel, describe
 
 EXPORTERS = ("dynamo", "legacy")
 DEFAULT_OPSETS = {"dynamo": 20, "legacy": 17}
@@ -220,25 +219,6 @@ def check_runs_with_and_without_past(source: SourceModel, model_path: Path) -> N
             raise TfoptError(
                 f"{source.name}: the export differs from torch by {worst:.3g} at past length {shape.past_length}"
             )
-
-
-def read_io_spec(path: Path) -> IOSpec:
-    """The IO spec as the written graph declares it (not as we asked for it)."""
-    graph = onnx.load(str(path), load_external_data=False).graph
-
-    def dtype(value: onnx.ValueInfoProto) -> str:
-        return onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
-
-    def symbolic_axes(value: onnx.ValueInfoProto) -> dict[int, str]:
-        dims = value.type.tensor_type.shape.dim
-        return {axis: dim.dim_param for axis, dim in enumerate(dims) if dim.dim_param}
-
-    values = [*graph.input, *graph.output]
-    return IOSpec(
-        inputs={value.name: dtype(value) for value in graph.input},
-        outputs=[value.name for value in graph.output],
-        dynamic_axes={value.name: axes for value in values if (axes := symbolic_axes(value))},
-    )
 
 
 @contextlib.contextmanager

@@ -8,8 +8,6 @@ exact shape for benchmarks. Every source ends as a :class:`SourceModel`.
 from __future__ import annotations
 
 import contextlib
-import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,7 +24,8 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
-from tfopt.errors import TfoptError
+from tfopt.errors import TfoptError, first_line
+from tfopt.hub import hub_offline, looks_like_hub_id
 from tfopt.results import ModelInfo
 
 DEFAULT_SOURCE = "tiny-gpt2"
@@ -129,7 +128,7 @@ def load_source(source: str | None, *, attn_implementation: str = "sdpa", lm_hea
     path = Path(name).expanduser()
     if path.exists():
         return _from_directory(path, attn_implementation, lm_head)
-    if _looks_like_hub_id(name):
+    if looks_like_hub_id(name):
         return _from_hub(name, attn_implementation, lm_head)
     raise TfoptError(f"{name}: no such model directory (or use a hub id, or one of: {', '.join(BUILTIN_MODELS)})")
 
@@ -181,24 +180,6 @@ def _from_directory(path: Path, attn_implementation: str, lm_head: bool | None) 
     return describe(model, str(path))
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
-
-
-def _looks_like_hub_id(source: str) -> bool:
-    return bool(_HUB_ID.match(source)) and not source.endswith((".onnx", ".json"))
-
-
-def hub_offline() -> bool:
-    """True when Hugging Face's offline switch is on (checked at call time, not at import)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    try:
-        from huggingface_hub import is_offline_mode
-    except ImportError:
-        return False
-    return is_offline_mode()
-
-
 def _from_hub(repo_id: str, attn_implementation: str, lm_head: bool | None) -> SourceModel:
     if hub_offline():
         raise TfoptError(f"{repo_id}: not a local directory, and the Hugging Face hub is offline (HF_HUB_OFFLINE)")
@@ -225,9 +206,3 @@ def _no_progress_bar():
     finally:
         if was_enabled:
             transformers_logging.enable_progress_bar()
-
-
-def first_line(exc: BaseException) -> str:
-    """An exception as one line: what TfoptError messages quote."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

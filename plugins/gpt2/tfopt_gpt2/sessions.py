@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tfopt.errors import TfoptError
+from tfopt.errors import TfoptError, first_line
 
-from .models import first_line
 
 
 def run_session(session, names: list[str], feed: dict, model_path: str | Path) -> list:
