@@ -532,3 +532,26 @@ def test_wrap_that_is_not_the_table_size_is_left_alone():
     fused, stats = _fuse(_keras_embeddings(word_rows_in_wrap=33))
     assert "EmbedLayerNormalization" not in count_ops(fused)
     assert stats.rule_counts["WrappedIdsLookup"] == 1  # the segment wrap is still exact
+
+
+def test_reshaped_weight_over_the_folding_limit_becomes_a_constant():
+    """Keras writes its output-projection weight as Reshape(W[N, Hd, D]); at bert-base size
+    (768 x 768) constant folding skips it, and no rule would see a constant weight."""
+    from tfopt.graph.passes import prepare
+    from tfopt.graph.values import constant_array
+
+    heads, head_size, width = 12, 64, 96  # 73,728 elements: over the folder's 8,192 input limit
+    weight = RNG.normal(size=(heads, head_size, width)).astype(np.float32)
+    nodes = [
+        helper.make_node("Reshape", ["w3d", "shape"], ["w2d"]),
+        helper.make_node("MatMul", ["x", "w2d"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(weight, "w3d"), numpy_helper.from_array(np.array([heads * head_size, width], np.int64), "shape")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", heads * head_size])]
+    original = _model(nodes, inputs, inits)
+    model = ir.serde.deserialize_model(original)
+    prepare(model)
+    assert count_ops(model) == {"MatMul": 1}
+    matmul = next(iter(model.graph))
+    assert constant_array(matmul.inputs[1]).shape == (heads * head_size, width)
+    _assert_same(original, model, {"x": RNG.normal(size=(2, 3, heads * head_size)).astype(np.float32)}, tol=1e-4)

@@ -9,7 +9,7 @@ import onnxscript.optimizer
 from onnxscript.rewriter.pattern import RewriteRuleSet
 from onnxscript.rewriter.rules import common as common_rules
 
-from .values import MS_DOMAIN
+from .values import MS_DOMAIN, constant_array
 
 _COMMUTATIVE = {"Add", "Mul"}
 
@@ -84,6 +84,33 @@ def _exact_simplifications(opset: int) -> list:
     return [rule for rule in rules if opset >= 18 or rule is not common_rules.slice_split_rule]
 
 
+def reshape_constant_weights(graph: ir.Graph) -> int:
+    """Reshape(initializer, constant shape) -> a reshaped initializer, whatever its size.
+
+    Constant folding skips tensors over its size limit, so at bert-base size Keras'
+    output-projection weight stays behind a Reshape and no rule sees a constant
+    weight. A reshape only relabels the same bytes, so folding it costs nothing.
+    """
+    folded = 0
+    for node in list(graph):
+        if node.op_type != "Reshape" or node.domain != "" or node.attributes.get_int("allowzero", 0):
+            continue
+        data, shape = (constant_array(v) for v in node.inputs[:2])
+        if data is None or shape is None or node.inputs[0].const_value is None or 0 in shape.tolist():
+            continue
+        try:
+            reshaped = data.reshape(shape.astype(np.int64).tolist())
+        except ValueError:
+            continue
+        value = ir.Value(name=f"{node.outputs[0].name}_folded", const_value=ir.tensor(reshaped))
+        value.shape = ir.Shape(reshaped.shape)
+        value.dtype = node.inputs[0].dtype
+        graph.register_initializer(value)
+        node.outputs[0].replace_all_uses_with(value, replace_graph_outputs=True)
+        folded += 1
+    return folded
+
+
 def prepare(model: ir.Model) -> None:
     """Fold constants and shape computations, infer shapes, canonicalize operand order.
 
@@ -93,6 +120,7 @@ def prepare(model: ir.Model) -> None:
     simplifications = _exact_simplifications(model.opset_imports.get("", 1))
     for _ in range(2):
         onnxscript.optimizer.fold_constants(model, onnx_shape_inference=True)
+        reshape_constant_weights(model.graph)
         RewriteRuleSet(simplifications).apply_to_model(model)
         onnxscript.optimizer.remove_unused_nodes(model)
     if shapes_from_sources(model.graph):
