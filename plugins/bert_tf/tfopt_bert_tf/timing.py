@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfopt.bench import latency_row, ort_session, time_calls
+from tfopt.bench import latency_row, ort_session, time_interleaved
 from tfopt.feeds import int_tuple, session_feed
 from tfopt.results import BenchResult, RunContext
 
@@ -52,8 +52,8 @@ def benchmark_source(ctx: RunContext, source: TfSource, models: dict[str, Path])
                 onnx_feed = session_feed(session, feed)
                 engines[label] = lambda session=session, onnx_feed=onnx_feed: session.run(None, onnx_feed)
             ctx.progress(f"benchmarking b={batch} s={sequence}: {', '.join(engines)}")
-            for engine, call in engines.items():
-                rows.append(latency_row(engine, batch, sequence, time_calls(call, warmup=warmup, repeat=repeat)))
+            timed = time_interleaved(engines, warmup=warmup, repeat=repeat)
+            rows += [latency_row(engine, batch, sequence, seconds) for engine, seconds in timed.items()]
     return BenchResult(rows=rows, device="cpu", seconds=time.perf_counter() - start)
 
 
