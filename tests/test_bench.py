@@ -13,11 +13,12 @@ def test_time_calls_runs_warmup_then_repeat_calls():
     assert len(calls) == 7 and seconds.shape == (5,) and (seconds >= 0).all()
 
 
-def test_time_interleaved_alternates_engines_round_by_round():
+def test_time_interleaved_alternates_engines_block_by_block():
     order = []
-    times = time_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, warmup=1, repeat=3)
-    assert order == ["a", "b"] + ["a", "b"] * 3  # warm-up of each, then one call of each per round
-    assert set(times) == {"a", "b"} and all(t.shape == (3,) for t in times.values())
+    times = time_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, warmup=1, repeat=5, block=2)
+    # warm-up of each, then blocks of 2 calls per engine, the last block cut to what is left
+    assert order == ["a", "b"] + ["a", "a", "b", "b"] * 2 + ["a", "b"]
+    assert set(times) == {"a", "b"} and all(t.shape == (5,) for t in times.values())
 
 
 def test_latency_row_percentiles_and_throughput():

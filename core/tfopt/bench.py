@@ -24,23 +24,28 @@ def time_calls(fn: Callable[[], object], *, warmup: int = 3, repeat: int = 20) -
     return times
 
 
-def time_interleaved(calls: dict[str, Callable[[], object]], *, warmup: int = 3, repeat: int = 20) -> dict[str, np.ndarray]:
-    """Seconds per call for several engines timed in alternation (one call each per round).
+def time_interleaved(
+    calls: dict[str, Callable[[], object]], *, warmup: int = 3, repeat: int = 20, block: int = 5
+) -> dict[str, np.ndarray]:
+    """Seconds per call for several engines, timed in alternating blocks of ``block`` calls.
 
-    On a shared 2-core machine, timing engine A's 30 calls and then engine B's lets any
-    slow spell land on one engine only; alternating spreads it over all of them, so the
-    ratios between engines stay honest.
+    On a shared 2-core machine, timing all of engine A's calls and then all of B's lets
+    any slow spell land on one engine only; alternating spreads it over all of them.
+    Blocks rather than single calls: an ONNX Runtime session's threads spin for a moment
+    after each run, which would slow whichever engine runs next; within a block only the
+    first call pays that, and the median does not see it.
     """
+    times: dict[str, list[float]] = {label: [] for label in calls}
     for fn in calls.values():
         for _ in range(warmup):
             fn()
-    times = {label: np.empty(repeat) for label in calls}
-    for i in range(repeat):
+    while any(len(t) < repeat for t in times.values()):
         for label, fn in calls.items():
-            start = time.perf_counter()
-            fn()
-            times[label][i] = time.perf_counter() - start
-    return times
+            for _ in range(min(block, repeat - len(times[label]))):
+                start = time.perf_counter()
+                fn()
+                times[label].append(time.perf_counter() - start)
+    return {label: np.array(t) for label, t in times.items()}
 
 
 def latency_row(engine: str, batch_size: int, sequence_length: int, seconds: np.ndarray) -> LatencyRow:
