@@ -147,6 +147,12 @@ def test_the_op_computing_an_output_stays_fp32():
     weights = {init.name: init.data_type for init in converted.graph.initializer}
     assert weights["w_logits"] == TensorProto.FLOAT
     assert weights["w_hidden"] == TensorProto.FLOAT16
+    # ... and its fp32 result reaches the output without an fp16 round trip
+    node = _producer_of(converted.graph, "logits")
+    while node.op_type in ("Cast", "Identity"):
+        assert node.op_type == "Identity" or node.attribute[0].i != TensorProto.FLOAT16
+        node = _producer_of(converted.graph, node.input[0])
+    assert node.name == "lm_head"
     x = rng.standard_normal((3, H)).astype(np.float32)
     session = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
     reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

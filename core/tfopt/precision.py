@@ -39,6 +39,8 @@ PRECISIONS = ("fp32", "fp16", "int8")
 NAN_PRONE_OPS = ("Pow", "ReduceMean", "ReduceSum", "Sqrt", "Reciprocal", "Exp")
 
 INT8_OP_TYPES = ("MatMul", "Attention")
+_LAYOUT_OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Flatten")
+_HEAD_OPS = ("MatMul", "Gemm")
 
 
 def fp16_block_list() -> list[str]:
@@ -72,13 +74,25 @@ def convert_proto_to_fp16(
 
 
 def output_producers(graph: onnx.GraphProto) -> list[str]:
-    """Names of the nodes that compute the model's outputs: they stay fp32.
+    """Names of the output heads (MatMul/Gemm computing a model output): they stay fp32.
 
-    The last op's rounding is what the user sees: for GPT-2 that is the LM head, whose
-    logits over a 50k vocabulary are the classic fp16 overflow (the known NaN problem).
+    For GPT-2 that is the LM head, whose logits over a 50k vocabulary are the classic
+    fp16 overflow (the known NaN problem). Other output producers (attention ops that
+    also emit ``present`` state) are left to the block list: blocking a node that feeds
+    fp16 work would need casts the converter does not insert.
     """
     outputs = {value.name for value in graph.output}
-    return [node.name for node in graph.node if outputs.intersection(node.output)]
+    producers = [node for node in graph.node if outputs.intersection(node.output) and node.op_type in _HEAD_OPS]
+    # Their layout-only inputs (GPT-2's Reshape before the LM head) go with them: ONNX Runtime's
+    # converter leaves such an edge fp16 without a Cast, and the model then fails to load.
+    made_by = {output: node for node in graph.node for output in node.output}
+    layout = [
+        made_by[name]
+        for node in producers
+        for name in node.input
+        if name in made_by and made_by[name].op_type in _LAYOUT_OPS
+    ]
+    return list(dict.fromkeys(node.name for node in producers + layout))
 
 
 def _cast_target(node: onnx.NodeProto) -> int | None:
@@ -101,6 +115,7 @@ def keep_chains_fp32(graph: onnx.GraphProto) -> int:
     }
     types.update({init.name: init.data_type for init in graph.initializer})
     producers = {output: node for node in graph.node for output in node.output}
+    graph_outputs = {output.name for output in graph.output}
     skipped = 0
     for node in graph.node:
         if _cast_target(node) != float_type:
@@ -113,8 +128,11 @@ def keep_chains_fp32(graph: onnx.GraphProto) -> int:
             for index, name in enumerate(consumer.input):
                 if name == round_tripped:
                     consumer.input[index] = fp32_value
+        if round_tripped in graph_outputs:  # e.g. GPT-2's logits: the output keeps its name, and fp32
+            node.op_type = "Identity"
+            node.input[0] = fp32_value
+            del node.attribute[:]
         skipped += 1
-    graph_outputs = {output.name for output in graph.output}
     while True:  # drop casts nobody reads any more (a removed Cast can orphan the one before it)
         used = {name for node in graph.node for name in node.input} | graph_outputs
         dead = [node for node in graph.node if _cast_target(node) is not None and node.output[0] not in used]
