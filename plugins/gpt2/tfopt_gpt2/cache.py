@@ -1,20 +1,14 @@
-"""One loaded PyTorch model per run: export, dummy inputs, verify, benchmark and generation share it.
-
-Keyed by the run's context object (by identity; ``RunContext`` is an unhashable dataclass)
-and dropped when the context is garbage-collected. Not kept in ``ctx.results``: that
-dict becomes the JSON report, and a torch model is not report material.
-"""
+"""One loaded PyTorch model per run: export, dummy inputs, verify, benchmark and generation share it."""
 
 from __future__ import annotations
 
-import weakref
-
 from tfopt.errors import TfoptError
 from tfopt.results import RunContext
+from tfopt.run_cache import PerRun
 
 from .models import DEFAULT_SOURCE, SourceModel, load_source
 
-_LOADED: dict[int, tuple[tuple, SourceModel]] = {}
+_MODELS: PerRun[SourceModel] = PerRun()
 
 
 def attn_implementation(ctx: RunContext) -> str:
@@ -40,16 +34,14 @@ def _key(ctx: RunContext) -> tuple:
 
 def remember(ctx: RunContext, source: SourceModel) -> SourceModel:
     """Make ``source`` the model of this run (for models built in code)."""
-    if id(ctx) not in _LOADED:
-        weakref.finalize(ctx, _LOADED.pop, id(ctx), None)
-    _LOADED[id(ctx)] = (_key(ctx), source)
-    return source
+    return _MODELS.remember(ctx, _key(ctx), source)
 
 
 def source_model(ctx: RunContext) -> SourceModel:
     """The run's model, loaded on first use; loaded again only if what names it changed."""
-    cached = _LOADED.get(id(ctx))
-    if cached is not None and cached[0] == _key(ctx):
-        return cached[1]
-    ctx.progress(f"loading {ctx.source or DEFAULT_SOURCE + ' (the default: random weights)'} ...")
-    return remember(ctx, load_source(ctx.source, attn_implementation=attn_implementation(ctx), lm_head=lm_head_option(ctx)))
+
+    def load() -> SourceModel:
+        ctx.progress(f"loading {ctx.source or DEFAULT_SOURCE + ' (the default: random weights)'} ...")
+        return load_source(ctx.source, attn_implementation=attn_implementation(ctx), lm_head=lm_head_option(ctx))
+
+    return _MODELS.get(ctx, _key(ctx), load)

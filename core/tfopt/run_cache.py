@@ -1,0 +1,34 @@
+"""One loaded source model per run, shared by an adapter's stages (export, verify, benchmark).
+
+Keyed by the run's context object (by identity: ``RunContext`` is an unhashable dataclass)
+plus what names the model, and dropped when the context is garbage-collected. Not kept in
+``ctx.results``: that dict becomes the JSON report, and a framework model is not report material.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Callable, Generic, Hashable, TypeVar
+
+from .results import RunContext
+
+T = TypeVar("T")
+
+
+class PerRun(Generic[T]):
+    def __init__(self) -> None:
+        self._items: dict[int, tuple[Hashable, T]] = {}
+
+    def remember(self, ctx: RunContext, key: Hashable, value: T) -> T:
+        """Make ``value`` this run's object (adapters call it for models built in code)."""
+        if id(ctx) not in self._items:
+            weakref.finalize(ctx, self._items.pop, id(ctx), None)
+        self._items[id(ctx)] = (key, value)
+        return value
+
+    def get(self, ctx: RunContext, key: Hashable, load: Callable[[], T]) -> T:
+        """This run's object, loaded on first use and again only if ``key`` changed."""
+        cached = self._items.get(id(ctx))
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        return self.remember(ctx, key, load())
