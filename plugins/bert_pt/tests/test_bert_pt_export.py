@@ -8,7 +8,8 @@ import pytest
 from bert_pt_cases import FP32_TOLERANCE, VARIANT_IDS, VARIANTS, make_ctx, max_valid_diff
 from tfopt.errors import TfoptError
 from tfopt_bert_pt.cache import source_model
-from tfopt_bert_pt.export import DEFAULT_OPSETS, default_exporter, export_source
+from tfopt.torch_kit import default_exporter
+from tfopt_bert_pt.export import DEFAULT_OPSETS, export_source
 from tfopt_bert_pt.inputs import dummy_inputs
 
 HAS_SEGMENTS = {"tiny-bert": True, "tiny-albert": True, "tiny-distilbert": False, "tiny-roberta": False}

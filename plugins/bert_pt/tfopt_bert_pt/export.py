@@ -8,7 +8,6 @@ well-trodden opset). ``ctx.options['opset']`` overrides both.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import io
 import logging
 import os
@@ -25,12 +24,12 @@ from transformers import PreTrainedModel
 from tfopt.errors import TfoptError, first_line
 from tfopt.graph.io import EXTERNAL_DATA_THRESHOLD, read_io_spec
 from tfopt.results import ExportResult, RunContext
+from tfopt.torch_kit import chosen_exporter
 
 from .cache import remember, source_model
 from .inputs import token_feeds
 from .models import SourceModel, describe
 
-EXPORTERS = ("dynamo", "legacy")
 DEFAULT_OPSETS = {"dynamo": 20, "legacy": 17}
 OUTPUT_NAME = "last_hidden_state"
 EXPORTED_FILE = "exported.onnx"
@@ -50,19 +49,6 @@ class HiddenStates(torch.nn.Module):
         if "token_type_ids" in self.input_names:
             feeds["token_type_ids"] = token_type_ids
         return self.model(**feeds).last_hidden_state
-
-
-def default_exporter() -> str:
-    """Whatever torch.onnx.export does when not told (dynamo since torch 2.9)."""
-    dynamo = inspect.signature(torch.onnx.export).parameters["dynamo"].default
-    return "dynamo" if dynamo else "legacy"
-
-
-def chosen_exporter(ctx: RunContext) -> str:
-    exporter = ctx.option("exporter") or default_exporter()
-    if exporter not in EXPORTERS:
-        raise TfoptError(f"unknown exporter {exporter!r}; known: {', '.join(EXPORTERS)}")
-    return exporter
 
 
 def export_source(ctx: RunContext) -> ExportResult:

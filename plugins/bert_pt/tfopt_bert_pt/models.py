@@ -6,7 +6,6 @@ what the rest of the adapter needs to know about it (ModelInfo, its input names,
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import inspect
 import os
@@ -24,11 +23,11 @@ from transformers import (
     PreTrainedModel,
     RobertaConfig,
 )
-from transformers.utils import logging as transformers_logging
 
 from tfopt.errors import TfoptError, first_line
 from tfopt.hub import hub_offline, looks_like_hub_id
 from tfopt.results import ModelInfo
+from tfopt.torch_kit import no_progress_bar
 
 SUPPORTED_MODEL_TYPES = ("bert", "distilbert", "roberta", "albert")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -199,23 +198,11 @@ def _from_directory(path: Path, attn_implementation: str, *, name: str) -> Sourc
         raise TfoptError(f"{path}: cannot read config.json ({first_line(exc)})") from None
     _check_supported(config.model_type, path)  # before loading weights we would not use
     try:
-        with _no_progress_bar():
+        with no_progress_bar():
             model = AutoModel.from_pretrained(path, local_files_only=True, attn_implementation=attn_implementation)
     except Exception as exc:  # missing or corrupt weights
         raise TfoptError(f"{path}: cannot load the model weights ({first_line(exc)})") from None
     return describe(model, name)
-
-
-@contextlib.contextmanager
-def _no_progress_bar():
-    """Loading a local checkpoint takes a second; its "Loading weights" bar is noise in tfopt's output."""
-    was_enabled = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            transformers_logging.enable_progress_bar()
 
 
 def _from_hub(repo_id: str, attn_implementation: str) -> SourceModel:

@@ -11,7 +11,6 @@ LayerNormalization as one op). ``ctx.options['opset']`` overrides both.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import io
 import logging
 import os
@@ -30,6 +29,7 @@ from tfopt.bench import ort_session
 from tfopt.errors import TfoptError, first_line
 from tfopt.graph.io import EXTERNAL_DATA_THRESHOLD, read_io_spec, save_model
 from tfopt.results import ExportResult, RunContext
+from tfopt.torch_kit import chosen_exporter
 
 from .cache import remember, source_model
 from .decoder import (
@@ -46,7 +46,6 @@ from .decoder import (
 from .inputs import StepShape, feeds_for_shapes
 from .models import SourceModel, describe
 
-EXPORTERS = ("dynamo", "legacy")
 DEFAULT_OPSETS = {"dynamo": 20, "legacy": 17}
 EXPORTED_FILE = "exported.onnx"
 # Batch 2, past 5, 3 new tokens: all > 1 and distinct, so no exporter specializes or merges them.
@@ -70,19 +69,6 @@ def dynamic_axes(source: SourceModel) -> dict[str, dict[int, str]]:
     for name in output_names(source)[1:]:
         axes[name] = {0: BATCH, 2: TOTAL}
     return axes
-
-
-def default_exporter() -> str:
-    """Whatever torch.onnx.export does when not told (dynamo since torch 2.9)."""
-    dynamo = inspect.signature(torch.onnx.export).parameters["dynamo"].default
-    return "dynamo" if dynamo else "legacy"
-
-
-def chosen_exporter(ctx: RunContext) -> str:
-    exporter = ctx.option("exporter") or default_exporter()
-    if exporter not in EXPORTERS:
-        raise TfoptError(f"unknown exporter {exporter!r}; known: {', '.join(EXPORTERS)}")
-    return exporter
 
 
 def export_source(ctx: RunContext) -> ExportResult:

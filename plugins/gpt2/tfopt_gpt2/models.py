@@ -7,7 +7,6 @@ exact shape for benchmarks. Every source ends as a :class:`SourceModel`.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,11 +21,11 @@ from transformers import (
     GPT2Model,
     PreTrainedModel,
 )
-from transformers.utils import logging as transformers_logging
 
 from tfopt.errors import TfoptError, first_line
 from tfopt.hub import hub_offline, looks_like_hub_id
 from tfopt.results import ModelInfo
+from tfopt.torch_kit import no_progress_bar
 
 DEFAULT_SOURCE = "tiny-gpt2"
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -171,7 +170,7 @@ def _from_directory(path: Path, attn_implementation: str, lm_head: bool | None) 
     if config.model_type != "gpt2":  # before loading weights we would not use
         raise TfoptError(f"{path}: model type {config.model_type!r} is not handled by the gpt2 adapter")
     try:
-        with _no_progress_bar():
+        with no_progress_bar():
             model = _model_class(config, lm_head).from_pretrained(
                 path, local_files_only=True, attn_implementation=attn_implementation
             )
@@ -187,22 +186,10 @@ def _from_hub(repo_id: str, attn_implementation: str, lm_head: bool | None) -> S
         config = AutoConfig.from_pretrained(repo_id)
         if config.model_type != "gpt2":
             raise TfoptError(f"{repo_id}: model type {config.model_type!r} is not handled by the gpt2 adapter")
-        with _no_progress_bar():
+        with no_progress_bar():
             model = _model_class(config, lm_head).from_pretrained(repo_id, attn_implementation=attn_implementation)
     except TfoptError:
         raise
     except Exception as exc:  # unknown repo, no network, gated model
         raise TfoptError(f"{repo_id}: cannot load from the Hugging Face hub ({first_line(exc)})") from None
     return describe(model, repo_id)
-
-
-@contextlib.contextmanager
-def _no_progress_bar():
-    """Loading a checkpoint takes a second; its "Loading weights" bar is noise in tfopt's output."""
-    was_enabled = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            transformers_logging.enable_progress_bar()
