@@ -8,7 +8,7 @@ Entry points:
 """
 
 from .fusion import FUSION_NAMES, FusionStats, count_ops, expected_counts, fuse_file, fuse_model
-from .io import load_model, save_model
+from .io import load_model, read_io_spec, save_model
 
 __all__ = [
     "FUSION_NAMES",
@@ -18,5 +18,6 @@ __all__ = [
     "fuse_file",
     "fuse_model",
     "load_model",
+    "read_io_spec",
     "save_model",
 ]
