@@ -120,14 +120,14 @@ def test_cli_run_options_reach_the_context(cli, installed, tmp_path):
         "run", "--plugin", "export_only", "--output", str(out), "--precision", "int8", "--no-benchmark",
         "--batch-sizes", "1,2", "--sequence-lengths", "4", "--input-int32", "--disable", "attention",
         "--exporter", "legacy", "--attn-implementation", "eager", "--opset", "17",
-        "--option", "tolerance=0.5", "--option", "note=hello", "--model", "my-model",
+        "--option", "tolerance=0.5", "--option", "note=hello", "--model", "my-model", "--target", "cuda",
     )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["options"] == {
         "tolerance": 0.5, "note": "hello", "exporter": "legacy", "attn_implementation": "eager", "opset": 17,
         "precision": "int8", "input_int32": True, "benchmark": False, "batch_sizes": [1, 2], "sequence_lengths": [4],
-        "disabled": ["attention"],
+        "disabled": ["attention"], "target": "cuda",
     }
     assert report["source"] == "my-model" and report["benchmark"] is None
     assert report["outputs"]["final"] == "optimized.int8.onnx" and (out / "optimized.int8.onnx").is_file()

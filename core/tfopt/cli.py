@@ -16,7 +16,7 @@ import click
 from . import __version__
 from .console import TfoptGroup, error_line, progress_printer
 from .errors import TfoptError
-from .graph.fusion import FUSION_NAMES
+from .graph.fusion import FUSION_NAMES, TARGETS
 from .optimizer import optimize_command
 from .pipeline import (
     benchmark_models,
@@ -163,9 +163,11 @@ Examples:
 @click.option("--batch-sizes", default=None, metavar="1,2,4", help="Batch sizes of the verification inputs.")
 @click.option("--sequence-lengths", default=None, metavar="8,16,32", help="Sequence lengths of the verification inputs.")
 @click.option("--disable", "disabled", multiple=True, type=click.Choice(FUSION_NAMES), help="Do not apply this fusion (repeatable).")
+@click.option("--target", type=click.Choice(TARGETS), default=None,
+              help="Device the fused ops are chosen for: cpu (MultiHeadAttention) or cuda (packed Attention) [default: cpu].")
 @click.pass_context
 def run_command(ctx, plugin, source, output, exporter, attn_implementation, opset, extra, precision, input_int32,
-                benchmark, batch_sizes, sequence_lengths, disabled):
+                benchmark, batch_sizes, sequence_lengths, disabled, target):
     options = _set(
         parse_options(extra),
         exporter=exporter,
@@ -177,6 +179,7 @@ def run_command(ctx, plugin, source, output, exporter, attn_implementation, opse
         batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"),
         sequence_lengths=parse_int_list(sequence_lengths, "--sequence-lengths"),
         disabled=list(disabled) or None,
+        target=target,
     )
     options.setdefault("precision", "fp32")
     options.setdefault("benchmark", True)
