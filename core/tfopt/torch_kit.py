@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
+import logging
+import warnings
 
 from .errors import TfoptError
 from .results import RunContext
@@ -43,3 +46,35 @@ def no_progress_bar():
     finally:
         if was_enabled:
             transformers_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def quiet_export():
+    """Silence the exporters' progress prints, deprecation warnings and log lines; errors still raise."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def perturb_vector_params(model, *, seed: int = 0, scale: float = 0.02) -> None:
+    """Add small noise to every 1-D parameter (biases, LayerNorm weights) of a torch module.
+
+    Random init leaves them all zeros or ones; the dynamo exporter then de-duplicates
+    the identical tensors into one shared initializer, which no real checkpoint has
+    and which hides fusion bugs that pick up the wrong bias.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 1:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)

@@ -8,13 +8,10 @@ well-trodden opset). ``ctx.options['opset']`` overrides both.
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
 import os
 import shutil
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +21,7 @@ from transformers import PreTrainedModel
 from tfopt.errors import TfoptError, first_line
 from tfopt.graph.io import EXTERNAL_DATA_THRESHOLD, read_io_spec
 from tfopt.results import ExportResult, RunContext
-from tfopt.torch_kit import chosen_exporter
+from tfopt.torch_kit import chosen_exporter, quiet_export
 
 from .cache import remember, source_model
 from .inputs import token_feeds
@@ -69,7 +66,7 @@ def export_loaded(ctx: RunContext, source: SourceModel) -> ExportResult:
     ctx.progress(f"exporting {source.name} with the {exporter} exporter (opset {opset}) ...")
     start = time.perf_counter()
     wrapper = HiddenStates(source.model, source.input_names).eval()
-    with _atomic_output(path) as tmp_path, _quiet():
+    with _atomic_output(path) as tmp_path, quiet_export():
         try:
             _run_exporter(wrapper, source, tmp_path, exporter, opset)
         except TfoptError:
@@ -119,19 +116,3 @@ def _atomic_output(path: Path):
         os.replace(tmp_path, path)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence the exporters' progress prints, deprecation warnings and log lines; errors still raise."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)

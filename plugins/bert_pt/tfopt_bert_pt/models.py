@@ -27,7 +27,7 @@ from transformers import (
 from tfopt.errors import TfoptError, first_line
 from tfopt.hub import hub_offline, looks_like_hub_id
 from tfopt.results import ModelInfo
-from tfopt.torch_kit import no_progress_bar
+from tfopt.torch_kit import no_progress_bar, perturb_vector_params
 
 SUPPORTED_MODEL_TYPES = ("bert", "distilbert", "roberta", "albert")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -72,20 +72,6 @@ class SourceModel:
     @property
     def is_tiny(self) -> bool:
         return self.name in TINY_CONFIGS
-
-
-def perturb_vector_params(model: torch.nn.Module, *, seed: int = 0, scale: float = 0.02) -> None:
-    """Add small noise to every 1-D parameter (biases, LayerNorm weights).
-
-    Random init leaves them all zeros or ones; the dynamo exporter then de-duplicates
-    the identical tensors into one shared initializer, which no real checkpoint has
-    and which hides fusion bugs that pick up the wrong bias.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() == 1:
-                parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
 
 
 def random_model(config: PretrainedConfig, *, seed: int = TINY_SEED, attn_implementation: str = "sdpa") -> PreTrainedModel:

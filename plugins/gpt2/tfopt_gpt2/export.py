@@ -10,15 +10,11 @@ LayerNormalization as one op). ``ctx.options['opset']`` overrides both.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
 import re
 import shutil
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +25,7 @@ from tfopt.bench import ort_session
 from tfopt.errors import TfoptError, first_line
 from tfopt.graph.io import EXTERNAL_DATA_THRESHOLD, read_io_spec, save_model
 from tfopt.results import ExportResult, RunContext
-from tfopt.torch_kit import chosen_exporter
+from tfopt.torch_kit import chosen_exporter, quiet_export
 
 from .cache import remember, source_model
 from .decoder import (
@@ -91,7 +87,7 @@ def export_loaded(ctx: RunContext, source: SourceModel) -> ExportResult:
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         tmp_path = tmp_dir / path.name
-        with _quiet():
+        with quiet_export():
             try:
                 _run_exporter(source, tmp_path, exporter, opset)
             except Exception as exc:
@@ -205,19 +201,3 @@ def check_runs_with_and_without_past(source: SourceModel, model_path: Path) -> N
             raise TfoptError(
                 f"{source.name}: the export differs from torch by {worst:.3g} at past length {shape.past_length}"
             )
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence the exporters' progress prints, deprecation warnings and log lines; errors still raise."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
