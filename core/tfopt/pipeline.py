@@ -189,10 +189,8 @@ def _require_file(stage: str, path: Path) -> None:
         raise TfoptError(f"stage {stage!r} reported {path}, but no such file exists")
 
 
-def run_export(pm: pluggy.PluginManager, adapter: str, ctx: RunContext) -> ExportResult:
-    """The export stage alone (``tfopt export``); writes report.json with status "exported"."""
-    created = prepare_output_dir(ctx.work_dir)
-    runner = StageRunner(pm, adapter, ctx)
+def _export_or_clean_up(runner: "StageRunner", ctx: RunContext, created: bool) -> ExportResult:
+    """The export stage; an output dir this run created is removed again if export fails."""
     try:
         exported = runner("export")
         _require_file("export", exported.model_path)
@@ -200,6 +198,14 @@ def run_export(pm: pluggy.PluginManager, adapter: str, ctx: RunContext) -> Expor
         if created:
             shutil.rmtree(ctx.work_dir, ignore_errors=True)
         raise
+    return exported
+
+
+def run_export(pm: pluggy.PluginManager, adapter: str, ctx: RunContext) -> ExportResult:
+    """The export stage alone (``tfopt export``); writes report.json with status "exported"."""
+    created = prepare_output_dir(ctx.work_dir)
+    runner = StageRunner(pm, adapter, ctx)
+    exported = _export_or_clean_up(runner, ctx, created)
     _write(pm, adapter, ctx, runner, "exported")
     return exported
 
@@ -217,13 +223,7 @@ def run_pipeline(
     adapter_caller(pm, adapter, "export")  # unknown adapter: fail before touching the disk
     created = prepare_output_dir(ctx.work_dir)
     runner = StageRunner(pm, adapter, ctx)
-    try:
-        exported = runner("export")
-        _require_file("export", exported.model_path)
-    except BaseException:
-        if created:
-            shutil.rmtree(ctx.work_dir, ignore_errors=True)
-        raise
+    exported = _export_or_clean_up(runner, ctx, created)
     try:
         fused = runner("fuse", exported=exported)
         _require_file("fuse", fused.model_path)
