@@ -7,7 +7,7 @@ import pytest
 from gpt2_cases import make_ctx
 from tfopt.errors import TfoptError
 from tfopt.results import to_jsonable
-from tfopt_gpt2.benchmark import DEFAULT_BATCH_SIZES, DEFAULT_PAST_LENGTHS, bench_shapes
+from tfopt_gpt2.benchmark import DEFAULT_BATCH_SIZES, DEFAULT_PAST_LENGTHS, bench_shapes, fitted_bench_shapes
 from tfopt_gpt2.hooks import benchmark_hook
 
 ENGINES = ("torch", "ort:raw", "ort:copy")
@@ -60,6 +60,27 @@ def test_default_grid_is_the_issues():
     assert [kind for kind, _ in bench_shapes(make_ctx(".", "tiny-gpt2", bench_prompt_lengths=0))] == ["decode"] * 16
 
 
+def test_default_grid_fits_the_models_positions_and_says_what_changed():
+    ctx = make_ctx(".", "tiny-gpt2", bench_batch_sizes=[1])
+    shapes, notes = fitted_bench_shapes(ctx, max_positions=128)  # tiny-gpt2's n_positions
+    assert [(kind, s.past_length, s.sequence_length) for kind, s in shapes] == [
+        ("decode", 4, 1), ("decode", 8, 1), ("decode", 32, 1), ("decode", 127, 1), ("prompt", 0, 32)
+    ]
+    assert notes == ["default past length 128 clipped to 127 (the model has 128 positions and each decode step adds 1 token)"]
+    assert all(s.total_length <= 128 for _, s in shapes)
+    # a clipped length that repeats one already in the grid is dropped, not timed twice
+    shapes, notes = fitted_bench_shapes(ctx, max_positions=9)
+    assert [(kind, s.past_length, s.sequence_length) for kind, s in shapes] == [
+        ("decode", 4, 1), ("decode", 8, 1), ("prompt", 0, 9)
+    ]
+    assert [note.split(" (")[0] for note in notes] == [
+        "default past length 32 dropped", "default past length 128 dropped", "default prompt length 32 clipped to 9"
+    ]
+    # lengths the user chose are not changed (the benchmark refuses them instead, see below)
+    asked, notes = fitted_bench_shapes(make_ctx(".", "tiny-gpt2", bench_batch_sizes=[1], bench_past_lengths=[128]), 128)
+    assert [s.past_length for kind, s in asked if kind == "decode"] == [128] and notes == []
+
+
 def test_base_model_has_no_generation_and_long_pasts_are_refused(exported_variant, tmp_path):
     _, exported = exported_variant("tiny-gpt2-base", "legacy")
     ctx = make_ctx(
@@ -67,5 +88,13 @@ def test_base_model_has_no_generation_and_long_pasts_are_refused(exported_varian
     )
     result = benchmark_hook(ctx, exported, {"ort:raw": exported.model_path})
     assert [(r.engine, r.step) for r in result.rows] == [("torch", "decode"), ("ort:raw", "decode")] and result.generation == []
+    defaults = benchmark_hook(
+        make_ctx(tmp_path, "tiny-gpt2-base", bench_batch_sizes=[1], bench_prompt_lengths=0, bench_repeat=1, bench_warmup=0),
+        exported, {"ort:raw": exported.model_path},
+    )
+    assert sorted({r.past_length for r in defaults.rows}) == [4, 8, 32, 127]
+    assert to_jsonable(defaults)["grid_notes"] == [
+        "default past length 128 clipped to 127 (the model has 128 positions and each decode step adds 1 token)"
+    ]
     with pytest.raises(TfoptError, match="exceeds tiny-gpt2-base's 128 positions"):
         benchmark_hook(make_ctx(tmp_path, "tiny-gpt2-base", bench_past_lengths=[200]), exported, {})

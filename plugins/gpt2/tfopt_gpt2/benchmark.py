@@ -56,18 +56,54 @@ class GenerationRow:
 @dataclass
 class DecoderBenchResult(BenchResult):
     generation: list[GenerationRow] = field(default_factory=list)
+    grid_notes: list[str] = field(default_factory=list)  # default lengths clipped or dropped to fit the model, and why
 
 
-def bench_shapes(ctx: RunContext) -> list[tuple[str, StepShape]]:
+def bench_shapes(ctx: RunContext, max_positions: int | None = None) -> list[tuple[str, StepShape]]:
     """Decode steps over batch x past at sequence 1, then one prompt step per batch size."""
+    return fitted_bench_shapes(ctx, max_positions)[0]
+
+
+def fitted_bench_shapes(ctx: RunContext, max_positions: int | None = None) -> tuple[list[tuple[str, StepShape]], list[str]]:
+    """The benchmark grid and a note for every default length changed to fit ``max_positions``.
+
+    The default grid (past up to 128) is GPT-2 small's; a model with fewer positions
+    (tiny-gpt2 has 128, so past 128 + 1 new token does not fit) gets each default length
+    clipped to the longest that fits, and a clipped length that repeats another is dropped.
+    Lengths the user asked for are kept as asked: :func:`check_fits` refuses them.
+    """
     batch_sizes = int_tuple(ctx.option("bench_batch_sizes", DEFAULT_BATCH_SIZES), "bench_batch_sizes")
-    past_lengths = non_negative_ints(ctx.option("bench_past_lengths", DEFAULT_PAST_LENGTHS), "bench_past_lengths")
+    notes: list[str] = []
+    past_option = ctx.option("bench_past_lengths")
+    past_lengths = non_negative_ints(DEFAULT_PAST_LENGTHS if past_option is None else past_option, "bench_past_lengths")
     # The host's generic bench_sequence_lengths (``tfopt bench --sequence-lengths``) means prompt lengths here.
-    prompts = ctx.option("bench_prompt_lengths", ctx.option("bench_sequence_lengths", DEFAULT_PROMPT_LENGTHS))
-    prompt_lengths = [length for length in non_negative_ints(prompts, "bench_prompt_lengths") if length > 0]  # 0: no prompt rows
+    prompt_option = ctx.option("bench_prompt_lengths", ctx.option("bench_sequence_lengths"))
+    prompts = non_negative_ints(DEFAULT_PROMPT_LENGTHS if prompt_option is None else prompt_option, "bench_prompt_lengths")
+    prompt_lengths = tuple(length for length in prompts if length > 0)  # 0: no prompt rows
+    if max_positions is not None:
+        if past_option is None:
+            past_lengths = _fitted("past length", past_lengths, max_positions, reserved=1, notes=notes)
+        if prompt_option is None:
+            prompt_lengths = _fitted("prompt length", prompt_lengths, max_positions, reserved=0, notes=notes)
     shapes = [(DECODE, StepShape(b, p, 1)) for b in batch_sizes for p in past_lengths]
     shapes += [(PROMPT, StepShape(b, 0, s)) for b in batch_sizes for s in prompt_lengths]
-    return shapes
+    return shapes, notes
+
+
+def _fitted(what: str, lengths: tuple[int, ...], positions: int, *, reserved: int, notes: list[str]) -> tuple[int, ...]:
+    """Each length above ``positions - reserved`` clipped to it, or dropped when that repeats another; a note each."""
+    longest = max(positions - reserved, 0)
+    why = f"the model has {positions} positions" + (" and each decode step adds 1 token" if reserved else "")
+    kept: list[int] = []
+    for length in lengths:
+        if length > longest:
+            if longest in kept or longest in lengths:
+                notes.append(f"default {what} {length} dropped ({why})")
+                continue
+            notes.append(f"default {what} {length} clipped to {longest} ({why})")
+            length = longest
+        kept.append(length)
+    return tuple(kept)
 
 
 def _row(engine: str, kind: str, shape: StepShape, seconds) -> DecoderLatencyRow:
@@ -82,7 +118,9 @@ def benchmark_models(ctx: RunContext, exported: ExportResult, models: dict[str, 
     """Latency percentiles and tokens/s per engine ("torch" + the labels of ``models``) and step shape."""
     start = time.perf_counter()
     source = source_model(ctx)
-    shapes = bench_shapes(ctx)
+    shapes, grid_notes = fitted_bench_shapes(ctx, source.max_positions)
+    for note in grid_notes:
+        ctx.progress(f"benchmark grid: {note}")
     check_fits(source, [shape for _, shape in shapes])
     repeat = int(ctx.option("bench_repeat", 20))
     warmup = int(ctx.option("bench_warmup", 3))
@@ -91,7 +129,9 @@ def benchmark_models(ctx: RunContext, exported: ExportResult, models: dict[str, 
     with _torch_threads(threads):
         rows = _latency_rows(ctx, source, shapes, sessions, repeat, warmup)
         generation = _generation_rows(ctx, source, sessions)
-    return DecoderBenchResult(rows=rows, device="cpu", seconds=time.perf_counter() - start, generation=generation)
+    return DecoderBenchResult(
+        rows=rows, device="cpu", seconds=time.perf_counter() - start, generation=generation, grid_notes=grid_notes
+    )
 
 
 @contextlib.contextmanager

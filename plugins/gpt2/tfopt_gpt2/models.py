@@ -44,7 +44,11 @@ def _tiny(**shape) -> Callable[[], GPT2Config]:
     # initializer_range 0.2, not GPT-2's 0.02: at 0.02 a tiny random model's logits are nearly
     # flat (top-2 gap ~0.02) and greedy decoding repeats one token from the second step on,
     # so a generation test could not tell a broken cache from a working one.
-    return lambda: GPT2Config(n_positions=128, n_head=4, initializer_range=0.2, **shape)
+    # BOS/EOS inside the tiny vocabulary: GPT-2's 50256 is not, and transformers warns about it on every load.
+    last_id = shape["vocab_size"] - 1
+    return lambda: GPT2Config(
+        n_positions=128, n_head=4, initializer_range=0.2, bos_token_id=last_id, eos_token_id=last_id, **shape
+    )
 
 
 # Tiny shapes differ from one another (layers, hidden size, vocab) so shape bugs show.
