@@ -70,6 +70,20 @@ def test_cli_allow_list_env_including_empty(cli, installed):
     assert "not allowed" in line
 
 
+def test_cli_allow_list_naming_an_uninstalled_plugin_warns_in_one_line(cli, installed, tmp_path):
+    installed("fake_a", "fake_b")
+    for allow in ("nosuch", "fake_a,nosuch"):
+        result = cli("plugins", "--json", env={"TFOPT_PLUGINS": allow})
+        assert result.exit_code == 0 and json.loads(result.stdout)  # stdout stays machine-readable
+        assert result.stderr.splitlines() == [
+            "tfopt: warning: TFOPT_PLUGINS names 'nosuch', which is not installed (installed plugins: fake_a, fake_b)"
+        ]
+    (tmp_path / "tfopt.toml").write_text('[plugins]\nallow = ["nosuch"]\n')
+    quiet = cli("-q", "plugins")
+    assert quiet.stderr.startswith("tfopt: warning: plugins.allow of ") and "'nosuch', which is not installed" in quiet.stderr
+    assert len(quiet.stderr.splitlines()) == 1
+
+
 def test_cli_block_with_p_no(cli, installed, tmp_path):
     installed("fake_a", "fake_b")
     listing = json.loads(cli("-p", "no:fake_a", "-p", "no:fake_b", "plugins", "--json").stdout)
@@ -143,6 +157,22 @@ def test_cli_run_failed_verification_exits_1_and_keeps_the_report(cli, installed
     assert line.startswith("tfopt: error: verification failed: max abs diff") and str(out / "report.json") in line
     assert result.stdout.startswith("tfopt FAILED")
     assert json.loads((out / "report.json").read_text())["status"] == "failed"
+
+
+def test_cli_verify_cannot_pass_on_an_earlier_runs_results(cli, installed, tmp_path, monkeypatch):
+    fakes_module = installed("fake_a")
+    out = _run_dir(cli, tmp_path)
+    (out / "optimized.fp16.onnx").write_bytes(b"from a run before that one")
+    assert cli("verify", str(out)).exit_code == 0
+    line = _one_error_line(cli("run", "--plugin", "gpt9", "--output", str(out)))  # this run fails at once
+    assert "unknown plugin 'gpt9'" in line
+    assert "no report.json here" in _one_error_line(cli("verify", str(out)))
+    assert list(out.iterdir()) == []
+    _run_dir(cli, tmp_path)  # passes again; then a run that fails verification replaces it
+    monkeypatch.setattr(fakes_module.ADAPTER_A, "fused_weight_offset", 1.0)
+    assert cli("run", "--plugin", "fake_a", "--output", str(out)).exit_code == 1
+    assert json.loads((out / "report.json").read_text())["status"] == "failed"
+    assert cli("verify", str(out)).exit_code == 1
 
 
 def test_cli_run_bad_inputs_are_one_line(cli, installed, tmp_path):

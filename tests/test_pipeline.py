@@ -166,3 +166,55 @@ def test_hook_export_runs_on_the_selected_adapter_only(fresh_fakes, tmp_path):
     assert exported.io.inputs == {"input_ids": "int64", "attention_mask": "int64"}
     assert fresh_fakes.CALLS == [("fake_b", "export")]
     assert ctx.results["export"] is exported
+
+
+def _earlier_run(out, status="passed"):
+    """What an earlier fp16 run with external data left behind, next to a file of the user's."""
+    out.mkdir(parents=True)
+    report = {"schema_version": 1, "tfopt_version": "0", "status": status,
+              "outputs": {"exported": "exported.onnx", "optimized": "optimized.onnx", "final": "optimized.fp16.onnx"}}
+    (out / "report.json").write_text(json.dumps(report))
+    for name in ("exported.onnx", "exported.onnx.data", "optimized.fp16.onnx", "optimized.fp16.onnx.data", "optimized.onnx.data"):
+        (out / name).write_bytes(b"stale")
+    (out / ".optimized.onnx.abc123").mkdir()  # an atomic write interrupted by a crash
+    (out / "notes.txt").write_text("mine")
+
+
+def test_a_run_removes_what_an_earlier_run_wrote_and_nothing_else(fresh_fakes, tmp_path):
+    out = tmp_path / "out"
+    _earlier_run(out)
+    progress = []
+    ctx = _ctx(tmp_path, "fake_a")
+    ctx.progress = progress.append
+    run_pipeline(_pm(fresh_fakes, "fake_a"), "fake_a", ctx)
+    assert sorted(p.name for p in out.iterdir()) == ["exported.onnx", "notes.txt", "optimized.onnx", "report.json"]
+    assert (out / "notes.txt").read_text() == "mine" and (out / "exported.onnx").read_bytes() != b"stale"
+    assert any(line.startswith("removed the earlier run's") and "optimized.fp16.onnx" in line for line in progress)
+
+
+def test_a_failed_run_leaves_no_earlier_passed_report(fresh_fakes, tmp_path):
+    class FailingExport:
+        @hookimpl
+        def export(self, ctx):
+            raise TfoptError("no such model: nope")
+
+    pm = _pm(fresh_fakes)
+    register_plugin(pm, FailingExport(), "failing")
+    out = tmp_path / "out"
+    _earlier_run(out)
+    with pytest.raises(TfoptError, match="no such model"):
+        run_pipeline(pm, "failing", _ctx(tmp_path, "failing"))
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    _earlier_run(tmp_path / "again")
+    with pytest.raises(TfoptError, match="unknown plugin 'gpt9'"):  # an error before any stage still clears it
+        run_pipeline(pm, "gpt9", RunContext(family="gpt9", source=None, work_dir=tmp_path / "again", options={}))
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["notes.txt"]
+
+
+def test_a_report_json_tfopt_did_not_write_is_refused_and_kept(fresh_fakes, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.json").write_text('{"quarterly": "numbers"}')
+    with pytest.raises(TfoptError, match=r"report.json: not a tfopt report; refusing to overwrite it"):
+        run_pipeline(_pm(fresh_fakes, "fake_a"), "fake_a", _ctx(tmp_path, "fake_a"))
+    assert (out / "report.json").read_text() == '{"quarterly": "numbers"}' and fresh_fakes.CALLS == []

@@ -197,3 +197,25 @@ def test_in_process_registration_respects_blocks(fresh_fakes):
     assert adapter_names(pm) == [] and _by_name(pm)["fake_a"]["status"] == "blocked"
     assert plugins.register_plugin(pm, fresh_fakes.FakeAdapter("other", []), "other")
     assert adapter_names(pm) == ["other"]
+
+
+def test_allow_list_naming_an_uninstalled_plugin_is_one_warning_line(fresh_fakes, tmp_path):
+    only_unknown = _pm(fresh_fakes, "fake_a", "fake_b", environ={plugins.ALLOW_ENV: "nosuch"})
+    assert only_unknown.warnings == [
+        "TFOPT_PLUGINS names 'nosuch', which is not installed (installed plugins: fake_a, fake_b)"
+    ]
+    mixed = _pm(fresh_fakes, "fake_a", "fake_b", environ={plugins.ALLOW_ENV: "fake_a,nosuch,other"})
+    assert mixed.warnings == [
+        "TFOPT_PLUGINS names 'nosuch', 'other', which are not installed (installed plugins: fake_a, fake_b)"
+    ]
+    assert adapter_names(mixed) == ["fake_a"]
+    (tmp_path / "tfopt.toml").write_text('[plugins]\nallow = ["fake_b", "nosuch"]\n')
+    from_config = _pm(fresh_fakes, "fake_a", "fake_b", environ={}, cwd=tmp_path)
+    assert len(from_config.warnings) == 1 and from_config.warnings[0].startswith(
+        f"plugins.allow of {tmp_path / 'tfopt.toml'} names 'nosuch', which is not installed"
+    )
+    (tmp_path / "tfopt.toml").unlink()
+    # no warning when everything named exists, when nothing is named, or for the built-in
+    assert _pm(fresh_fakes, "fake_a", environ={plugins.ALLOW_ENV: "fake_a,default"}).warnings == []
+    assert _pm(fresh_fakes, "fake_a", environ={plugins.ALLOW_ENV: ""}).warnings == []
+    assert _pm(fresh_fakes, "fake_a", environ={}).warnings == []

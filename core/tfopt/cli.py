@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .console import TfoptGroup, error_line, progress_printer
+from .console import TfoptGroup, error_line, progress_printer, warning_line
 from .errors import TfoptError
 from .graph.fusion import FUSION_NAMES, TARGETS
 from .optimizer import optimize_command
@@ -107,6 +107,8 @@ class _LazyPlugins:
     def pm(self):
         if self._pm is None:
             self._pm = build_plugin_manager(blocked=self.blocked)
+            for warning in self._pm.warnings:  # shown even with -q: they are not progress
+                click.echo(warning_line(warning), err=True)
         return self._pm
 
 
@@ -183,8 +185,7 @@ def run_command(ctx, plugin, source, output, exporter, attn_implementation, opse
     )
     options.setdefault("precision", "fp32")
     options.setdefault("benchmark", True)
-    pm = _pm(ctx)
-    check_adapter_name(pm, plugin)
+    pm = _pm(ctx)  # run_pipeline checks the adapter name after clearing an earlier run's outputs
     run_ctx = RunContext(family=plugin, source=source, work_dir=output, options=options, progress=ctx.obj["progress"])
     try:
         outcome = run_pipeline(pm, plugin, run_ctx, raise_on_failure=False)
@@ -215,7 +216,6 @@ Example:
 def export_command(ctx, plugin, source, output, exporter, attn_implementation, opset, extra):
     options = _set(parse_options(extra), exporter=exporter, attn_implementation=attn_implementation, opset=opset)
     pm = _pm(ctx)
-    check_adapter_name(pm, plugin)
     run_ctx = RunContext(family=plugin, source=source, work_dir=output, options=options, progress=ctx.obj["progress"])
     exported = run_export(pm, plugin, run_ctx)
     inputs = ", ".join(f"{name}:{dtype}" for name, dtype in exported.io.inputs.items())

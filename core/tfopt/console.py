@@ -27,6 +27,11 @@ def error_line(message: str) -> str:
     return f"{PROG}: error: {first}"
 
 
+def warning_line(message: str) -> str:
+    first = " ".join(str(message).split("\n")[0].split())
+    return f"{PROG}: warning: {first}"
+
+
 def progress_printer(quiet: bool = False):
     """The ``ctx.progress`` callback of the CLI: one line per message on stderr."""
     if quiet:

@@ -8,11 +8,17 @@ one-line TfoptError naming the stage and the plugins that implement it.
 Output layout of ``ctx.work_dir``: ``exported.onnx`` (+ ``.data``), ``optimized.onnx``
 (+ ``optimized.<precision>.onnx`` for fp16/int8) and ``report.json``, which is
 written even when verification fails or a later stage errors.
+
+A run directory holds one run's results only: a run first removes what an earlier run
+wrote there (:func:`clear_previous_outputs`), so neither a stale model nor an old
+``passed`` report survives a run that fails. Files tfopt did not write are left alone.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -124,6 +130,67 @@ class RunOutcome:
     passed: bool
 
 
+# Names tfopt and its adapters write into a run directory (the ``.data`` external weights
+# included), and the hidden temp files/dirs of its atomic writes (``.report.json.x1y2``).
+_OWN_OUTPUT = re.compile(r"^(exported|optimized)(\.[\w-]+)*\.onnx(\.data)?$")
+_OWN_TEMP = re.compile(r"^\.(exported|optimized)(\.[\w-]+)*\.onnx\.\w+$|^\.report\.json\.\w+$")
+
+
+def _written_by_tfopt(report_path: Path) -> dict[str, Any] | None:
+    """The earlier report as a dict, None when there is none; a foreign report.json is an error."""
+    if not report_path.is_file():
+        return None
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        report = None
+    if not isinstance(report, dict) or "tfopt_version" not in report:
+        raise TfoptError(
+            f"{report_path}: not a tfopt report; refusing to overwrite it (choose another --output directory)"
+        )
+    return report
+
+
+def previous_outputs(path: str | os.PathLike) -> list[Path]:
+    """What an earlier tfopt run left in ``path``: its report, the models it names, tfopt's own file names.
+
+    Raises when ``report.json`` exists but is not tfopt's, so a user's file is never taken
+    for an output. Only entries directly inside ``path`` count.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    report_path = path / REPORT_FILE
+    report = _written_by_tfopt(report_path)
+    found = {report_path} if report is not None else set()
+    for value in ((report or {}).get("outputs") or {}).values():
+        if isinstance(value, str) and value:
+            named = Path(value) if Path(value).is_absolute() else path / value
+            if named.parent.resolve() == path.resolve():
+                found.update({named, named.with_name(named.name + ".data")})
+    for entry in path.iterdir():
+        if _OWN_OUTPUT.match(entry.name) or _OWN_TEMP.match(entry.name):
+            found.add(entry)
+    return sorted(entry for entry in found if entry.exists() or entry.is_symlink())
+
+
+def clear_previous_outputs(path: str | os.PathLike, progress=None) -> list[Path]:
+    """Remove :func:`previous_outputs` of ``path`` (the report first); return what was removed."""
+    removed = previous_outputs(path)
+    report_path = Path(path) / REPORT_FILE
+    for entry in sorted(removed, key=lambda entry: entry != report_path):  # no report may outlive its models
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError as exc:
+            raise TfoptError(f"{entry}: cannot remove the output of an earlier run ({exc.strerror or exc})") from None
+    if removed and progress is not None:
+        progress(f"removed the earlier run's {', '.join(entry.name for entry in removed)} from {path}")
+    return removed
+
+
 def prepare_output_dir(path: str | os.PathLike) -> bool:
     """Create the output dir; True when it did not exist before. Refuse files and unwritable places."""
     path = Path(path)
@@ -203,6 +270,7 @@ def _export_or_clean_up(runner: "StageRunner", ctx: RunContext, created: bool) -
 
 def run_export(pm: pluggy.PluginManager, adapter: str, ctx: RunContext) -> ExportResult:
     """The export stage alone (``tfopt export``); writes report.json with status "exported"."""
+    clear_previous_outputs(ctx.work_dir, ctx.progress)
     created = prepare_output_dir(ctx.work_dir)
     runner = StageRunner(pm, adapter, ctx)
     exported = _export_or_clean_up(runner, ctx, created)
@@ -218,9 +286,12 @@ def run_pipeline(
     A failed verification raises :class:`VerificationFailed` after the report is
     written (or, with ``raise_on_failure=False``, returns ``passed=False``). An
     output dir this call created is removed again when export itself fails, so a
-    bad model name leaves nothing behind.
+    bad model name leaves nothing behind. What an earlier run wrote into the dir is
+    removed first, even when this call then fails (an unknown adapter included), so
+    ``tfopt verify DIR`` never passes on results this run did not make.
     """
-    adapter_caller(pm, adapter, "export")  # unknown adapter: fail before touching the disk
+    clear_previous_outputs(ctx.work_dir, ctx.progress)
+    adapter_caller(pm, adapter, "export")  # unknown adapter: fail before creating the dir
     created = prepare_output_dir(ctx.work_dir)
     runner = StageRunner(pm, adapter, ctx)
     exported = _export_or_clean_up(runner, ctx, created)

@@ -80,6 +80,7 @@ class TfoptPluginManager(pluggy.PluginManager):
         super().__init__(ENTRY_POINT_GROUP)
         self.add_hookspecs(hookspecs)
         self.records: dict[str, PluginRecord] = {}
+        self.warnings: list[str] = []  # one line each, e.g. an allow-list naming a plugin that is not installed
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:
@@ -215,10 +216,14 @@ def build_plugin_manager(
     """
     selection = selection_from(blocked, environ, cwd)
     pm = TfoptPluginManager()
+    entry_points = list(discover_entry_points() if entry_points is None else entry_points)
+    unknown = allowed_but_not_installed(selection, entry_points)
+    if unknown:
+        pm.warnings.append(unknown)
     for name, module_name in DEFAULT_PLUGINS.items():
         register_plugin(pm, importlib.import_module(module_name), name, PluginRecord(name=name, distribution="tfopt"))
         pm.records[name].version = _tfopt_version()
-    for entry_point in discover_entry_points() if entry_points is None else entry_points:
+    for entry_point in entry_points:
         dist = getattr(entry_point, "dist", None)
         record = PluginRecord(
             name=entry_point.name,
@@ -245,6 +250,22 @@ def build_plugin_manager(
             continue
         register_plugin(pm, plugin, record.name, record)
     return pm
+
+
+def allowed_but_not_installed(selection: Selection, entry_points: Iterable[importlib.metadata.EntryPoint]) -> str | None:
+    """One warning line when the allow-list names plugins no entry point provides (a typo, a missing install)."""
+    if selection.allow is None:
+        return None
+    installed = sorted({entry_point.name for entry_point in entry_points})
+    missing = sorted(selection.allow - set(installed) - set(DEFAULT_PLUGINS))
+    if not missing:
+        return None
+    names = ", ".join(repr(name) for name in missing)
+    verb = "is" if len(missing) == 1 else "are"
+    return (
+        f"{selection.allow_source} names {names}, which {verb} not installed"
+        f" (installed plugins: {', '.join(installed) or 'none'})"
+    )
 
 
 def _tfopt_version() -> str:
