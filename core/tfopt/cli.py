@@ -162,6 +162,8 @@ Examples:
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="Precision of the final model [default: fp32].")
 @click.option("--input-int32", "input_int32", is_flag=True, default=None, help="Make int64 inputs int32 in the optimized model.")
 @click.option("--benchmark/--no-benchmark", default=None, help="Measure latency after verification [default: on].")
+@click.option("--validate/--no-validate", default=None,
+              help="Check every written model (ONNX Runtime load + parity with the model it came from) before keeping it [default: on].")
 @click.option("--batch-sizes", default=None, metavar="1,2,4", help="Batch sizes of the verification inputs.")
 @click.option("--sequence-lengths", default=None, metavar="8,16,32", help="Sequence lengths of the verification inputs.")
 @click.option("--disable", "disabled", multiple=True, type=click.Choice(FUSION_NAMES), help="Do not apply this fusion (repeatable).")
@@ -169,7 +171,7 @@ Examples:
               help="Device the fused ops are chosen for: cpu (MultiHeadAttention) or cuda (packed Attention) [default: cpu].")
 @click.pass_context
 def run_command(ctx, plugin, source, output, exporter, attn_implementation, opset, extra, precision, input_int32,
-                benchmark, batch_sizes, sequence_lengths, disabled, target):
+                benchmark, validate, batch_sizes, sequence_lengths, disabled, target):
     options = _set(
         parse_options(extra),
         exporter=exporter,
@@ -178,6 +180,7 @@ def run_command(ctx, plugin, source, output, exporter, attn_implementation, opse
         precision=precision,
         input_int32=input_int32,
         benchmark=benchmark,
+        validate=validate,
         batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"),
         sequence_lengths=parse_int_list(sequence_lengths, "--sequence-lengths"),
         disabled=list(disabled) or None,

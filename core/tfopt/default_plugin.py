@@ -42,6 +42,8 @@ def fuse(ctx: RunContext, exported: ExportResult) -> FuseResult:
         disabled=ctx.option("disabled", ()),
         input_int32=bool(ctx.option("input_int32", False)),
         target=ctx.option("target", "cpu"),
+        validate=bool(ctx.option("validate", True)),
+        progress=ctx.progress,
     )
 
 
@@ -50,7 +52,12 @@ def convert_precision(ctx: RunContext, fused: FuseResult) -> PrecisionResult:
     precision = ctx.option("precision", "fp32")
     if precision != "fp32":
         ctx.progress(f"converting to {precision} ...")
-    return precision_module.convert(fused.model_path, precision)
+    converted = precision_module.convert(fused.model_path, precision)
+    if precision != "fp32" and ctx.option("validate", True):
+        from .graph.validate import validate_written
+
+        converted.validation = validate_written(converted.model_path, fused.model_path, precision)
+    return converted
 
 
 @hookimpl(trylast=True)

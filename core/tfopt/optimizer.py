@@ -37,6 +37,7 @@ from .console import TfoptCommand, progress_printer
 from .errors import TfoptError
 from .graph.fusion import FUSION_NAMES, MODEL_TYPES, fuse_model
 from .graph.io import load_model, save_model
+from .graph.validate import dropped_rule_line, validation_line
 from .results import ModelInfo
 
 OPT_LEVELS = (0, 1, 2, 99)
@@ -149,16 +150,31 @@ class OptimizedModel:
     The graph is held as an onnx-ir model (weights stay on disk until saved). Reading
     ``.model`` turns it into an ``onnx.ModelProto`` once; from then on that proto is the
     model, so changes made to it are what ``save_model_to_file`` writes.
+
+    ``save_model_to_file`` validates before it writes (:mod:`tfopt.graph.validate`): when a
+    fusion rule broke the model, the model is rebuilt without it (``dropped_rules`` says
+    which), unless the proto was handed out through ``.model`` and may hold the caller's
+    own edits; then a failing model is an error and nothing is written.
     """
 
-    def __init__(self, model: ir.Model, *, input_path: Path, stats=None):
+    def __init__(self, model: ir.Model, *, input_path: Path, stats=None, rebuild=None, validate: bool = True):
         self._ir: ir.Model | None = model
         self._proto: onnx.ModelProto | None = None
         self.input_path = Path(input_path)
         self.stats = stats  # tfopt.graph.FusionStats, or None when tfopt's fusions did not run
+        self.validate = validate
+        self.validation = None  # tfopt.results.Validation of the last saved model
+        self.dropped_rules: list = []  # tfopt.results.DroppedRule for each rule left out
+        self._rebuild = rebuild  # skip_rules -> (ir.Model, FusionStats), to fuse again without a rule
+        self._fp16_options: dict | None = None  # convert_float_to_float16's arguments, replayed on rebuilds
+        self._handed_out = False
 
     @property
     def model(self) -> onnx.ModelProto:
+        self._handed_out = True
+        return self._as_proto()
+
+    def _as_proto(self) -> onnx.ModelProto:
         if self._proto is None:
             self._proto = ir.serde.serialize_model(self._ir)
             self._ir = None
@@ -193,19 +209,46 @@ class OptimizedModel:
         """
         from .precision import convert_proto_to_fp16
 
-        self._proto = convert_proto_to_fp16(self.model, keep_io_types=keep_io_types, **kwargs)
+        # base_dir: the input's folder, where the weights it keeps as external data are read from
+        self._fp16_options = {"base_dir": self.input_path.parent, **kwargs, "keep_io_types": keep_io_types}
+        self._proto = convert_proto_to_fp16(self._as_proto(), **self._fp16_options)
+        self._ir = None
+
+    def _built_without(self, skip: frozenset[str]):
+        """(model, stats, fired rules) for write_validated: as it is, or fused again without ``skip``."""
+        from .graph.fusion import fired_rules
+
+        if not skip:
+            fired = [] if self._handed_out or self._rebuild is None or self.stats is None else fired_rules(self.stats)
+            return self._ir_model(), self.stats, fired
+        model, stats = self._rebuild(skip)
+        if self._fp16_options is not None:
+            from .precision import convert_proto_to_fp16
+
+            model = ir.serde.deserialize_model(convert_proto_to_fp16(ir.serde.serialize_model(model), **self._fp16_options))
+        return model, stats, fired_rules(stats)
 
     def save_model_to_file(self, output_path: str | Path, use_external_data_format: bool = False, **_ignored) -> Path:
-        """Write atomically; weights go to ``<name>.data`` when they are large or came that way.
+        """Validate, then write atomically; weights go to ``<name>.data`` when large or external in the input.
 
         ``use_external_data_format`` is accepted for compatibility: tfopt decides by size
         (100 MB and up, or external in the input), which covers models over 2 GB.
         """
+        from .graph.validate import write_validated
+
         check_output_path(self.input_path, output_path)
+        precision = "fp32" if self._fp16_options is None else "fp16"
         try:
-            return save_model(self._ir_model(), output_path, refuse=self.input_path)
+            outcome = write_validated(
+                self._built_without, output_path, self.input_path, refuse=self.input_path,
+                precision=precision, validate=self.validate,
+            )
         except OSError as exc:
             raise TfoptError(f"{output_path}: cannot write ({exc.strerror or exc})") from None
+        if outcome.dropped:
+            self._ir, self._proto, self.stats = outcome.model, None, outcome.built
+        self.validation, self.dropped_rules = outcome.validation, outcome.dropped
+        return Path(output_path)
 
 
 def optimize_model(
@@ -222,6 +265,7 @@ def optimize_model(
     disabled_fusions: Iterable[str] = (),
     input_int32: bool = False,
     provider: str | None = None,
+    validate: bool = True,
 ) -> OptimizedModel:
     """Fuse ``input`` for ONNX Runtime, like ``onnxruntime.transformers.optimizer.optimize_model``.
 
@@ -232,6 +276,8 @@ def optimize_model(
     picks the CUDA target's ops (packed Attention). ``only_onnxruntime`` skips tfopt's
     fusions and runs ONNX Runtime's optimizer only (at ``opt_level``, default 99).
     ``verbose`` is accepted for compatibility; the result's ``stats`` holds per-rule counts.
+    ``validate=False`` writes the model without checking it against the input (see
+    :meth:`OptimizedModel.save_model_to_file`).
     """
     check_model_type(model_type)
     check_heads(int(num_heads), int(hidden_size))
@@ -242,14 +288,20 @@ def optimize_model(
     unknown = disabled - set(FUSION_NAMES)
     if unknown:
         raise TfoptError(f"unknown fusion name(s) {', '.join(sorted(unknown))}; known: {', '.join(FUSION_NAMES)}")
-    model = load_model(input)
     if only_onnxruntime:
-        return OptimizedModel(_ort_offline_optimize(model, 99 if opt_level is None else opt_level, use_gpu), input_path=Path(input))
+        level = 99 if opt_level is None else opt_level
+        return OptimizedModel(_ort_offline_optimize(load_model(input), level, use_gpu), input_path=Path(input), validate=validate)
     info = ModelInfo(model_type=model_type, num_heads=int(num_heads), hidden_size=int(hidden_size))
-    stats = fuse_model(model, info, disabled=disabled, input_int32=input_int32, target="cuda" if use_gpu else "cpu")
-    if opt_level in (2, 99):
-        model = _ort_offline_optimize(model, opt_level, use_gpu)
-    return OptimizedModel(model, input_path=Path(input), stats=stats)
+
+    def fused_without(skip_rules: frozenset[str] = frozenset()):
+        model = load_model(input)
+        stats = fuse_model(model, info, disabled=disabled, input_int32=input_int32, target="cuda" if use_gpu else "cpu", skip_rules=skip_rules)
+        if opt_level in (2, 99):
+            model = _ort_offline_optimize(model, opt_level, use_gpu)
+        return model, stats
+
+    model, stats = fused_without()
+    return OptimizedModel(model, input_path=Path(input), stats=stats, rebuild=fused_without, validate=validate)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -288,6 +340,7 @@ def optimize_options(function):
         _flag("use_gpu", "Fuse for the CUDA provider (packed Attention) instead of the CPU (MultiHeadAttention)."),
         _flag("only_onnxruntime", "Skip tfopt's fusions; run ONNX Runtime's offline optimizer only."),
         _flag("verbose", "Print per-rule match counts and detected shapes."),
+        _flag("no_validate", "Write the model without validating it (ONNX Runtime load + parity with the input)."),
     ]
     for flag in DISABLE_FLAGS:
         decorators.append(_flag(flag, f"Do not fuse: {flag[len('disable_'):].replace('_', ' ')}."))
@@ -299,7 +352,7 @@ def optimize_options(function):
 @click.command("optimize", cls=TfoptCommand, help=OPTIMIZE_HELP)
 @optimize_options
 def optimize_command(input_path, output_path, model_type, num_heads, hidden_size, input_int32, float16, opt_level,
-                     use_gpu, only_onnxruntime, verbose, **disable_flags):
+                     use_gpu, only_onnxruntime, verbose, no_validate, **disable_flags):
     say = progress_printer()
     check_model_type(model_type)
     check_heads(num_heads, hidden_size)
@@ -315,6 +368,7 @@ def optimize_command(input_path, output_path, model_type, num_heads, hidden_size
         only_onnxruntime=only_onnxruntime,
         disabled_fusions=disabled,
         input_int32=input_int32,
+        validate=not no_validate,
     )
     stats = optimized.stats
     if stats is not None and verbose:
@@ -329,8 +383,11 @@ def optimize_command(input_path, output_path, model_type, num_heads, hidden_size
     optimized.save_model_to_file(output_path)
     fused = {op: count for op, count in optimized.get_fused_operator_statistics().items() if count}
     say("fused: " + (", ".join(f"{op} {count}" for op, count in fused.items()) or "nothing"))
+    for dropped in optimized.dropped_rules:
+        say(f"warning: {dropped_rule_line(dropped)}")
     for missing in optimized.missing_fusions:
         say(f"warning: expected fusion did not happen: {missing}")
+    say(validation_line(optimized.validation))
     say(f"wrote {output_path}")
 
 

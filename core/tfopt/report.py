@@ -55,9 +55,12 @@ def _finite(value: Any) -> Any:
 
 
 def warnings_for(results: dict[str, Any]) -> list[str]:
-    """Every expected fusion that did not happen, then whatever plugins added to ``results['warnings']``."""
+    """Rules validation left out, every expected fusion that did not happen, then plugins' ``results['warnings']``."""
+    from .graph.validate import dropped_rule_line
+
     found = []
     fused = results.get("fuse")
+    found.extend(dropped_rule_line(dropped) for dropped in getattr(fused, "dropped_rules", None) or [])
     for entry in getattr(fused, "missing", None) or []:
         found.append(MISSING_PREFIX + entry)
     found.extend(str(item) for item in results.get("warnings", []) or [])
@@ -185,6 +188,14 @@ def fusion_lines(fused: dict[str, Any]) -> list[str]:
     return ["fused ops:"] + _table(["op", "found"], shown)
 
 
+def validation_summary(validation: dict[str, Any]) -> str:
+    """The validation line for a report's (JSON) validation record."""
+    from .graph.validate import validation_line
+    from .results import Validation
+
+    return validation_line(Validation(**validation))
+
+
 def parity_line(verified: dict[str, Any]) -> str:
     overall = verified["overall"]
     verdict = "PASS" if verified["passed"] else "FAIL"
@@ -230,6 +241,9 @@ def summary_text(report: dict[str, Any], run_dir: str | os.PathLike | None = Non
     ]
     if report.get("fuse"):
         lines += fusion_lines(report["fuse"])
+    for stage in ("fuse", "convert_precision"):
+        if (report.get(stage) or {}).get("validation"):
+            lines.append(f"{report[stage]['model_path']}: " + validation_summary(report[stage]["validation"]))
     if report.get("verify"):
         lines.append(parity_line(report["verify"]))
     if report.get("benchmark"):

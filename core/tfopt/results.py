@@ -42,6 +42,27 @@ class ExportResult:
 
 
 @dataclass
+class Validation:
+    """What validating one written model against the model it came from found."""
+
+    passed: bool
+    problem: str | None = None  # one line; None when it passed
+    precision: str = "fp32"
+    max_diff: float = 0.0  # worst |difference| / max(1, |reference|) (fp32/fp16), or 1 - cosine (int8)
+    feeds: int = 0  # generated feeds compared; 0 = parity not checked (see notes)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DroppedRule:
+    """A fusion rule left out because the model it produced failed validation."""
+
+    rule: str
+    problem: str
+
+
+@dataclass
 class FuseResult:
     model_path: Path
     op_counts: dict[str, int]  # op type -> count in the fused graph
@@ -50,6 +71,8 @@ class FuseResult:
     missing: list[str]  # human-readable: each expected fusion that did not happen
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
+    validation: Validation | None = None  # None = written unvalidated (--no-validate)
+    dropped_rules: list[DroppedRule] = field(default_factory=list)
 
 
 @dataclass
@@ -58,6 +81,7 @@ class PrecisionResult:
     precision: str  # "fp32", "fp16", "int8"
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    validation: Validation | None = None  # of the converted model against the fused one; None = not checked
 
 
 @dataclass

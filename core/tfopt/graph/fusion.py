@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import onnx_ir as ir
 from onnxscript.optimizer import remove_unused_nodes
@@ -14,9 +14,10 @@ from onnxscript.rewriter.pattern import RewriteRuleSet
 
 from ..errors import TfoptError
 from ..results import FuseResult, ModelInfo
-from .io import load_model, save_model
+from .io import load_model
 from .passes import cleanup, inputs_to_int32, prepare
 from .rules import activation, attention, embedding, linear, normalization
+from .validate import write_validated
 from .values import MS_DOMAIN
 
 # User-facing fusion names (also the --disable_* flags of `tfopt optimize`).
@@ -46,7 +47,7 @@ class FusionStats:
 TARGETS = ("cpu", "cuda")
 
 # What each family's graphs should contain after fusion, per encoder layer.
-_GELU_OPS = ("BiasGelu", "FastGelu", "Gelu")
+_GELU_OPS = ("BiasGelu", "FastGelu", "Gelu", "QuickGelu")
 _DECODER_TYPES = ("gpt2",)
 _ENCODER_TYPES = ("bert", "roberta", "distilbert", "albert", "bert_tf", "bert_keras", "electra", "xlm-roberta")
 MODEL_TYPES = _ENCODER_TYPES + _DECODER_TYPES  # what ``--model_type`` accepts
@@ -114,10 +115,13 @@ def fuse_model(
     disabled: Iterable[str] = (),
     input_int32: bool = False,
     target: str = "cpu",
+    skip_rules: Iterable[str] = (),
 ) -> FusionStats:
     """Rewrite ``model`` in place into ONNX Runtime contrib ops; say what fired and what did not.
 
     ``target`` ("cpu" or "cuda") picks the attention op that runs fastest there.
+    ``skip_rules``: rule names (as in ``rule_counts``) not to apply; validation uses it
+    to drop a rule that broke a model.
     """
     if target not in TARGETS:
         raise TfoptError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
@@ -131,8 +135,12 @@ def fuse_model(
     prepare(model)
     num_layers = info.num_layers or sum(1 for node in model.graph if node.op_type == "Softmax")
     rule_counts: dict[str, int] = {}
+    skip_rules = set(skip_rules)
     for _, rules in _rule_plan(info, disabled, target):
         for rule in rules:
+            if rule.name in skip_rules:
+                rule_counts.setdefault(rule.name, 0)
+                continue
             applied = RewriteRuleSet([rule]).apply_to_model(model)
             rule_counts[rule.name] = rule_counts.get(rule.name, 0) + applied
         # Rules that keep matched nodes leave them dead; dead readers would block later matches.
@@ -187,11 +195,23 @@ def fuse_file(
     disabled: Iterable[str] = (),
     input_int32: bool = False,
     target: str = "cpu",
+    validate: bool = True,
+    progress: Callable[[str], None] = lambda message: None,
 ) -> FuseResult:
-    """Load, fuse and atomically save; the input file is never modified."""
-    model = load_model(input_path)
-    stats = fuse_model(model, info, disabled=disabled, input_int32=input_int32, target=target)
-    save_model(model, output_path, refuse=input_path)
+    """Load, fuse, validate and atomically save; the input file is never modified.
+
+    With ``validate`` (the default) the output is written only once it loads in ONNX
+    Runtime and computes what the input computes (:mod:`tfopt.graph.validate`); a rule
+    that broke it is found, left out and listed in ``dropped_rules``.
+    """
+
+    def build(skip: frozenset[str]):
+        model = load_model(input_path)
+        stats = fuse_model(model, info, disabled=disabled, input_int32=input_int32, target=target, skip_rules=skip)
+        return model, stats, fired_rules(stats)
+
+    outcome = write_validated(build, output_path, input_path, refuse=input_path, validate=validate, progress=progress)
+    stats = outcome.built
     return FuseResult(
         model_path=Path(output_path),
         op_counts=stats.op_counts,
@@ -199,4 +219,11 @@ def fuse_file(
         expected=stats.expected,
         missing=stats.missing,
         seconds=stats.seconds,
+        validation=outcome.validation,
+        dropped_rules=outcome.dropped,
     )
+
+
+def fired_rules(stats: FusionStats) -> list[str]:
+    """Names of the rules that changed the graph, in the order they ran."""
+    return [name for name, count in stats.rule_counts.items() if count]

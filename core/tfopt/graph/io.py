@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import onnx
 import onnx_ir as ir
@@ -66,28 +67,60 @@ def uses_external_data(model: ir.Model) -> bool:
     return any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
 
 
-def save_model(model: ir.Model, path: str | os.PathLike, *, refuse: str | os.PathLike | None = None) -> Path:
+def model_files(path: str | os.PathLike) -> set[Path]:
+    """The files a model consists of: the .onnx file and every external-data file it names."""
+    path = Path(path)
+    files = {path.resolve()}
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # unreadable: only the file itself is known
+        return files
+    for tensor in graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((entry.value for entry in tensor.external_data if entry.key == "location"), None)
+            if location:
+                files.add((path.parent / location).resolve())
+    return files
+
+
+def save_model(
+    model: ir.Model,
+    path: str | os.PathLike,
+    *,
+    refuse: str | os.PathLike | None = None,
+    check: Callable[[Path], None] | None = None,
+    external: bool = False,  # True: weights to <name>.data whatever their size (the input had external data)
+) -> Path:
     """Write ``model`` to ``path`` atomically: a temp dir beside it, then rename.
 
     Nothing is left half-written if saving fails. ``refuse`` is the input path:
-    writing over the input is an error (the input is never modified). Weights go
-    to ``<name>.data`` beside the model when the model came with external data or
-    holds at least :data:`EXTERNAL_DATA_THRESHOLD` bytes of them.
+    writing over any file the input consists of (the model or its external data) is
+    an error (the input is never modified). Weights go to ``<name>.data`` beside the
+    model when the model came with external data or holds at least
+    :data:`EXTERNAL_DATA_THRESHOLD` bytes of them. ``check(temp_path)`` runs on the
+    written temp copy before it is moved into place; if it raises, nothing is moved.
     """
     path = Path(path)
-    if refuse is not None and path.resolve() == Path(refuse).resolve():
-        raise TfoptError(f"{path}: output path is the input path; refusing to overwrite the input")
+    data_name = path.name + ".data"
+    if refuse is not None:
+        taken = model_files(refuse)
+        for target in (path, path.parent / data_name):
+            if target.resolve() in taken:
+                raise TfoptError(f"{target}: is part of the input model ({refuse}); refusing to overwrite the input")
     if path.is_dir():
         raise TfoptError(f"{path}: is a directory, expected an output .onnx file path")
     path.parent.mkdir(parents=True, exist_ok=True)
-    external = uses_external_data(model) or _weight_bytes(model) >= EXTERNAL_DATA_THRESHOLD
-    data_name = path.name + ".data"
+    external = external or uses_external_data(model) or _weight_bytes(model) >= EXTERNAL_DATA_THRESHOLD
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         tmp_model = tmp_dir / path.name
         ir.save(model, tmp_model, external_data=data_name if external else None)
+        if check is not None:
+            check(tmp_model)
         if external:
             os.replace(tmp_dir / data_name, path.parent / data_name)
+        elif (path.parent / data_name).is_file() and path.is_file():
+            (path.parent / data_name).unlink()  # an earlier model's weights, no longer referenced
         os.replace(tmp_model, path)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

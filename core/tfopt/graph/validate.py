@@ -1,0 +1,417 @@
+"""Validation of every model tfopt writes: it loads, it checks, and it computes what its input computed.
+
+A fused model is compared with the model it was derived from (the input ONNX), not with
+the source framework: that is the promise of an optimizer ("the same function, faster"),
+and it needs nothing but ONNX Runtime. Three checks, cheapest first:
+
+1. ``onnx.checker`` on the written file (structure, SSA, opsets, standard-op schemas).
+   A complaint the input has as well is inherited, not tfopt's doing, and is ignored.
+2. An ONNX Runtime session on the CPU provider with all graph optimizations, as users
+   deploy it: ORT resolves every node against its own schemas, the contrib ops
+   (``com.microsoft``) included, and runs their shape inference.
+3. Parity on generated feeds (two shapes, padded attention masks): every output, on
+   valid (unpadded) positions; NaN and infinity where the input has them, finite values
+   within the precision's tolerance scaled by the output's magnitude.
+
+:func:`write_validated` writes a model only if it passes; when a fusion broke it, it finds
+the rule by bisection over the rules that fired, rebuilds without it and says so.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+
+from ..errors import TfoptError, first_line
+from ..feeds import DEFAULT_ID_LIMIT, GraphInput, graph_inputs, session_feed, valid_lengths
+from ..results import DroppedRule, Validation
+
+# Max |candidate - reference| over valid finite positions, as a fraction of max(1, max |reference|).
+RELATIVE_TOLERANCES = {"fp32": 1e-4, "fp16": 3e-2}
+# int8 (dynamic quantization) moves every value a little: require the direction instead.
+INT8_MIN_COSINE = 0.99
+
+# Feed shapes: (batch, sequence); batch 2 so the second row is padded, and an odd length.
+VALIDATION_SHAPES = ((2, 7), (1, 4))
+
+_SUM_OF_SYMBOLS = re.compile(r"^\s*([A-Za-z_][\w]*)\s*\+\s*([A-Za-z_][\w]*)\s*$")
+
+
+class ValidationFailed(TfoptError):
+    def __init__(self, validation: Validation):
+        super().__init__(validation.problem)
+        self.validation = validation
+
+
+def _ort_session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # ORT's own warnings are not the user's business here
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Prepacking re-lays every MatMul weight for speed: most of a session's start-up at
+    # bert-base size (0.7 s of 0.8 s here), and pointless for two tiny validation runs.
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _checker_problem(path: Path) -> str | None:
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:  # onnx raises ValidationError, and others for unreadable data
+        return first_line(exc)
+    return None
+
+
+def _symbol_sizes(specs: list[GraphInput], symbols: dict[str, list[str | None]], sequence: int) -> dict[str, int]:
+    """A size for every symbolic dim: past-like symbols differ from the sequence, sums add up."""
+    sizes: dict[str, int] = {}
+    for spec in specs:
+        for axis, name in enumerate(symbols[spec.name]):
+            if not name or name in sizes or _SUM_OF_SYMBOLS.match(name):
+                continue
+            lowered = name.lower()
+            if "past" in lowered:
+                sizes[name] = 3
+            elif "total" in lowered:
+                continue  # derived below
+            else:
+                sizes[name] = sequence
+    past = next((size for name, size in sizes.items() if "past" in name.lower()), 0)
+    for spec in specs:
+        for name in symbols[spec.name]:
+            if not name or name in sizes:
+                continue
+            match = _SUM_OF_SYMBOLS.match(name)
+            if match:
+                sizes[name] = sum(sizes.get(part, sequence) for part in match.groups())
+            elif "total" in name.lower():
+                sizes[name] = sequence + past
+    return sizes
+
+
+def _dim_symbols(path: Path) -> dict[str, list[str | None]]:
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {
+        value.name: [dim.dim_param or None for dim in value.type.tensor_type.shape.dim] for value in graph.input
+    }
+
+
+def validation_feeds(path: Path, *, seed: int = 0) -> list[list[dict[str, np.ndarray]]]:
+    """Candidate feed sets for a bare ONNX file, most likely first.
+
+    Without an adapter nothing says how the inputs relate, so two readings are offered:
+    every dynamic non-batch axis is the sequence (encoders), or symbolic dims named
+    ``past*``/``total*``/``a + b`` get consistent sizes of their own (decoders with past).
+    The first set the reference model runs on is used.
+    """
+    specs = graph_inputs(path)
+    symbols = _dim_symbols(path)
+    sets = []
+    for readings in ("flat", "symbolic"):
+        rng = np.random.default_rng(seed)
+        feeds = []
+        for batch, sequence in VALIDATION_SHAPES:
+            sizes = _symbol_sizes(specs, symbols, sequence) if readings == "symbolic" else {}
+            feeds.append(_feed(specs, symbols, batch, sequence, sizes, rng))
+        sets.append(feeds)
+    if sets[0] and all(_same_feed(a, b) for a, b in zip(*sets)):
+        return sets[:1]
+    return sets
+
+
+def _same_feed(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+
+
+def _feed(specs, symbols, batch: int, sequence: int, sizes: dict[str, int], rng) -> dict[str, np.ndarray]:
+    feed = {}
+    for spec in specs:
+        names = symbols.get(spec.name, [])
+        shape = []
+        for axis, dim in enumerate(spec.dims):
+            name = names[axis] if axis < len(names) else None
+            if dim is not None:
+                shape.append(dim)
+            elif axis == 0:
+                shape.append(batch)
+            else:
+                shape.append(sizes.get(name, sequence) if name else sequence)
+        shape = tuple(shape)
+        lowered = spec.name.lower()
+        if "mask" in lowered and len(shape) == 2:
+            lengths = valid_lengths(shape[0], shape[1])
+            value = np.arange(shape[1])[None, :] < lengths[:, None]
+        elif spec.dtype.kind == "b":
+            value = np.ones(shape, dtype=bool)
+        elif "position" in lowered and spec.dtype.kind in "iu":
+            value = np.broadcast_to(np.arange(shape[-1]) if shape else 0, shape)
+        elif "token_type" in lowered or "segment" in lowered:
+            value = np.zeros(shape)
+        elif spec.dtype.kind in "iu":
+            value = rng.integers(0, min(DEFAULT_ID_LIMIT, spec.id_limit or DEFAULT_ID_LIMIT), size=shape)
+        else:
+            value = rng.standard_normal(shape)
+        feed[spec.name] = np.ascontiguousarray(value).astype(spec.dtype)
+    return feed
+
+
+def _valid_rows(feed: dict[str, np.ndarray], output: np.ndarray) -> np.ndarray | None:
+    """Positions of ``output`` that padding does not make meaningless, or None for all.
+
+    An attention mask (batch, T) marks the valid tokens; an output laid out (batch, S, ...)
+    with S <= T covers the last S of them (the new tokens, after any past).
+    """
+    mask = next((v for k, v in feed.items() if "mask" in k.lower() and v.ndim == 2), None)
+    if mask is None or output.ndim < 2 or output.shape[0] != mask.shape[0] or not 0 < output.shape[1] <= mask.shape[1]:
+        return None
+    rows = mask[:, mask.shape[1] - output.shape[1]:].astype(bool)
+    return rows.reshape(rows.shape + (1,) * (output.ndim - 2))
+
+
+def compare_outputs(reference: np.ndarray, actual: np.ndarray, valid: np.ndarray | None, precision: str) -> tuple[float, str | None]:
+    """(score, problem): NaN/inf patterns must agree; finite values within the precision's bound."""
+    if reference.shape != actual.shape:
+        return float("inf"), f"shape {list(actual.shape)} instead of {list(reference.shape)}"
+    reference = reference.astype(np.float64) if reference.dtype.kind == "f" else reference
+    actual = actual.astype(np.float64) if actual.dtype.kind == "f" else actual
+    if valid is not None:
+        keep = np.broadcast_to(valid, reference.shape)
+        reference, actual = reference[keep], actual[keep]
+    if reference.dtype.kind != "f" or actual.dtype.kind != "f":
+        different = int(np.count_nonzero(reference != actual))
+        return float(different), f"{different} values differ" if different else None
+    ref_nan, act_nan = np.isnan(reference), np.isnan(actual)
+    if (ref_nan != act_nan).any():
+        return float("inf"), f"{int((act_nan & ~ref_nan).sum())} NaN where the input computes a number, {int((ref_nan & ~act_nan).sum())} numbers where it computes NaN"
+    ref_inf, act_inf = np.isinf(reference), np.isinf(actual)
+    if (ref_inf != act_inf).any() or (reference[ref_inf] != actual[act_inf]).any():
+        return float("inf"), "infinities differ from the input's"
+    finite = ~(ref_nan | ref_inf)
+    reference, actual = reference[finite], actual[finite]
+    if reference.size == 0:
+        return 0.0, None
+    if precision == "int8":
+        norms = np.linalg.norm(reference) * np.linalg.norm(actual)
+        cosine = float(reference @ actual / norms) if norms else float(np.array_equal(reference, actual))
+        score = 1.0 - cosine
+        return score, None if cosine >= INT8_MIN_COSINE else f"cosine similarity {cosine:.4f} < {INT8_MIN_COSINE}"
+    scale = max(1.0, float(np.abs(reference).max()))
+    score = float(np.abs(actual - reference).max()) / scale
+    bound = RELATIVE_TOLERANCES[precision]
+    return score, None if score <= bound else f"max difference {score * scale:.3g} (> {bound:g} x {scale:.3g})"
+
+
+class Reference:
+    """The model a candidate must match: its session, feeds and outputs, computed once.
+
+    Bisection validates many candidates against one reference; this keeps its cost to one
+    session and one set of runs.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._state: tuple | None = None
+
+    def _load(self) -> tuple:
+        if self._state is not None:
+            return self._state
+        notes: list[str] = []
+        checker = _checker_problem(self.path)
+        try:
+            session = _ort_session(self.path)
+        except Exception as exc:
+            raise TfoptError(
+                f"{self.path}: the input does not load in ONNX Runtime ({first_line(exc)}), so its optimized "
+                "form cannot be validated; pass --no-validate to optimize it anyway"
+            ) from None
+        feeds, outputs, failure = [], [], None
+        for candidate_feeds in validation_feeds(self.path):
+            try:
+                names = [o.name for o in session.get_outputs()]
+                outputs = [dict(zip(names, session.run(None, session_feed(session, feed)))) for feed in candidate_feeds]
+                feeds = candidate_feeds
+                break
+            except Exception as exc:
+                failure = first_line(exc)
+        if not feeds:
+            notes.append(f"parity not checked: the input does not run on generated inputs ({failure})")
+        self._state = (checker, feeds, outputs, notes)
+        return self._state
+
+    def validate(self, candidate: str | Path, precision: str = "fp32") -> Validation:
+        """Check ``candidate`` against this reference; never raises for a bad candidate."""
+        start = time.perf_counter()
+        candidate = Path(candidate)
+        checker, feeds, outputs, notes = self._load()
+        result = Validation(passed=False, precision=precision, notes=list(notes))
+
+        def done(problem: str | None) -> Validation:
+            result.passed = problem is None
+            result.problem = problem
+            result.seconds = time.perf_counter() - start
+            return result
+
+        problem = _checker_problem(candidate)
+        if problem and problem != checker:
+            return done(f"the ONNX checker rejects it ({problem})")
+        try:
+            session = _ort_session(candidate)
+        except Exception as exc:
+            return done(f"ONNX Runtime cannot load it ({first_line(exc)})")
+        wanted = list(outputs[0]) if outputs else []
+        present = {o.name for o in session.get_outputs()}
+        lost = [name for name in wanted if name not in present]
+        if lost:
+            return done(f"output(s) {', '.join(lost)} missing")
+        for feed, expected in zip(feeds, outputs):
+            try:
+                produced = dict(zip(wanted, session.run(wanted, session_feed(session, feed))))
+            except Exception as exc:
+                return done(f"ONNX Runtime cannot run it ({first_line(exc)})")
+            for name in wanted:
+                score, problem = compare_outputs(expected[name], produced[name], _valid_rows(feed, expected[name]), precision)
+                result.max_diff = max(result.max_diff, score)
+                if problem:
+                    shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feed.items())
+                    return done(f"output {name!r} differs from the input model's ({problem}; inputs {shapes})")
+            result.feeds += 1
+        return done(None)
+
+
+@dataclass
+class WriteOutcome:
+    model: Any  # the ir.Model written
+    built: Any  # whatever ``build`` returned besides the model (e.g. FusionStats)
+    validation: Validation | None
+    dropped: list[DroppedRule] = field(default_factory=list)
+
+
+def write_validated(
+    build: Callable[[frozenset[str]], tuple[Any, Any, list[str]]],
+    output_path: str | Path,
+    reference: str | Path | Reference,
+    *,
+    refuse: str | Path | None = None,
+    precision: str = "fp32",
+    validate: bool = True,
+    progress: Callable[[str], None] = lambda message: None,
+) -> WriteOutcome:
+    """Build a model, validate it against ``reference`` and write it only if it passes.
+
+    ``build(skip)`` returns ``(ir_model, extra, fired)``: the model built without the rules
+    named in ``skip``, anything the caller wants back, and the names of the rules that
+    changed the graph, in the order they ran. When the model fails validation, the rule
+    that broke it is found by bisection over ``fired`` (each step rebuilds), dropped, and
+    the search repeats until the model passes. A model that fails even with every rule
+    dropped is a :class:`ValidationFailed` with nothing written.
+    """
+    from .io import save_model
+
+    reference = reference if isinstance(reference, Reference) else Reference(reference)
+    output_path = Path(output_path)
+    model, extra, fired = build(frozenset())
+    if not validate:
+        save_model(model, output_path, refuse=refuse)
+        return WriteOutcome(model, extra, None)
+
+    found: dict[str, Validation] = {}
+
+    def check(path: Path) -> None:
+        found["last"] = outcome = reference.validate(path, precision)
+        if not outcome.passed:
+            raise ValidationFailed(outcome)
+
+    try:
+        save_model(model, output_path, refuse=refuse, check=check)
+        return WriteOutcome(model, extra, found["last"])
+    except ValidationFailed as failure:
+        first_problem = failure.validation.problem
+    progress(f"the optimized model failed validation ({first_problem}); looking for the rule that broke it ...")
+    skip: set[str] = set()
+    dropped: list[DroppedRule] = []
+    problem = first_problem
+    while True:
+        candidates = [name for name in dict.fromkeys(fired) if name not in skip]
+        if not candidates or _build_fails(build, skip | set(candidates), reference, precision, output_path):
+            raise ValidationFailed(
+                Validation(
+                    passed=False,
+                    precision=precision,
+                    problem=f"the optimized model fails validation even with no fusion rule applied ({first_problem}); nothing written",
+                )
+            )
+        good, bad = 0, len(candidates)  # enabling candidates[:good] passes; candidates[:bad] fails
+        while bad - good > 1:
+            middle = (good + bad) // 2
+            if _build_fails(build, skip | set(candidates[middle:]), reference, precision, output_path):
+                bad = middle
+            else:
+                good = middle
+        culprit = candidates[bad - 1]
+        skip.add(culprit)
+        dropped.append(DroppedRule(culprit, problem))
+        progress(f"rule {culprit} broke the model ({problem}); rebuilding without it")
+        model, extra, fired = build(frozenset(skip))
+        try:
+            save_model(model, output_path, refuse=refuse, check=check)
+            return WriteOutcome(model, extra, found["last"], dropped)
+        except ValidationFailed as failure:
+            problem = failure.validation.problem
+
+
+def _build_fails(build, skip: set[str], reference: Reference, precision: str, output_path: Path) -> bool:
+    """Whether the model built without ``skip`` fails validation (saved to a scratch dir)."""
+    from .io import save_model
+
+    model, _, _ = build(frozenset(skip))
+    scratch = Path(tempfile.mkdtemp(prefix=".tfopt-bisect-", dir=output_path.parent if output_path.parent.exists() else None))
+    try:
+        path = save_model(model, scratch / output_path.name)
+        return not reference.validate(path, precision).passed
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def dropped_rule_line(dropped: DroppedRule) -> str:
+    """The one warning line for a rule validation left out."""
+    return f"fusion rule {dropped.rule} was left out: with it, {dropped.problem}"
+
+
+def validation_line(validation: Validation | None) -> str:
+    """One line saying what was checked before the model was written."""
+    if validation is None:
+        return "not validated (--no-validate)"
+    if not validation.feeds:
+        return "validated: loads in ONNX Runtime; " + "; ".join(validation.notes)
+    bound = "cosine distance" if validation.precision == "int8" else "relative difference"
+    return (
+        f"validated: loads in ONNX Runtime and matches the input on {validation.feeds} generated inputs "
+        f"(max {bound} {validation.max_diff:.1e}, {validation.seconds:.2f} s)"
+    )
+
+
+def validate_written(candidate: str | Path, reference: str | Path, precision: str) -> Validation:
+    """Validate a model a converter already wrote (fp16, int8) against the model it converted.
+
+    A model that fails is removed, with its own external data, and the failure raised:
+    nothing that fails validation stays on disk.
+    """
+    from .io import model_files
+
+    candidate = Path(candidate)
+    result = Reference(reference).validate(candidate, precision)
+    if not result.passed:
+        for path in model_files(candidate) - model_files(reference):
+            path.unlink(missing_ok=True)
+        result.problem = f"{candidate.name}: the {precision} model failed validation ({result.problem}); it was removed"
+        raise ValidationFailed(result)
+    return result
