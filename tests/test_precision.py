@@ -143,7 +143,7 @@ def test_the_op_computing_an_output_stays_fp32():
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    converted = precision.convert_proto_to_fp16(model)
+    converted = precision.convert_proto_to_fp16(onnx.ModelProto.FromString(model.SerializeToString()))  # converts in place
     weights = {init.name: init.data_type for init in converted.graph.initializer}
     assert weights["w_logits"] == TensorProto.FLOAT
     assert weights["w_hidden"] == TensorProto.FLOAT16

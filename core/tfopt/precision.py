@@ -10,21 +10,34 @@ this project emits on its CPU provider (measured: EmbedLayerNormalization, Atten
 MultiHeadAttention, SkipLayerNormalization, BiasGelu), but slower than fp32 and not
 every contrib op has an fp16 CPU kernel in every version; when ONNX Runtime cannot
 load the model, verification says so in one line instead of producing numbers.
+
+Real-size models keep their weights as external data (``exported.onnx.data``), and may be
+larger than protobuf's 2 GB message limit. Neither conversion ever serializes a whole
+model with its weights: fp16 infers types on a weightless stand-in and converts a proto
+whose weights it read from the input's folder; int8 hands ONNX Runtime a staged copy with
+external data (its quantizer then takes the path-based route). The outputs' weights go to
+``<output name>.data`` beside the output when the input had external data or they are
+large; the input's files are only read.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 import onnx
 import onnx_ir as ir
 
 from .errors import TfoptError, first_line
-from .graph.io import load_model, save_model
+from .graph import io as graph_io
+from .graph.io import load_model, save_model, uses_external_data
 from .results import PrecisionResult
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -51,19 +64,28 @@ def fp16_block_list() -> list[str]:
 
 
 def convert_proto_to_fp16(
-    model: onnx.ModelProto, *, keep_io_types: bool = True, op_block_list=None, **converter_options
+    model: onnx.ModelProto,
+    *,
+    base_dir: str | Path | None = None,
+    keep_io_types: bool = True,
+    op_block_list=None,
+    **converter_options,
 ) -> onnx.ModelProto:
     """fp16 weights and compute, except the ops in the block list; same fp32 IO by default.
 
-    ``converter_options`` go to ONNX Runtime's converter as they are (``node_block_list``,
-    ``force_fp16_initializers``, ``min_positive_val``, ``max_finite_val``).
+    ``model`` is converted in place and returned (a copy of a 2 GB model would cost 2 GB
+    more). Weights it holds as external-data references are read from ``base_dir``, the
+    folder of the file they came from. ``converter_options`` go to ONNX Runtime's converter
+    as they are (``node_block_list``, ``force_fp16_initializers``, ``min_positive_val``,
+    ``max_finite_val``).
     """
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     block = fp16_block_list() if op_block_list is None else list(op_block_list)
     name_unnamed_nodes(model.graph)
-    model = with_inferred_types(model)
-    converter_options.setdefault("disable_shape_infer", True)  # done above, safely
+    add_inferred_types(model)
+    load_external_weights(model, base_dir)  # the converter rewrites weight bytes in memory
+    converter_options.setdefault("disable_shape_infer", True)  # done above, without the weights
     converter_options.setdefault("node_block_list", output_producers(model.graph))
     try:
         converted = convert_float_to_float16(model, keep_io_types=keep_io_types, op_block_list=block, **converter_options)
@@ -71,6 +93,21 @@ def convert_proto_to_fp16(
         return converted
     except Exception as exc:
         raise TfoptError(f"fp16 conversion failed ({first_line(exc)})") from None
+
+
+def load_external_weights(model: onnx.ModelProto, base_dir: str | Path | None) -> None:
+    """Read every external-data tensor of ``model`` into memory from ``base_dir``.
+
+    ONNX Runtime's converter marks an external tensor fp16 without converting its bytes
+    (a corrupt model), or fails reading it relative to the working directory.
+    """
+    external = [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external and base_dir is None:
+        raise TfoptError(f"tensor {external[0]!r} is stored as external data, but the model's folder is not known")
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(base_dir or "."))
+    except Exception as exc:
+        raise TfoptError(f"cannot read the model's external data in {base_dir} ({first_line(exc)})") from None
 
 
 def output_producers(graph: onnx.GraphProto) -> list[str]:
@@ -145,20 +182,56 @@ def keep_chains_fp32(graph: onnx.GraphProto) -> int:
             graph.value_info.remove(info)
 
 
-def with_inferred_types(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with value_info for every tensor ONNX can type.
+# Initializers up to this size keep their values during type inference (shape constants:
+# Reshape targets type better with them); bigger ones are shape-only stand-ins.
+_STAND_IN_MIN_BYTES = 1024
 
-    The converter keeps a blocked op in fp32 by casting around it, which it can only
-    do for tensors whose type it knows: without value_info the block list silently does
-    nothing. Protos over 2 GB cannot go through ONNX's inference; they keep the types
-    onnx-ir wrote for them when the fused model was saved.
+
+def add_inferred_types(model: onnx.ModelProto) -> None:
+    """Give ``model`` value_info for every tensor ONNX can type, in place.
+
+    The converter keeps a blocked op in fp32 by casting around it, which it can only do
+    for tensors whose type it knows: without value_info the block list silently does
+    nothing. Inference runs on :func:`weightless_copy`, so a model over protobuf's 2 GB
+    limit is typed like a small one.
     """
-    if model.ByteSize() >= 2**31 - 1:
-        return model
     try:
-        return onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(weightless_copy(model))
     except Exception:  # contrib ops onnx does not know stay untyped; the rest still converts
-        return model
+        return
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+
+
+def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` without its weight bytes: each large initializer becomes an external-data
+    stand-in of the same name, type and shape (which shape inference never reads)."""
+    copy = onnx.ModelProto()
+    _copy_fields(model, copy, skip={"graph"})
+    _copy_fields(model.graph, copy.graph, skip={"initializer"})
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.ByteSize() <= _STAND_IN_MIN_BYTES:
+            copy.graph.initializer.append(tensor)
+            continue
+        stand_in = copy.graph.initializer.add()
+        stand_in.name, stand_in.data_type = tensor.name, tensor.data_type
+        stand_in.dims.extend(tensor.dims)
+        stand_in.data_location = onnx.TensorProto.EXTERNAL
+        stand_in.external_data.add(key="location", value="weightless-stand-in")
+    return copy
+
+
+def _copy_fields(source, target, *, skip: set[str]) -> None:
+    for field, value in source.ListFields():
+        if field.name in skip:
+            continue
+        slot = getattr(target, field.name)
+        if hasattr(slot, "extend"):
+            slot.extend(value)
+        elif hasattr(slot, "CopyFrom"):
+            slot.CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
 
 
 def name_unnamed_nodes(graph: onnx.GraphProto) -> None:
@@ -180,13 +253,42 @@ def output_path_for(model_path: str | Path, precision: str) -> Path:
     return model_path.with_name(f"{model_path.stem}.{precision}{model_path.suffix or '.onnx'}")
 
 
+def _external_output(model: ir.Model) -> bool:
+    """Whether the converted model's weights go to ``<output>.data``: the input had external
+    data, or its weights are large (the threshold :func:`save_model` uses)."""
+    weight_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    return uses_external_data(model) or weight_bytes >= graph_io.EXTERNAL_DATA_THRESHOLD
+
+
+def _refuse_input_files(input_path: Path, output_path: Path) -> None:
+    """The output (or its ``.data``) must not be a file the input consists of."""
+    taken = {input_path.resolve()}
+    try:
+        graph = onnx.load(str(input_path), load_external_data=False).graph
+    except Exception:  # unreadable input: load_model reports it
+        graph = onnx.GraphProto()
+    for tensor in graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                taken.add((input_path.parent / entry.value).resolve())
+    for target in (output_path, output_path.with_name(output_path.name + ".data")):
+        if target.resolve() in taken:
+            raise TfoptError(f"{target}: is part of the input model ({input_path}); refusing to overwrite the input")
+
+
 def to_fp16(input_path: str | Path, output_path: str | Path) -> PrecisionResult:
+    """ONNX Runtime's fp16 converter on the model's proto, weights read from the input's folder."""
     start = time.perf_counter()
-    model = ir.serde.serialize_model(load_model(input_path))  # loads external weights: the converter needs them
-    converted = convert_proto_to_fp16(model)
-    save_model(ir.serde.deserialize_model(converted), output_path, refuse=input_path)
+    input_path, output_path = Path(input_path), Path(output_path)
+    model = load_model(input_path)
+    _refuse_input_files(input_path, output_path)
+    external = _external_output(model)
+    proto = ir.serde.serialize_model(model)  # external weights stay references into the input's data file
+    del model
+    converted = convert_proto_to_fp16(proto, base_dir=input_path.parent)
+    save_model(ir.serde.deserialize_model(converted), output_path, refuse=input_path, external=external)
     return PrecisionResult(
-        model_path=Path(output_path),
+        model_path=output_path,
         precision="fp16",
         seconds=time.perf_counter() - start,
         notes=[
@@ -198,43 +300,123 @@ def to_fp16(input_path: str | Path, output_path: str | Path) -> PrecisionResult:
     )
 
 
+def gemms_to_matmuls(model: ir.Model) -> int:
+    """Gemm(x, W, b) with a constant fp32 W -> Add(MatMul(x, W'), b'), in place; returns how many.
+
+    ONNX Runtime's dynamic quantization has no Gemm kernel (it writes MatMulInteger), so a
+    Gemm-form linear (nn.Linear on 2-D input in legacy exports, tf2onnx dense layers) would
+    stay fp32. transB and alpha are folded into a new weight, beta into the bias; Gemm with
+    transA is left alone.
+    """
+    graph = model.graph
+    rewritten = 0
+    for node in list(graph):
+        if node.op_type != "Gemm" or node.domain not in ("", "ai.onnx"):
+            continue
+        attributes = {name: attr.value for name, attr in node.attributes.items()}
+        x, weight = node.inputs[0], node.inputs[1]
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        if attributes.get("transA", 0) or weight is None or not weight.is_initializer() or weight.is_graph_input():
+            continue
+        if weight.const_value is None or weight.const_value.dtype != ir.DataType.FLOAT:
+            continue
+        alpha, beta = float(attributes.get("alpha", 1.0)), float(attributes.get("beta", 1.0))
+        if attributes.get("transB", 0) or alpha != 1.0:
+            array = weight.const_value.numpy()
+            array = np.ascontiguousarray((array.T if attributes.get("transB", 0) else array) * np.float32(alpha))
+            weight = _new_initializer(graph, f"{weight.name}.matmul", array)
+        new_nodes = [ir.node("MatMul", [x, weight], name=f"{node.name or 'Gemm'}.matmul")]
+        if bias is not None and beta != 0.0:
+            if beta != 1.0:
+                scale = _new_initializer(graph, f"{node.name or 'Gemm'}.beta", np.array(beta, np.float32))
+                new_nodes.append(ir.node("Mul", [bias, scale], name=f"{node.name or 'Gemm'}.beta_mul"))
+                bias = new_nodes[-1].outputs[0]
+            new_nodes.append(ir.node("Add", [new_nodes[0].outputs[0], bias], name=f"{node.name or 'Gemm'}.bias"))
+        ir.convenience.replace_nodes_and_values(graph, node, [node], new_nodes, [node.outputs[0]], [new_nodes[-1].outputs[0]])
+        rewritten += 1
+    for name, value in list(graph.initializers.items()):  # transposed originals nobody reads any more
+        if not value.uses() and not value.is_graph_input() and not value.is_graph_output():
+            del graph.initializers[name]
+    return rewritten
+
+
+def _new_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    while name in graph.initializers:
+        name += "_"
+    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.FLOAT), const_value=ir.tensor(array, name=name))
+    graph.register_initializer(value)
+    return value
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """ONNX Runtime's quantizer logs a pre-processing tip on the root logger at every call."""
+
+    def not_the_tip(record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(not_the_tip)
+    try:
+        yield
+    finally:
+        root.removeFilter(not_the_tip)
+
+
 def to_int8(input_path: str | Path, output_path: str | Path) -> PrecisionResult:
-    """Dynamic quantization into a temp dir beside the output, then renamed into place."""
+    """Dynamic quantization of a staged copy in a temp dir beside the output, then renamed into place.
+
+    The copy (Gemm linears rewritten as MatMul) keeps its weights as external data when the
+    output will, so ONNX Runtime's quantizer infers shapes by path and writes
+    ``<output>.data`` itself: nothing is serialized whole, and its scratch files land in
+    the temp dir, not beside the input.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     start = time.perf_counter()
     input_path, output_path = Path(input_path), Path(output_path)
-    load_model(input_path)  # one-line errors for missing/corrupt input before ORT's own
-    if output_path.resolve() == input_path.resolve():
-        raise TfoptError(f"{output_path}: output path is the input path; refusing to overwrite the input")
+    model = load_model(input_path)  # one-line errors for missing/corrupt input before ORT's own
+    _refuse_input_files(input_path, output_path)
+    external = _external_output(model)
+    gemms = gemms_to_matmuls(model)
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    external = any(
-        init.data_location == onnx.TensorProto.EXTERNAL
-        for init in onnx.load(str(input_path), load_external_data=False).graph.initializer
-    )
+    data_name = output_path.name + ".data"
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.", dir=output_path.parent))
     try:
-        tmp_model = tmp_dir / output_path.name
+        staged = tmp_dir / "fp32.onnx"
         try:
-            quantize_dynamic(
-                input_path,
-                tmp_model,
-                op_types_to_quantize=list(INT8_OP_TYPES),
-                weight_type=QuantType.QInt8,
-                use_external_data_format=external,
-            )
+            ir.save(model, staged, external_data="fp32.onnx.data" if external else None)
+        except OSError as exc:
+            raise TfoptError(f"{output_path.parent}: cannot write ({exc.strerror or exc})") from None
+        del model
+        produced = tmp_dir / output_path.name
+        try:
+            with _quiet_quantizer():
+                quantize_dynamic(
+                    staged,
+                    produced,
+                    op_types_to_quantize=list(INT8_OP_TYPES),
+                    weight_type=QuantType.QInt8,
+                    use_external_data_format=external,
+                    # MatMuls fed by contrib ops (fused attention) have no type onnx can infer; every
+                    # float in an fp32 model is fp32.
+                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+                )
         except Exception as exc:
             raise TfoptError(f"int8 quantization failed ({first_line(exc)})") from None
-        for produced in sorted(tmp_dir.iterdir(), key=lambda p: p == tmp_model):  # the model file last
-            os.replace(produced, output_path.parent / produced.name)
+        if (tmp_dir / data_name).exists():
+            # onnx writes external data owner-only; give it the model file's permissions
+            os.chmod(tmp_dir / data_name, produced.stat().st_mode & 0o777)
+            os.replace(tmp_dir / data_name, output_path.parent / data_name)
+        elif (output_path.parent / data_name).is_file() and output_path.is_file():
+            (output_path.parent / data_name).unlink()  # an earlier output's weights, no longer referenced
+        os.replace(produced, output_path)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    return PrecisionResult(
-        model_path=output_path,
-        precision="int8",
-        seconds=time.perf_counter() - start,
-        notes=[f"dynamic quantization: int8 weights for {', '.join(INT8_OP_TYPES)}, activations quantized at run time"],
-    )
+    notes = [f"dynamic quantization: int8 weights for {', '.join(INT8_OP_TYPES)}, activations quantized at run time"]
+    if gemms:
+        notes.append(f"{gemms} Gemm linear(s) rewritten as MatMul + Add to be quantized")
+    return PrecisionResult(model_path=output_path, precision="int8", seconds=time.perf_counter() - start, notes=notes)
 
 
 def convert(input_path: str | Path, precision: str, output_path: str | Path | None = None) -> PrecisionResult:
