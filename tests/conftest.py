@@ -45,3 +45,13 @@ def installed(monkeypatch, fresh_fakes):
         return fresh_fakes
 
     return install
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A 2-layer BERT exported with the legacy exporter and eager attention (the form ORT's tool also fuses)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from tfopt_host_models import export_tiny_bert
+
+    return export_tiny_bert(tmp_path_factory.mktemp("bert") / "bert.onnx")

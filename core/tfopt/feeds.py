@@ -40,8 +40,13 @@ class GraphInput:
     id_limit: int | None = None  # rows of the embedding table this input indexes, if any
 
 
+# com.microsoft.EmbedLayerNormalization: (ids input index, table input index) pairs.
+_EMBED_LOOKUPS = ((0, 2), (1, 4))
+
+
 def _lookup_table_rows(graph: onnx.GraphProto) -> dict[str, int]:
-    """Input name -> rows of the constant table a Gather indexes with it (through Casts).
+    """Input name -> rows of the constant table a Gather (or a fused EmbedLayerNormalization)
+    indexes with it, through Casts.
 
     Ids must stay inside the vocabulary (and token types inside the type vocabulary),
     or ONNX Runtime refuses the lookup.
@@ -53,9 +58,16 @@ def _lookup_table_rows(graph: onnx.GraphProto) -> dict[str, int]:
             source[node.output[0]] = source[node.input[0]]
     limits: dict[str, int] = {}
     for node in graph.node:
-        if node.op_type == "Gather" and len(node.input) == 2 and node.input[0] in rows_of and node.input[1] in source:
-            name = source[node.input[1]]
-            limits[name] = min(limits.get(name, rows_of[node.input[0]]), rows_of[node.input[0]])
+        if node.op_type == "Gather" and node.domain in ("", "ai.onnx"):
+            lookups = [(1, 0)]
+        elif node.op_type == "EmbedLayerNormalization":
+            lookups = list(_EMBED_LOOKUPS)
+        else:
+            continue
+        for ids, table in lookups:
+            if len(node.input) > max(ids, table) and node.input[table] in rows_of and node.input[ids] in source:
+                name, rows = source[node.input[ids]], rows_of[node.input[table]]
+                limits[name] = min(limits.get(name, rows), rows)
     return limits
 
 

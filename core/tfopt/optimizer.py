@@ -167,6 +167,7 @@ class OptimizedModel:
         self.dropped_rules: list = []  # tfopt.results.DroppedRule for each rule left out
         self._rebuild = rebuild  # skip_rules -> (ir.Model, FusionStats), to fuse again without a rule
         self._fp16_options: dict | None = None  # convert_float_to_float16's arguments, replayed on rebuilds
+        self._fp32: ir.Model | None = None  # the fused model before convert_float_to_float16
         self._handed_out = False
 
     @property
@@ -211,22 +212,30 @@ class OptimizedModel:
 
         # base_dir: the input's folder, where the weights it keeps as external data are read from
         self._fp16_options = {"base_dir": self.input_path.parent, **kwargs, "keep_io_types": keep_io_types}
+        if not self._handed_out:
+            self._fp32 = self._ir_model()  # validated at fp32 tolerance before the fp16 one on save
         self._proto = convert_proto_to_fp16(self._as_proto(), **self._fp16_options)
         self._ir = None
+
+    def _to_fp16(self, model: ir.Model) -> ir.Model:
+        """The conversion ``convert_float_to_float16`` made, for a model fused again on save."""
+        if model is self._fp32:
+            return self._ir_model()  # converted already
+        from .precision import convert_proto_to_fp16
+
+        return ir.serde.deserialize_model(convert_proto_to_fp16(ir.serde.serialize_model(model), **self._fp16_options))
 
     def _built_without(self, skip: frozenset[str]):
         """(model, stats, fired rules) for write_validated: as it is, or fused again without ``skip``."""
         from .graph.fusion import fired_rules
 
-        if not skip:
-            fired = [] if self._handed_out or self._rebuild is None or self.stats is None else fired_rules(self.stats)
-            return self._ir_model(), self.stats, fired
-        model, stats = self._rebuild(skip)
-        if self._fp16_options is not None:
-            from .precision import convert_proto_to_fp16
-
-            model = ir.serde.deserialize_model(convert_proto_to_fp16(ir.serde.serialize_model(model), **self._fp16_options))
-        return model, stats, fired_rules(stats)
+        if skip:
+            model, stats = self._rebuild(skip)
+            return model, stats, fired_rules(stats)
+        rebuildable = self._rebuild is not None and self.stats is not None and (self._fp16_options is None or self._fp32 is not None)
+        fired = fired_rules(self.stats) if rebuildable and not self._handed_out else []
+        model = self._fp32 if self._fp16_options is not None and self._fp32 is not None else self._ir_model()
+        return model, self.stats, fired
 
     def save_model_to_file(self, output_path: str | Path, use_external_data_format: bool = False, **_ignored) -> Path:
         """Validate, then write atomically; weights go to ``<name>.data`` when large or external in the input.
@@ -237,11 +246,12 @@ class OptimizedModel:
         from .graph.validate import write_validated
 
         check_output_path(self.input_path, output_path)
-        precision = "fp32" if self._fp16_options is None else "fp16"
+        fp16 = self._fp16_options is not None
         try:
             outcome = write_validated(
                 self._built_without, output_path, self.input_path, refuse=self.input_path,
-                precision=precision, validate=self.validate,
+                convert=self._to_fp16 if fp16 and self._fp32 is not None else None,
+                precision="fp16" if fp16 else "fp32", validate=self.validate,
             )
         except OSError as exc:
             raise TfoptError(f"{output_path}: cannot write ({exc.strerror or exc})") from None

@@ -55,7 +55,7 @@ def _ort_session(path: Path):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # ORT's own warnings are not the user's business here
+    options.log_severity_level = 4  # ORT's own warnings and errors reach the user as one line, not as logs
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Prepacking re-lays every MatMul weight for speed: most of a session's start-up at
     # bert-base size (0.7 s of 0.8 s here), and pointless for two tiny validation runs.
@@ -301,6 +301,7 @@ def write_validated(
     reference: str | Path | Reference,
     *,
     refuse: str | Path | None = None,
+    convert: Callable[[Any], Any] | None = None,
     precision: str = "fp32",
     validate: bool = True,
     progress: Callable[[str], None] = lambda message: None,
@@ -313,6 +314,10 @@ def write_validated(
     that broke it is found by bisection over ``fired`` (each step rebuilds), dropped, and
     the search repeats until the model passes. A model that fails even with every rule
     dropped is a :class:`ValidationFailed` with nothing written.
+
+    ``convert`` turns the fused model into the ``precision`` written (fp16). The fusion is
+    then validated at fp32 first: fp16's tolerance is loose enough to hide a wrong rule
+    (a Gelu left out of a small model moves its output by ~1% of its scale).
     """
     from .io import save_model
 
@@ -320,28 +325,51 @@ def write_validated(
     output_path = Path(output_path)
     model, extra, fired = build(frozenset())
     if not validate:
-        save_model(model, output_path, refuse=refuse)
-        return WriteOutcome(model, extra, None)
-
+        final = convert(model) if convert else model
+        save_model(final, output_path, refuse=refuse)
+        return WriteOutcome(final, extra, None)
     found: dict[str, Validation] = {}
 
-    def check(path: Path) -> None:
-        found["last"] = outcome = reference.validate(path, precision)
-        if not outcome.passed:
-            raise ValidationFailed(outcome)
+    def commit(model: Any) -> Any:
+        """Write the final model, validated at its precision on the temp copy before it moves into place."""
 
-    try:
-        save_model(model, output_path, refuse=refuse, check=check)
-        return WriteOutcome(model, extra, found["last"])
-    except ValidationFailed as failure:
-        first_problem = failure.validation.problem
-    progress(f"the optimized model failed validation ({first_problem}); looking for the rule that broke it ...")
-    skip: set[str] = set()
+        def check(path: Path) -> None:
+            found["last"] = outcome = reference.validate(path, precision)
+            if not outcome.passed:
+                raise ValidationFailed(outcome)
+
+        final = convert(model) if convert else model
+        try:
+            save_model(final, output_path, refuse=refuse, check=check)
+        except ValidationFailed as failure:
+            if convert is None:
+                raise
+            failure.validation.problem = f"the {precision} conversion broke the model ({failure.validation.problem}); nothing written"
+            raise
+        return final
+
+    if convert is None:
+        try:
+            return WriteOutcome(commit(model), extra, found["last"])
+        except ValidationFailed as failure:
+            problem = failure.validation.problem
+    else:
+        problem = _problem(model, reference, "fp32", output_path)
     dropped: list[DroppedRule] = []
-    problem = first_problem
-    while True:
+    if problem is not None:
+        if not fired:
+            raise ValidationFailed(Validation(passed=False, problem=f"the model fails validation ({problem}); nothing written"))
+        progress(f"the optimized model failed validation ({problem}); looking for the rule that broke it ...")
+        model, extra, dropped = _without_breaking_rules(build, fired, problem, reference, "fp32" if convert else precision, output_path, progress)
+    return WriteOutcome(commit(model), extra, found["last"], dropped)
+
+
+def _without_breaking_rules(build, fired, problem, reference, precision, output_path, progress):
+    """(model, extra, dropped): rebuilt without each rule bisection blames, until it validates."""
+    first_problem, skip, dropped = problem, set(), []
+    while problem is not None:
         candidates = [name for name in dict.fromkeys(fired) if name not in skip]
-        if not candidates or _build_fails(build, skip | set(candidates), reference, precision, output_path):
+        if not candidates or _build_problem(build, skip | set(candidates), reference, precision, output_path):
             raise ValidationFailed(
                 Validation(
                     passed=False,
@@ -352,7 +380,7 @@ def write_validated(
         good, bad = 0, len(candidates)  # enabling candidates[:good] passes; candidates[:bad] fails
         while bad - good > 1:
             middle = (good + bad) // 2
-            if _build_fails(build, skip | set(candidates[middle:]), reference, precision, output_path):
+            if _build_problem(build, skip | set(candidates[middle:]), reference, precision, output_path):
                 bad = middle
             else:
                 good = middle
@@ -361,22 +389,23 @@ def write_validated(
         dropped.append(DroppedRule(culprit, problem))
         progress(f"rule {culprit} broke the model ({problem}); rebuilding without it")
         model, extra, fired = build(frozenset(skip))
-        try:
-            save_model(model, output_path, refuse=refuse, check=check)
-            return WriteOutcome(model, extra, found["last"], dropped)
-        except ValidationFailed as failure:
-            problem = failure.validation.problem
+        problem = _problem(model, reference, precision, output_path)
+    return model, extra, dropped
 
 
-def _build_fails(build, skip: set[str], reference: Reference, precision: str, output_path: Path) -> bool:
-    """Whether the model built without ``skip`` fails validation (saved to a scratch dir)."""
+def _build_problem(build, skip: set[str], reference: Reference, precision: str, output_path: Path) -> str | None:
+    model, _, _ = build(frozenset(skip))
+    return _problem(model, reference, precision, output_path)
+
+
+def _problem(model, reference: Reference, precision: str, output_path: Path) -> str | None:
+    """Why ``model`` fails validation (saved to a scratch dir beside the output), or None."""
     from .io import save_model
 
-    model, _, _ = build(frozenset(skip))
-    scratch = Path(tempfile.mkdtemp(prefix=".tfopt-bisect-", dir=output_path.parent if output_path.parent.exists() else None))
+    parent = output_path.parent if output_path.parent.is_dir() else None
+    scratch = Path(tempfile.mkdtemp(prefix=".tfopt-validate-", dir=parent))
     try:
-        path = save_model(model, scratch / output_path.name)
-        return not reference.validate(path, precision).passed
+        return reference.validate(save_model(model, scratch / output_path.name), precision).problem
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -1,0 +1,259 @@
+"""Every model tfopt writes is validated: it loads in ONNX Runtime and computes what its input computes.
+
+A rule that breaks a model is injected on purpose (a Gelu rewritten as Relu: loads, wrong
+numbers; a Gelu given a second input: ONNX Runtime refuses it) and must be found, left out and
+reported, with the rest of the fusions kept; the written model is then checked here
+independently of tfopt's own validation code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from onnxscript.rewriter import pattern
+
+from tfopt.cli import main
+from tfopt.errors import TfoptError
+from tfopt.feeds import dummy_feeds, session_feed
+from tfopt.graph import fuse_file
+from tfopt.graph import fusion as fusion_module
+from tfopt.graph.validate import (
+    INT8_MIN_COSINE,
+    Reference,
+    ValidationFailed,
+    compare_outputs,
+    validate_written,
+    validation_feeds,
+)
+from tfopt.optimizer import optimize_model
+from tfopt.report import warnings_for
+from tfopt.results import ModelInfo
+from tfopt_host_models import LAYERS
+
+
+def _max_diff(reference_path, candidate_path) -> float:
+    """Worst abs difference on valid positions over three padded shapes (independent of tfopt.graph.validate)."""
+    reference, candidate = ort.InferenceSession(str(reference_path)), ort.InferenceSession(str(candidate_path))
+    worst = 0.0
+    for feed in dummy_feeds(reference_path, batch_sizes=(1, 3), sequence_lengths=(5, 8)):
+        expected = reference.run(None, session_feed(reference, feed))[0]
+        actual = candidate.run(None, session_feed(candidate, feed))[0]
+        worst = max(worst, float(np.abs(actual - expected)[feed["attention_mask"].astype(bool)].max()))
+    return worst
+
+
+class GeluAsRelu(pattern.RewriteRuleClassBase):
+    """A broken rule: the graph still loads, but computes something else."""
+
+    def pattern(self, op, x):
+        return op.Gelu(x, _domain="com.microsoft")
+
+    def rewrite(self, op, x, **_):
+        return op.Relu(x)
+
+
+class GeluWithTwoInputs(pattern.RewriteRuleClassBase):
+    """A broken rule: the contrib op gets an input its schema does not have; ONNX Runtime refuses the model."""
+
+    def pattern(self, op, x):
+        return op.Gelu(x, _domain="com.microsoft")
+
+    def rewrite(self, op, x, **_):
+        return op.Gelu(x, x, _domain="com.microsoft")
+
+
+@pytest.fixture
+def broken_rule(monkeypatch):
+    """Run a rule right after the Gelu fusion (installed by calling the fixture's result)."""
+    real_plan = fusion_module._rule_plan
+
+    def install(rule_class):
+        def plan(info, disabled, target):
+            steps = real_plan(info, disabled, target)
+            after = next(i for i, (name, _) in enumerate(steps) if name == "gelu") + 1
+            return steps[:after] + [("gelu", [rule_class.rule()])] + steps[after:]
+
+        monkeypatch.setattr(fusion_module, "_rule_plan", plan)
+        return rule_class.__name__
+
+    return install
+
+
+def test_fused_model_is_validated_before_it_is_written(tiny_bert, tmp_path):
+    result = fuse_file(tiny_bert, tmp_path / "out.onnx", ModelInfo("bert"))
+    assert result.validation.passed and result.validation.feeds == 2 and result.validation.max_diff < 1e-5
+    assert result.dropped_rules == [] and result.op_counts["MultiHeadAttention"] == LAYERS
+    assert _max_diff(tiny_bert, tmp_path / "out.onnx") < 1e-4
+
+
+@pytest.mark.parametrize("rule_class, problem", [(GeluAsRelu, "differs from the input model's"), (GeluWithTwoInputs, "ONNX Runtime cannot load it")])
+def test_a_rule_that_breaks_the_model_is_found_and_left_out(tiny_bert, tmp_path, broken_rule, rule_class, problem):
+    name = broken_rule(rule_class)
+    result = fuse_file(tiny_bert, tmp_path / "out.onnx", ModelInfo("bert"))
+    assert [dropped.rule for dropped in result.dropped_rules] == [name]
+    assert problem in result.dropped_rules[0].problem
+    assert result.rule_counts[name] == 0 and result.validation.passed
+    # Every other fusion still happened, and the written model computes what the input does.
+    assert result.op_counts["MultiHeadAttention"] == LAYERS and result.op_counts["SkipLayerNormalization"] == 2 * LAYERS
+    assert result.op_counts.get("Relu", 0) == 0 and result.op_counts["BiasGelu"] == LAYERS
+    assert _max_diff(tiny_bert, tmp_path / "out.onnx") < 1e-4
+    warning = warnings_for({"fuse": result})[0]
+    assert warning.startswith(f"fusion rule {name} was left out: with it, ") and problem in warning
+
+
+def test_without_validation_the_broken_rule_is_written(tiny_bert, tmp_path, broken_rule):
+    """The control for the test above: the injected rule really does break the model."""
+    broken_rule(GeluAsRelu)
+    result = fuse_file(tiny_bert, tmp_path / "out.onnx", ModelInfo("bert"), validate=False)
+    assert result.validation is None and result.op_counts["Relu"] == LAYERS
+    assert _max_diff(tiny_bert, tmp_path / "out.onnx") > 1e-3
+
+
+def test_a_model_no_rule_can_fix_is_an_error_and_nothing_is_written(tiny_bert, tmp_path, monkeypatch):
+    real_cleanup = fusion_module.cleanup
+
+    def cleanup_that_negates_the_output(model):
+        real_cleanup(model)
+        import onnx_ir as ir
+
+        output = model.graph.outputs[0]
+        negate = ir.node("Neg", [output], name="broken")
+        model.graph.append(negate)
+        negate.outputs[0].name, negate.outputs[0].dtype, negate.outputs[0].shape = "negated", output.dtype, output.shape
+        model.graph.outputs[0] = negate.outputs[0]
+        negate.outputs[0].name = output.name
+        output.name = "before_negation"
+
+    monkeypatch.setattr(fusion_module, "cleanup", cleanup_that_negates_the_output)
+    with pytest.raises(ValidationFailed, match="fails validation even with no fusion rule applied .*nothing written"):
+        fuse_file(tiny_bert, tmp_path / "out.onnx", ModelInfo("bert"))
+    assert list(tmp_path.iterdir()) == []  # no model, no .data, no scratch or temp dirs
+
+
+def test_an_input_onnx_runtime_cannot_load_is_a_one_line_error(tmp_path):
+    x = oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 4])
+    y = oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 4])
+    graph = oh.make_graph([oh.make_node("NoSuchOp", ["x"], ["y"], domain="com.example")], "g", [x], [y])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid("com.example", 1)])
+    onnx.save(model, tmp_path / "in.onnx")
+    with pytest.raises(TfoptError, match="the input does not load in ONNX Runtime .* pass --no-validate") as raised:
+        fuse_file(tmp_path / "in.onnx", tmp_path / "out.onnx", ModelInfo("bert"))
+    assert "\n" not in str(raised.value) and not (tmp_path / "out.onnx").exists()
+    fuse_file(tmp_path / "in.onnx", tmp_path / "out.onnx", ModelInfo("bert"), validate=False)
+    assert (tmp_path / "out.onnx").is_file()
+
+
+@pytest.mark.parametrize(
+    "reference, actual, precision, passes",
+    [
+        ([1.0, 2.0, np.nan], [1.0, 2.0, np.nan], "fp32", True),  # NaN where the input has NaN
+        ([1.0, 2.0, 3.0], [1.0, np.nan, 3.0], "fp32", False),  # a new NaN
+        ([1.0, np.nan, 3.0], [1.0, 2.0, 3.0], "fp32", False),  # a NaN turned into a number
+        ([1.0, -np.inf], [1.0, -np.inf], "fp32", True),
+        ([1.0, -np.inf], [1.0, np.inf], "fp32", False),  # the wrong infinity
+        ([1000.0, 1.0], [1000.05, 1.0], "fp32", True),  # 5e-5 of the output's scale
+        ([1000.0, 1.0], [1000.5, 1.0], "fp32", False),  # 5e-4 of it
+        ([0.5, 0.25], [0.5 + 2e-4, 0.25], "fp32", False),  # below scale 1 the bound is absolute
+        ([1.0, 2.0], [1.02, 2.0], "fp16", True),
+        ([1.0, 2.0], [1.1, 2.0], "fp16", False),
+        ([1.0, 2.0, 3.0], [1.1, 1.9, 3.05], "int8", True),  # same direction
+        ([1.0, 2.0, 3.0], [3.0, 2.0, 1.0], "int8", False),  # cosine 0.71
+    ],
+)
+def test_compare_outputs(reference, actual, precision, passes):
+    score, problem = compare_outputs(np.array(reference), np.array(actual), None, precision)
+    assert (problem is None) == passes, problem
+
+
+def test_int8_bound_is_cosine():
+    reference = np.random.default_rng(0).standard_normal(1000)
+    noisy = reference + 0.05 * np.random.default_rng(1).standard_normal(1000)
+    score, problem = compare_outputs(reference, noisy, None, "int8")
+    assert problem is None and 0 < score < 1 - INT8_MIN_COSINE
+
+
+def test_padded_positions_are_not_compared(tmp_path):
+    reference = np.ones((2, 3, 4))
+    actual = reference.copy()
+    actual[1, 2] = 50.0  # a padded position of row 1
+    valid = np.array([[1, 1, 1], [1, 1, 0]], dtype=bool)[..., None]
+    assert compare_outputs(reference, actual, valid, "fp32")[1] is None
+    assert compare_outputs(reference, actual, None, "fp32")[1] is not None
+
+
+def test_decoder_feeds_give_past_and_total_lengths_that_add_up(tmp_path):
+    """Symbolic dims: the mask spans past + sequence, as GPT-2 with past needs."""
+    inputs = [
+        oh.make_tensor_value_info("input_ids", onnx.TensorProto.INT64, ["batch", "sequence"]),
+        oh.make_tensor_value_info("attention_mask", onnx.TensorProto.INT64, ["batch", "total_sequence"]),
+        oh.make_tensor_value_info("past_key_values.0.key", onnx.TensorProto.FLOAT, ["batch", 2, "past_sequence", 4]),
+        oh.make_tensor_value_info("other_mask", onnx.TensorProto.INT64, ["batch", "past_sequence + sequence"]),
+    ]
+    output = oh.make_tensor_value_info("y", onnx.TensorProto.INT64, ["batch", "sequence"])
+    graph = oh.make_graph([oh.make_node("Identity", ["input_ids"], ["y"])], "g", inputs, [output])
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    flat, symbolic = validation_feeds(tmp_path / "m.onnx")
+    for feed in symbolic:
+        batch, sequence = feed["input_ids"].shape
+        past = feed["past_key_values.0.key"].shape[2]
+        assert past != sequence and feed["attention_mask"].shape == (batch, past + sequence)
+        assert feed["other_mask"].shape == (batch, past + sequence)
+    assert all(len({v.shape[1] for k, v in feed.items() if v.ndim == 2}) == 1 for feed in flat)
+
+
+def test_cli_optimize_reports_a_left_out_rule_and_writes_a_valid_model(tiny_bert, tmp_path, broken_rule):
+    name = broken_rule(GeluAsRelu)
+    result = CliRunner().invoke(main, ["optimize", "--input", str(tiny_bert), "--output", str(tmp_path / "out.onnx")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert f"tfopt: warning: fusion rule {name} was left out: with it, output 'last_hidden_state' differs" in result.stderr
+    assert "tfopt: validated: loads in ONNX Runtime and matches the input on 2 generated inputs" in result.stderr
+    assert _max_diff(tiny_bert, tmp_path / "out.onnx") < 1e-4
+
+
+def test_optimize_model_api_validates_fp16_and_rebuilds_without_the_broken_rule(tiny_bert, tmp_path, broken_rule):
+    name = broken_rule(GeluAsRelu)
+    optimized = optimize_model(tiny_bert)
+    optimized.convert_float_to_float16()
+    optimized.save_model_to_file(tmp_path / "fp16.onnx")
+    assert [d.rule for d in optimized.dropped_rules] == [name] and optimized.validation.precision == "fp16"
+    assert optimized.get_fused_operator_statistics()["BiasGelu"] == LAYERS  # the statistics are the written model's
+    assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in onnx.load(tmp_path / "fp16.onnx").graph.initializer)
+    assert _max_diff(tiny_bert, tmp_path / "fp16.onnx") < 2e-2
+
+
+def test_an_edited_proto_that_fails_is_not_written(tiny_bert, tmp_path):
+    optimized = optimize_model(tiny_bert)
+    graph = optimized.model.graph  # handed out: tfopt cannot rebuild the caller's edits
+    skip = next(node for node in graph.node if node.op_type == "SkipLayerNormalization")
+    skip.op_type = "BiasGelu"  # a node ONNX Runtime will refuse
+    with pytest.raises(ValidationFailed, match="ONNX Runtime cannot load it"):
+        optimized.save_model_to_file(tmp_path / "out.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_may_not_be_any_file_of_the_input(tiny_bert, tmp_path):
+    model = onnx.load(tiny_bert)
+    onnx.save(model, tmp_path / "in.onnx", save_as_external_data=True, location="shared.onnx.data", size_threshold=0)
+    data_before = (tmp_path / "shared.onnx.data").read_bytes()
+    for output in ("shared.onnx.data", "shared.onnx"):  # the data file itself, or a model whose data would land on it
+        result = CliRunner().invoke(main, ["optimize", "--input", str(tmp_path / "in.onnx"), "--output", str(tmp_path / output)])
+        assert result.exit_code == 2 and "is part of the input model" in result.stderr, result.output
+        assert (tmp_path / "shared.onnx.data").read_bytes() == data_before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx", "shared.onnx.data"]
+
+
+def test_validate_written_removes_a_converted_model_that_fails(tiny_bert, tmp_path):
+    """A converter's output (fp16, int8) that differs from its input is deleted, never left for a user to load."""
+    fuse_file(tiny_bert, tmp_path / "fused.onnx", ModelInfo("bert"))
+    broken = onnx.load(tmp_path / "fused.onnx")
+    embed = next(node for node in broken.graph.node if node.op_type == "EmbedLayerNormalization")
+    next(attr for attr in embed.attribute if attr.name == "epsilon").f = 10.0  # normalises every embedding to ~0
+    onnx.save(broken, tmp_path / "fused.fp16.onnx", save_as_external_data=True, location="fused.fp16.onnx.data", size_threshold=0)
+    with pytest.raises(ValidationFailed, match="fused.fp16.onnx: the fp16 model failed validation .* it was removed"):
+        validate_written(tmp_path / "fused.fp16.onnx", tmp_path / "fused.onnx", "fp16")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fused.onnx"]
+    assert Reference(tmp_path / "fused.onnx").validate(tmp_path / "fused.onnx").passed
