@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .console import TfoptGroup, error_line, progress_printer, warning_line
+from .console import TfoptGroup, error_line, progress_printer, third_party_output, warning_line
 from .errors import TfoptError
 from .graph.fusion import FUSION_NAMES, TARGETS
 from .optimizer import optimize_command
@@ -115,10 +115,14 @@ class _LazyPlugins:
 @click.group(name="tfopt", cls=TfoptGroup, help=MAIN_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-p", "blocks", multiple=True, metavar="no:NAME", help="Block the plugin NAME for this command (repeatable).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Let the libraries tfopt drives (ONNX Runtime, torch, transformers, TensorFlow) print their own warnings and logs.")
 @click.version_option(__version__, prog_name="tfopt")
 @click.pass_context
-def main(ctx: click.Context, blocks: tuple[str, ...], quiet: bool) -> None:
+def main(ctx: click.Context, blocks: tuple[str, ...], quiet: bool, verbose: bool) -> None:
     ctx.obj = {"plugins": _LazyPlugins(blocks), "progress": progress_printer(quiet)}
+    if not ctx.resilient_parsing:  # undone when the command ends (the group's context closes)
+        ctx.with_resource(third_party_output(verbose, onnxruntime=ctx.invoked_subcommand not in (None, "plugins")))
 
 
 def _pm(ctx: click.Context):

@@ -3,13 +3,22 @@
 Exit codes: 0 success, 1 verification failed (the report is kept), 2 bad input or a
 failed stage (one line ``tfopt: error: ...`` on stderr, no traceback), 130 interrupted.
 ``TFOPT_TRACEBACK=1`` prints the traceback as well, for bug reports.
+
+Quiet by default: while a command runs, the libraries tfopt drives (ONNX Runtime, torch
+and its exporters, transformers, TensorFlow, onnxscript) print nothing of their own,
+neither Python warnings nor log records nor ONNX Runtime's C++ log; ``tfopt -v`` lets
+all of it through (:func:`third_party_output`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 import traceback
+import warnings
+from typing import Iterator
 
 import click
 
@@ -74,3 +83,116 @@ class TfoptGroup(OneLineErrors, click.Group):
 
 class TfoptCommand(OneLineErrors, click.Command):
     pass
+
+
+# Loggers of the libraries a run drives. Some keep their own handler (transformers) or set
+# their level at import, so the root logger's handler alone would not silence them.
+LIBRARY_LOGGERS = (
+    "transformers", "torch", "onnxscript", "onnx_ir", "onnxruntime", "tensorflow", "absl", "tf2onnx",
+    "keras", "h5py", "huggingface_hub", "urllib3", "filelock", "py.warnings",
+)
+# Read at import by libraries a command may import later: transformers' verbosity, TensorFlow's C++ log.
+QUIET_ENVIRONMENT = {"TRANSFORMERS_VERBOSITY": "error", "TF_CPP_MIN_LOG_LEVEL": "3", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+ORT_DEFAULT_SEVERITY, ORT_FATAL_ONLY = 2, 4
+
+_verbose = False
+
+
+def is_verbose() -> bool:
+    """True inside ``tfopt -v``: helpers that silence a library (``torch_kit.quiet_export``) then let it speak."""
+    return _verbose
+
+
+@contextlib.contextmanager
+def third_party_output(verbose: bool, *, onnxruntime: bool = True) -> Iterator[None]:
+    """Silence (``verbose`` False) or keep (True) every library's own output for the duration.
+
+    Quiet means: Python warnings ignored; a handler on the root logger that drops records
+    (so a library's ``logging.warning`` cannot install ``basicConfig``'s stderr handler,
+    the source of ``WARNING:root:...``); the libraries' loggers at CRITICAL; the
+    environment switches in :data:`QUIET_ENVIRONMENT`; and, with ``onnxruntime``, ONNX
+    Runtime's C++ log at fatal only. Everything is restored on exit. tfopt's own
+    progress, warnings and errors are echoed directly and are not affected.
+    """
+    global _verbose
+    previous_verbose = _verbose
+    _verbose = verbose
+    if verbose:
+        try:
+            yield
+        finally:
+            _verbose = previous_verbose
+        return
+    saved_environment = {name: os.environ.get(name) for name in QUIET_ENVIRONMENT}
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+    saved_levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    root = logging.getLogger()
+    dropping = logging.NullHandler()
+    root.addHandler(dropping)
+    ort = _set_ort_severity(ORT_FATAL_ONLY) if onnxruntime else False
+    try:
+        with warnings.catch_warnings(), _native_stderr_silenced():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if ort:
+            _set_ort_severity(ORT_DEFAULT_SEVERITY)
+        root.removeHandler(dropping)
+        for logger, level in zip(loggers, saved_levels):
+            logger.setLevel(level)
+        for name, value in saved_environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        _verbose = previous_verbose
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null while Python's ``sys.stderr`` keeps the terminal.
+
+    Native code writes to fd 2 directly, past every Python switch: TensorFlow's absl lines
+    (``All log messages before absl::InitializeLog() ...``, ``Could not find cuda drivers``)
+    obey no environment variable. tfopt's own lines go through ``sys.stderr`` and still
+    show. A no-op when ``sys.stderr`` is not fd 2 (click's test runner, a redirected stream).
+    """
+    try:
+        sys.stderr.flush()
+        is_fd2 = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        is_fd2 = False
+    if not is_fd2:
+        yield
+        return
+    terminal_fd = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    previous = sys.stderr
+    terminal = open(  # noqa: SIM115 (closed below, after fd 2 is back)
+        terminal_fd, "w", buffering=1, encoding=previous.encoding, errors=previous.errors or "backslashreplace", closefd=False
+    )
+    os.dup2(devnull, 2)
+    sys.stderr = terminal
+    try:
+        yield
+    finally:
+        terminal.flush()
+        sys.stderr = previous
+        os.dup2(terminal_fd, 2)
+        terminal.close()
+        os.close(terminal_fd)
+        os.close(devnull)
+
+
+def _set_ort_severity(severity: int) -> bool:
+    """ONNX Runtime's default C++ log severity (0 verbose .. 4 fatal); False when it is not installed."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    onnxruntime.set_default_logger_severity(severity)
+    return True

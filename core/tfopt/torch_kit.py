@@ -10,8 +10,10 @@ import contextlib
 import inspect
 import io
 import logging
+import sys
 import warnings
 
+from .console import is_verbose
 from .errors import TfoptError
 from .results import RunContext
 
@@ -50,7 +52,14 @@ def no_progress_bar():
 
 @contextlib.contextmanager
 def quiet_export():
-    """Silence the exporters' progress prints, deprecation warnings and log lines; errors still raise."""
+    """Silence the exporters' progress prints, deprecation warnings and log lines; errors still raise.
+
+    Under ``tfopt -v`` nothing is silenced, and the exporters' prints go to stderr (stdout is for results).
+    """
+    if is_verbose():
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
