@@ -26,16 +26,22 @@ def _foreign_lines(stderr: str) -> list[str]:
 def test_python_warnings_and_log_records_are_dropped_unless_verbose(capsys):
     torch_debug = logging.getLogger("torch.onnx._internal.test_quiet")
     torch_debug.setLevel(logging.DEBUG)  # a library that turns its own logger up, as exporters do
+    hub = logging.getLogger("huggingface_hub.test_quiet")  # a library with its own handler, set up at import
+    hub.addHandler(logging.StreamHandler(sys.stderr))
+    hub.propagate = False
     handlers_before = list(logging.getLogger().handlers)
     with third_party_output(False, onnxruntime=False):
         assert not is_verbose()
         logging.warning("Please consider to run pre-processing before quantization.")  # would install basicConfig
         torch_debug.debug("DEBUG line of an exporter")
         logging.getLogger("transformers.modeling_utils").warning("a transformers warning")
+        hub.warning("'[Errno -2] Name or service not known' thrown while requesting HEAD")
         warnings.warn("old API", DeprecationWarning)
         warnings.warn("shape mismatch", UserWarning)
     assert logging.getLogger().handlers == handlers_before  # nothing was left behind
     assert capsys.readouterr().err == ""
+    hub.warning("outside tfopt's commands logging works as before")
+    assert "works as before" in capsys.readouterr().err
     with third_party_output(True, onnxruntime=False):
         assert is_verbose()
         with warnings.catch_warnings(record=True) as caught:

@@ -85,14 +85,11 @@ class TfoptCommand(OneLineErrors, click.Command):
     pass
 
 
-# Loggers of the libraries a run drives. Some keep their own handler (transformers) or set
-# their level at import, so the root logger's handler alone would not silence them.
-LIBRARY_LOGGERS = (
-    "transformers", "torch", "onnxscript", "onnx_ir", "onnxruntime", "tensorflow", "absl", "tf2onnx",
-    "keras", "h5py", "huggingface_hub", "urllib3", "filelock", "py.warnings",
-)
-# Read at import by libraries a command may import later: transformers' verbosity, TensorFlow's C++ log.
-QUIET_ENVIRONMENT = {"TRANSFORMERS_VERBOSITY": "error", "TF_CPP_MIN_LOG_LEVEL": "3", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+# Read at import by libraries a command may import later: their log levels, TensorFlow's C++ log.
+QUIET_ENVIRONMENT = {
+    "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_VERBOSITY": "error", "TF_CPP_MIN_LOG_LEVEL": "3",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+}
 ORT_DEFAULT_SEVERITY, ORT_FATAL_ONLY = 2, 4
 
 _verbose = False
@@ -107,12 +104,14 @@ def is_verbose() -> bool:
 def third_party_output(verbose: bool, *, onnxruntime: bool = True) -> Iterator[None]:
     """Silence (``verbose`` False) or keep (True) every library's own output for the duration.
 
-    Quiet means: Python warnings ignored; a handler on the root logger that drops records
-    (so a library's ``logging.warning`` cannot install ``basicConfig``'s stderr handler,
-    the source of ``WARNING:root:...``); the libraries' loggers at CRITICAL; the
-    environment switches in :data:`QUIET_ENVIRONMENT`; and, with ``onnxruntime``, ONNX
-    Runtime's C++ log at fatal only. Everything is restored on exit. tfopt's own
-    progress, warnings and errors are echoed directly and are not affected.
+    Quiet means: Python warnings ignored; every log record dropped (``logging.disable``:
+    libraries set their loggers' levels and handlers at import, so levels alone would not
+    hold), with a do-nothing handler on the root logger so that a library's
+    ``logging.warning`` cannot install ``basicConfig``'s stderr handler for good (the
+    source of ``WARNING:root:...``); the switches in :data:`QUIET_ENVIRONMENT`; with
+    ``onnxruntime``, ONNX Runtime's C++ log at fatal only; and native writes to fd 2
+    dropped. Everything is restored on exit. tfopt's own progress, warnings and errors are
+    echoed through ``sys.stderr`` and are not affected; tfopt itself does not log.
     """
     global _verbose
     previous_verbose = _verbose
@@ -126,10 +125,8 @@ def third_party_output(verbose: bool, *, onnxruntime: bool = True) -> Iterator[N
     saved_environment = {name: os.environ.get(name) for name in QUIET_ENVIRONMENT}
     for name, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
-    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
-    saved_levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.CRITICAL)
+    disabled_before = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
     root = logging.getLogger()
     dropping = logging.NullHandler()
     root.addHandler(dropping)
@@ -142,8 +139,7 @@ def third_party_output(verbose: bool, *, onnxruntime: bool = True) -> Iterator[N
         if ort:
             _set_ort_severity(ORT_DEFAULT_SEVERITY)
         root.removeHandler(dropping)
-        for logger, level in zip(loggers, saved_levels):
-            logger.setLevel(level)
+        logging.disable(disabled_before)
         for name, value in saved_environment.items():
             if value is None:
                 os.environ.pop(name, None)

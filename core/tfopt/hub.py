@@ -1,12 +1,23 @@
 """Telling a Hugging Face hub id from a local path, and whether the hub may be asked at all.
 
 Shared by the PyTorch adapters; nothing here imports huggingface_hub until it is called.
+Asking an unreachable hub costs ~20 s of retries inside huggingface_hub before it gives
+up, so :func:`hub_reachable` first tries one TCP connection with a short deadline.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import socket
+import threading
+import urllib.parse
+from typing import Iterable
+
+from .errors import TfoptError
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+PROBE_TIMEOUT_SECONDS = 3.0
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
@@ -25,3 +36,47 @@ def hub_offline() -> bool:
     except ImportError:
         return False
     return is_offline_mode()
+
+
+def _probe_address() -> tuple[str, int]:
+    """(host, port) a download would connect to first: the HTTPS proxy when one is set, else the hub endpoint."""
+    endpoint = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT)
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    no_proxy = [entry.strip() for entry in (os.environ.get("NO_PROXY") or os.environ.get("no_proxy") or "").split(",")]
+    if proxy and not any(entry and (entry == "*" or (endpoint.hostname or "").endswith(entry.lstrip("."))) for entry in no_proxy):
+        target = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        return target.hostname or "", target.port or 80
+    return endpoint.hostname or "", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+
+
+def hub_reachable(timeout: float = PROBE_TIMEOUT_SECONDS) -> bool:
+    """False when offline mode is on, or the hub (or the proxy) takes no connection within ``timeout`` s.
+
+    The name lookup has no timeout of its own, so the probe runs in a thread that is
+    abandoned at the deadline.
+    """
+    if hub_offline():
+        return False
+    host, port = _probe_address()
+    outcome: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                outcome.append(True)
+        except (OSError, ValueError):
+            outcome.append(False)
+
+    thread = threading.Thread(target=probe, name="tfopt-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(outcome) and outcome[0]
+
+
+def unreachable_hub_error(name: str, builtin_names: Iterable[str]) -> TfoptError:
+    """The one-line error for a ``--model`` that is no directory, no built-in name, and cannot be downloaded."""
+    why = "is offline (HF_HUB_OFFLINE is set)" if hub_offline() else "is not reachable"
+    return TfoptError(
+        f"{name}: not a directory, not a built-in name ({', '.join(builtin_names)}), "
+        f"and the Hugging Face hub {why} (nor is {name} in the local hub cache)"
+    )

@@ -25,7 +25,7 @@ from transformers import (
 )
 
 from tfopt.errors import TfoptError, first_line
-from tfopt.hub import hub_offline, looks_like_hub_id
+from tfopt.hub import hub_reachable, looks_like_hub_id, unreachable_hub_error
 from tfopt.results import ModelInfo
 from tfopt.torch_kit import no_progress_bar, perturb_vector_params
 
@@ -192,8 +192,13 @@ def _from_directory(path: Path, attn_implementation: str, *, name: str) -> Sourc
 
 
 def _from_hub(repo_id: str, attn_implementation: str) -> SourceModel:
-    if hub_offline():
-        raise TfoptError(f"{repo_id}: not a local directory, and the Hugging Face hub is offline (HF_HUB_OFFLINE)")
+    if not hub_reachable():  # at once, instead of huggingface_hub's ~20 s of retries; a cached copy still loads
+        try:
+            with no_progress_bar():
+                model = AutoModel.from_pretrained(repo_id, local_files_only=True, attn_implementation=attn_implementation)
+        except Exception:  # not in the cache
+            raise unreachable_hub_error(repo_id, TINY_CONFIGS) from None
+        return describe(model, repo_id)
     try:
         model = AutoModel.from_pretrained(repo_id, attn_implementation=attn_implementation)
     except Exception as exc:  # unknown repo, no network, gated model

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 import torch
 from transformers import BertConfig, BertModel, GPT2LMHeadModel, GPT2Model
@@ -75,6 +78,25 @@ def test_unreachable_sources_are_one_line_errors(source, message):
     with pytest.raises(TfoptError, match=message) as error:
         load_source(source)
     assert "\n" not in str(error.value)
+
+
+def test_unknown_name_with_the_hub_unreachable_fails_in_seconds(monkeypatch):
+    from tfopt import hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.setattr(hub, "hub_offline", lambda: False)
+    with socket.socket() as unused:  # bound, not listening: the "hub" refuses connections
+        unused.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{unused.getsockname()[1]}")
+        start = time.perf_counter()
+        with pytest.raises(TfoptError) as error:
+            load_source("someone/gpt2-finetune")
+        assert time.perf_counter() - start < 5
+    assert str(error.value).startswith(
+        f"someone/gpt2-finetune: not a directory, not a built-in name ({', '.join(BUILTIN_MODELS)}), "
+        "and the Hugging Face hub is not reachable"
+    )
 
 
 def test_directories_that_are_not_gpt2_are_refused(tmp_path):
