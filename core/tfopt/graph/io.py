@@ -13,6 +13,7 @@ import onnx_ir as ir
 
 from ..errors import TfoptError, first_line
 from ..results import IOSpec
+from .input_checks import check_input_file, check_model_proto
 
 # From this many bytes of weights on, tensors go to "<model>.data" beside the model: protobuf
 # cannot hold 2 GB, and serializing a big single-file model costs twice its size in memory and
@@ -21,21 +22,26 @@ EXTERNAL_DATA_THRESHOLD = 100_000_000
 
 
 def load_model(path: str | os.PathLike) -> ir.Model:
-    """Load a model; weights in external data stay on disk until they are used."""
+    """Load a model; weights in external data stay on disk until they are used.
+
+    What would fail later in a pass (bad external data, cycles, wrong attribute types,
+    duplicate names, no outputs) is refused here in one line: see :mod:`.input_checks`.
+    """
     path = Path(path)
-    if not path.exists():
-        raise TfoptError(f"{path}: no such file")
-    if path.is_dir():
-        raise TfoptError(f"{path}: is a directory, expected an .onnx file")
-    if path.stat().st_size == 0:
-        raise TfoptError(f"{path}: empty file, not an ONNX model")
+    check_input_file(path)
     try:
-        model = ir.load(path)
-    except Exception as exc:  # protobuf's DecodeError, truncated files, bad external data
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise TfoptError(f"{path}: not a readable ONNX model ({reason})") from None
-    if len(model.graph) == 0:
-        raise TfoptError(f"{path}: the ONNX graph has no nodes")
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError, truncated files
+        raise TfoptError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
+    try:
+        check_model_proto(proto, path.parent)
+    except TfoptError as exc:
+        raise TfoptError(f"{path}: {exc}") from None
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as exc:  # what the checks above do not foresee, still one line
+        raise TfoptError(f"{path}: not a usable ONNX model ({first_line(exc)})") from None
+    ir.external_data.set_base_dir(model.graph, path.parent)  # where ir.load would resolve locations
     return model
 
 
@@ -47,7 +53,11 @@ def read_io_spec(path: str | os.PathLike) -> IOSpec:
         raise TfoptError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
 
     def dtype(value: onnx.ValueInfoProto) -> str:
-        return onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
+        try:
+            return onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
+        except (KeyError, ValueError, TypeError):  # not a tensor, or an element type numpy lacks
+            raise TfoptError(f"{path}: input {value.name!r} has no numpy element type "
+                             f"(ONNX type {value.type.tensor_type.elem_type})") from None
 
     def symbolic_axes(value: onnx.ValueInfoProto) -> dict[int, str]:
         return {axis: dim.dim_param for axis, dim in enumerate(value.type.tensor_type.shape.dim) if dim.dim_param}
