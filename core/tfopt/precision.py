@@ -261,16 +261,8 @@ def _external_output(model: ir.Model) -> bool:
 
 
 def _refuse_input_files(input_path: Path, output_path: Path) -> None:
-    """The output (or its ``.data``) must not be a file the input consists of."""
-    taken = {input_path.resolve()}
-    try:
-        graph = onnx.load(str(input_path), load_external_data=False).graph
-    except Exception:  # unreadable input: load_model reports it
-        graph = onnx.GraphProto()
-    for tensor in graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                taken.add((input_path.parent / entry.value).resolve())
+    """Refused before any work: the output (or its ``.data``) is a file the input consists of."""
+    taken = graph_io.model_files(input_path)
     for target in (output_path, output_path.with_name(output_path.name + ".data")):
         if target.resolve() in taken:
             raise TfoptError(f"{target}: is part of the input model ({input_path}); refusing to overwrite the input")

@@ -101,7 +101,7 @@ def _rule_plan(info: ModelInfo, disabled: set[str], target: str) -> list[tuple[s
         ("fast_gelu", activation.fast_gelu_rules()),
         ("bias_gelu", activation.bias_gelu_rules()),
         ("embed_layer_norm", embedding.embed_layer_norm_rules()),
-        ("attention", attention.attention_rules(info.num_heads, target)),
+        ("attention", attention.attention_rules(info.num_heads, target, info.hidden_size)),
         ("linear", linear.linear_rules()),  # again: attention fusion exposes GPT-2's c_proj Gemm
         ("skip_layer_norm", normalization.skip_layer_norm_rules()),
     ]
@@ -183,6 +183,13 @@ def _attention_heads(model: ir.Model) -> tuple[int, int]:
             index = bias_index[node.op_type]
             bias = node.inputs[index].const_value if len(node.inputs) > index and node.inputs[index] is not None else None
             hidden = bias.shape[0] // 3 if bias is not None else 0
+            # The width the projections read (the model's hidden size, also with pruned heads or a wider V).
+            query = node.inputs[0].producer() if node.inputs[0] is not None else None
+            weight = node.inputs[1].const_value if node.op_type == "Attention" else None
+            if node.op_type == "MultiHeadAttention" and query is not None and query.op_type == "MatMul":
+                weight = query.inputs[1].const_value
+            if weight is not None and len(weight.shape) == 2:
+                hidden = weight.shape[0]
             return node.attributes.get_int("num_heads", 0), hidden
     return 0, 0
 

@@ -33,6 +33,8 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from ..values import MS_DOMAIN, constant_array, int32_of, scalar, shape_tail, source_graph_inputs, traced_graph_input
+from ...errors import TfoptError
+from .reshapes import int64_constant, rank_of, same_dim, target_entries, without_casts
 
 _SCALE_TAGS = ["Mul", "Div", "None"]
 
@@ -88,13 +90,125 @@ def _is_key_mask(condition: ir.Value, mask_input: ir.Value, graph: ir.Graph) -> 
     return shape is None or (shape.rank() == 4 and shape[1] == 1 and shape[2] == 1)
 
 
+_PASS_VALUES = ("Expand", "Unsqueeze", "Squeeze", "Reshape", "Identity", "Flatten")
+
+
+def _lower_bound(value: ir.Value | None, depth: int = 0) -> float | None:
+    """A number every element of ``value`` is at least, when the graph proves one (``Range`` upwards, constants)."""
+    if value is None or depth > 8:
+        return None
+    array = constant_array(value)
+    if array is not None:
+        return float(array.min()) if array.size and array.dtype != np.bool_ else None
+    node = value.producer()
+    if node is None or node.domain != "":
+        return None
+    source = node.inputs[0].dtype if node.inputs and node.inputs[0] is not None else None
+    integer_cast = node.op_type == "Cast" and source is not None and source.is_integer()
+    if node.op_type in _PASS_VALUES or (integer_cast and node.attributes.get_int("to", 0) in (ir.DataType.INT32, ir.DataType.INT64)):
+        return _lower_bound(node.inputs[0], depth + 1)
+    if node.op_type == "Range":
+        start, delta = scalar(node.inputs[0]), scalar(node.inputs[2])
+        return start if start is not None and delta is not None and delta > 0 else None
+    return None
+
+
+def _all_true(value: ir.Value | None, depth: int = 0) -> bool:
+    """Every element of ``value`` is provably non-zero (True), whatever the inputs."""
+    if value is None or depth > 12:
+        return False
+    array = constant_array(value)
+    if array is not None:
+        return bool(array.size) and bool(np.all(array != 0))
+    node = value.producer()
+    if node is None or node.domain != "":
+        return False
+    if node.op_type in _PASS_VALUES:
+        return _all_true(node.inputs[0], depth + 1)
+    if node.op_type == "Cast":
+        source = node.inputs[0].dtype
+        to = node.attributes.get_int("to", 0)
+        if to == ir.DataType.BOOL or source == ir.DataType.BOOL:  # non-zero stays non-zero
+            return _all_true(node.inputs[0], depth + 1)
+        return False
+    if node.op_type == "And":
+        return all(_all_true(v, depth + 1) for v in node.inputs)
+    if node.op_type == "Or":
+        return any(_all_true(v, depth + 1) for v in node.inputs)
+    if node.op_type in ("GreaterOrEqual", "Greater", "LessOrEqual", "Less"):
+        big, small = node.inputs if node.op_type.startswith("Greater") else node.inputs[::-1]
+        floor, ceiling = _lower_bound(big), scalar(small)
+        if floor is None or ceiling is None:
+            return False
+        return floor >= ceiling if node.op_type.endswith("OrEqual") else floor > ceiling
+    return False
+
+
+def _is_zero_mask(mask: ir.Value | None, score_dims: list[list]) -> bool:
+    """``mask`` adds zero everywhere and does not broadcast the scores to a larger shape.
+
+    torch's dynamo export of an encoder called without a mask still writes one:
+    ``Where(Expand(Range(0, S) >= 0), 0, -3.4e38)``, or ``Where(Expand(True), ...)``.
+    ``score_dims`` holds, per axis of the scores, the dims known to be that axis' size; a
+    mask dim that is neither 1 nor one of them, and provably differs, could broadcast.
+    """
+    if mask is None:
+        return False
+    array = constant_array(mask)
+    node = mask.producer()
+    if array is not None:
+        zero = bool(np.all(array == 0))
+    elif node is not None and node.op_type == "Where" and node.domain == "":
+        zero = _all_true(node.inputs[0]) and constant_array(node.inputs[1]) is not None and bool(np.all(constant_array(node.inputs[1]) == 0))
+    else:
+        zero = False
+    if not zero or (mask.shape is not None and mask.shape.rank() > len(score_dims)):
+        return False
+    for dim, known in zip(reversed(list(mask.shape or ())), reversed(score_dims)):
+        if dim == 1 or any(same_dim(dim, other) for other in known):
+            continue
+        if isinstance(dim, int) or (getattr(dim, "value", None) and any(isinstance(o, int) or getattr(o, "value", None) for o in known)):
+            return False  # provably another size: adding it would broadcast the scores
+    return True
+
+
+def _score_dims(probs: ir.Value, mask: ir.Value | None, query: ir.Value, value: ir.Value) -> list[list]:
+    """Per axis of the (batch, heads, queries, keys) scores, the dims that are its size: the scores' own, Q's, V's."""
+    dims: list[list] = [[], [], [], []]
+    node = probs.producer().inputs[0].producer()
+    scores = None
+    if mask is not None and node is not None and node.op_type == "Add" and len(node.inputs) == 2:
+        scores = node.inputs[1] if node.inputs[0] is mask else node.inputs[0]
+    for source, axes in ((scores, (0, 1, 2, 3)), (query, (0, 1, 2, None)), (value, (0, 1, None, 2))):
+        if source is None or source.shape is None or source.shape.rank() != 4:
+            continue
+        for axis, taken in enumerate(axes):
+            if taken is not None:
+                dims[axis].append(source.shape[taken])
+    return dims
+
+
+def _is_flat(value: ir.Value) -> bool:
+    """``value`` is 2-D (rows = batch x sequence): known rank 2, or made by a 2-D Reshape/Flatten."""
+    if rank_of(value) is not None:
+        return rank_of(value) == 2
+    node = value.producer()
+    if node is None or node.domain != "":
+        return False
+    if node.op_type == "Flatten":
+        return True
+    target = constant_array(node.inputs[1]) if node.op_type == "Reshape" and len(node.inputs) > 1 else None
+    return target is not None and target.size == 2
+
+
 class SelfAttention(pattern.RewriteRuleClassBase):
-    def __init__(self, num_heads: int = 0, target: str = "cpu"):
+    def __init__(self, num_heads: int = 0, target: str = "cpu", hidden_size: int = 0):
         # remove_nodes=False: exports take Shape() of intermediate Q/K/V tensors to build
         # the Reshape targets inside this very pattern; those uses die with the pattern,
         # and the cleanup pass removes the dead chain. Real outside uses keep it alive (correct, slower).
         super().__init__(name="Attention", remove_nodes=False)
         self.num_heads = num_heads
+        self.hidden_size = hidden_size  # given by the user (0 = detect): checked against the weights
         self.target = target
         self._packed: dict[tuple[int, ...], tuple[ir.Value, ir.Value]] = {}
 
@@ -106,7 +220,9 @@ class SelfAttention(pattern.RewriteRuleClassBase):
             projected = pattern.OrValue([op.Add(op.MatMul(x, weight), bias), op.MatMul(x, weight)])
             return op.Reshape(projected, shape, _allow_other_attributes=True)
 
-        query = op.Transpose(_scaled(op, heads(wq, bq, q_shape), pattern.Var("h_factor"), "h_scaling"), perm=[0, 2, 1, 3])
+        query = op.Transpose(
+            _scaled(op, heads(wq, bq, q_shape), pattern.Var("h_factor"), "h_scaling"), perm=[0, 2, 1, 3], _outputs=["query_heads"]
+        )
         key = heads(wk, bk, k_shape)
         key_t = pattern.OrValue(
             [
@@ -122,17 +238,17 @@ class SelfAttention(pattern.RewriteRuleClassBase):
                 op.Transpose(op.Transpose(key, perm=[0, 2, 1, 3]), perm=[0, 1, 3, 2]),
             ]
         )
-        value = op.Transpose(heads(wv, bv, v_shape), perm=[0, 2, 1, 3])
+        value = op.Transpose(heads(wv, bv, v_shape), perm=[0, 2, 1, 3], _outputs=["value_heads"])
         scores = op.MatMul(_scaled(op, query, q_factor, "q_scaling"), _scaled(op, key_t, k_factor, "k_scaling"))
         scores = _scaled(op, scores, s_factor, "s_scaling")
         probs = _masked_softmax(op, scores, mask, zero)
         context = op.MatMul(probs, value)
         context = pattern.OrValue([op.Reshape(context, pattern.ANY_VALUE, _allow_other_attributes=True), context])
         context = op.Transpose(context, perm=[0, 2, 1, 3])
-        return op.Reshape(context, pattern.ANY_VALUE, _allow_other_attributes=True)
+        return op.Reshape(context, pattern.ANY_VALUE, _allow_other_attributes=True, _outputs=["attn_out"])
 
     def _split(self, q_shape, hidden: int) -> tuple[int, int] | None:
-        tail = shape_tail(q_shape, 2)
+        tail = shape_tail(without_casts(q_shape), 2)
         if tail is not None:  # [num_heads, head_size]; either may be -1 (inferred by Reshape)
             heads, size = tail
             if heads == -1 and size > 0 and hidden % size == 0:
@@ -145,23 +261,82 @@ class SelfAttention(pattern.RewriteRuleClassBase):
             return self.num_heads, hidden // self.num_heads
         return None
 
-    def check(self, context, x, wq, wk, wv, q_shape, probs, masked, mask=None, zero=None, bq=None, bk=None, bv=None, **tags):
+    def check(self, context, x, wq, wk, wv, q_shape, k_shape, v_shape, probs, masked, attn_out, mask=None, zero=None, bq=None, bk=None, bv=None, **tags):
+        result = pattern.MatchResult()
         weights = [constant_array(w) for w in (wq, wk, wv)]
         biases = [constant_array(b) if b is not None else None for b in (bq, bk, bv)]
         if any(w is None or w.ndim != 2 for w in weights):
-            return pattern.MatchResult().fail("Q/K/V projections are not constant 2-D weights")
-        if len({w.shape for w in weights}) != 1:
-            return pattern.MatchResult().fail("Q, K and V weights differ in shape")
-        width = weights[0].shape[1]
-        for given, array in zip((bq, bk, bv), biases):
-            if given is not None and (array is None or array.shape != (width,)):
-                return pattern.MatchResult().fail("a Q/K/V bias is not a constant vector of the projection width")
-        return self._check_core(context, width, q_shape, probs, masked, mask, zero, tags)
+            return result.fail("Q/K/V projections are not constant 2-D weights")
+        if weights[0].shape != weights[1].shape or weights[2].shape[0] != weights[0].shape[0]:
+            return result.fail("Q and K weights differ in shape, or V reads another width")
+        for given, array, weight in zip((bq, bk, bv), biases, weights):
+            if given is not None and (array is None or array.shape != (weight.shape[1],)):
+                return result.fail("a Q/K/V bias is not a constant vector of the projection width")
+        if _is_flat(x):
+            return result.fail("the projections read a flattened (batch x sequence, hidden) input")
+        model_width, width, v_width = weights[0].shape[0], weights[0].shape[1], weights[2].shape[1]
+        split = self._heads_of(q_shape, model_width, width)
+        if split is None:
+            return result.fail(f"cannot tell the head split of hidden size {width}; pass num_heads")
+        heads, size = split
+        if self._graph_split(k_shape, width) not in (None, split):
+            return result.fail("K is split into other heads than Q")
+        v_split = self._graph_split(v_shape, v_width)
+        if v_width % heads or v_split not in (None, (heads, v_width // heads)):
+            return result.fail("V is split into other heads than Q")
+        out_rank = _output_rank(attn_out) or len(target_entries(attn_out.producer().inputs[1]) or ())
+        if out_rank not in (2, 3) or shape_tail(without_casts(attn_out.producer().inputs[1]), 1) not in ([v_width], [-1], None):
+            return result.fail("the heads are not merged back into a (batch, sequence, hidden) or (tokens, hidden) tensor")
+        if masked == "add" and _is_zero_mask(mask, _score_dims(probs, mask, tags["query_heads"], tags["value_heads"])):
+            masked, mask = "none", None  # an always-true mask: attention without one
+        self._widths, self._out_rank = (width, v_width), out_rank
+        return self._check_core(context, width, q_shape, probs, masked, mask, zero, tags, split=split)
 
-    def _check_core(self, context, hidden, q_shape, probs, masked, mask, zero, tags):
+    def _graph_split(self, shape_value, width: int) -> tuple[int, int] | None:
+        """(heads, head size) the Reshape target itself states, or None where it does not say."""
+        tail = shape_tail(without_casts(shape_value), 2)
+        if tail is None:
+            return None
+        heads, size = tail
+        if heads == -1 and size > 0 and width % size == 0:
+            heads = width // size
+        if size == -1 and heads > 0 and width % heads == 0:
+            size = width // heads
+        return (heads, size) if heads > 0 and size > 0 and heads * size == width else None
+
+    def _heads_of(self, q_shape, model_width: int, width: int) -> tuple[int, int] | None:
+        """The head split, from the graph where it says, else from ``num_heads``; given values that contradict the graph are refused.
+
+        ``model_width`` is the hidden size the projections read, ``width`` what Q
+        projects to: they differ in layers with pruned heads, where the graph's head size
+        (not its head count) is what a given ``num_heads`` must agree with.
+        """
+        if self.hidden_size and self.hidden_size not in (model_width, width):
+            raise TfoptError(
+                f"hidden_size={self.hidden_size} does not match the model: its attention projections read "
+                f"{model_width} values per token (pass --hidden_size {model_width}, or 0 to detect)"
+            )
+        split = self._graph_split(q_shape, width)
+        given = self.num_heads
+        if not given:
+            return split
+        if split is not None:
+            heads, size = split
+            per_head = (self.hidden_size or model_width) / given
+            if heads != given and per_head != size:
+                raise TfoptError(
+                    f"num_heads={given} contradicts the model: its attention splits {width} values into {heads} heads of {size} "
+                    f"(pass --num_heads {heads if width == model_width else int(model_width // size)}, or 0 to detect)"
+                )
+            return split
+        if width % given:
+            raise TfoptError(f"num_heads={given} does not divide the model's attention width {width}")
+        return given, width // given
+
+    def _check_core(self, context, hidden, q_shape, probs, masked, mask, zero, tags, split=None):
         """Checks shared with the decoder rule: head split, softmax axis, NaN guard, scale, mask source."""
         result = pattern.MatchResult()
-        split = self._split(q_shape, hidden)
+        split = split or self._split(q_shape, hidden)
         if split is None:
             return result.fail(f"cannot tell the head split of hidden size {hidden}; pass num_heads")
         axis = probs.producer().attributes.get_int("axis", -1)
@@ -214,9 +389,9 @@ class SelfAttention(pattern.RewriteRuleClassBase):
         return self._packed[key]
 
     def rewrite(self, op, x, wq, wk, wv, bq=None, bk=None, bv=None, **_):
-        if bq is None or bk is None or bv is None:  # a projection without bias adds zeros
-            width = constant_array(wq).shape[1]
-            bq, bk, bv = (b if b is not None else self._zeros(op, width) for b in (bq, bk, bv))
+        width, v_width = self._widths
+        bq, bk = (b if b is not None else self._zeros(op, width) for b in (bq, bk))  # no bias: add zeros
+        bv = bv if bv is not None else self._zeros(op, v_width)
         num_heads, head_size = self._heads
         attributes = {"num_heads": num_heads}
         if not math.isclose(self._scale, 1.0 / math.sqrt(head_size), rel_tol=1e-5):
@@ -225,9 +400,15 @@ class SelfAttention(pattern.RewriteRuleClassBase):
         bias = self._pack(op, "bias", (bq, bk, bv))
         if self.target == "cpu":
             q, k, v = (op.MatMul(x, w) for w in (wq, wk, wv))
-            return op.MultiHeadAttention(q, k, v, bias, mask, **attributes, _domain=MS_DOMAIN)
-        weight = self._pack(op, "weight", (wq, wk, wv))
-        return op.Attention(x, weight, bias, mask, **attributes, _domain=MS_DOMAIN)
+            output = op.MultiHeadAttention(q, k, v, bias, mask, **attributes, _domain=MS_DOMAIN)
+        else:
+            if v_width != width:  # packed weight of unequal parts: say where Q, K and V end
+                attributes["qkv_hidden_sizes"] = [width, width, v_width]
+            weight = self._pack(op, "weight", (wq, wk, wv))
+            output = op.Attention(x, weight, bias, mask, **attributes, _domain=MS_DOMAIN)
+        if self._out_rank == 2:  # the heads were merged straight into (tokens, hidden)
+            output = op.Reshape(output, int64_constant(op, [-1, v_width]))
+        return output
 
 
 def _output_rank(value: ir.Value) -> int | None:
@@ -370,5 +551,23 @@ class TransposedScores(pattern.RewriteRuleClassBase):
         return op.MatMul(swapped(b, b_t), swapped(a, a_t))
 
 
-def attention_rules(num_heads: int = 0, target: str = "cpu") -> list[pattern.RewriteRule]:
-    return [TransposedScores.rule(), SelfAttention.rule(num_heads, target), CausalSelfAttentionWithPast.rule(num_heads, target)]
+class SubtractedMask(pattern.RewriteRuleClassBase):
+    """Softmax(Sub(scores, m)) -> Softmax(Add(scores, Neg(m))): keras2onnx subtracts ``10000 * (1 - mask)``.
+
+    Exact (x - m = x + (-m)), and the mask forms above are all additive.
+    """
+
+    def pattern(self, op, scores, mask):
+        return op.Softmax(op.Sub(scores, mask), _allow_other_attributes=True, _outputs=["probs"])
+
+    def rewrite(self, op, scores, mask, probs, **_):
+        return op.Softmax(op.Add(scores, op.Neg(mask)), axis=probs.producer().attributes.get_int("axis", -1))
+
+
+def attention_rules(num_heads: int = 0, target: str = "cpu", hidden_size: int = 0) -> list[pattern.RewriteRule]:
+    return [
+        TransposedScores.rule(),
+        SubtractedMask.rule(),
+        SelfAttention.rule(num_heads, target, hidden_size),
+        CausalSelfAttentionWithPast.rule(num_heads, target),
+    ]

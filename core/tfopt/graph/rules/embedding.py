@@ -13,6 +13,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from ..values import MS_DOMAIN, constant_array, int32_of, is_constant_vector, scalar, shape_tail, traced_graph_input
+from .reshapes import int64_constant
 
 
 def _is_table(value, width: int | None = None) -> bool:
@@ -170,11 +171,11 @@ class SlicedPositionTable(pattern.RewriteRuleClassBase):
 
     def rewrite(self, op, table, ends, target, **_):
         rows = constant_array(table).shape[0]
-        first = op.Slice(ends, op.Constant(value_ints=[0]), op.Constant(value_ints=[1]))
-        count = op.Min(op.Cast(first, to=ir.DataType.INT64), op.Constant(value_ints=[rows]))
+        first = op.Slice(ends, int64_constant(op, [0]), int64_constant(op, [1]))
+        count = op.Min(op.Cast(first, to=ir.DataType.INT64), int64_constant(op, [rows]))
         zero, one = op.Constant(value=ir.tensor(np.array(0, np.int64))), op.Constant(value=ir.tensor(np.array(1, np.int64)))
-        positions = op.Unsqueeze(op.Range(zero, op.Squeeze(count), one), op.Constant(value_ints=[0]))
-        batch_sequence = op.Slice(op.Cast(target, to=ir.DataType.INT64), op.Constant(value_ints=[0]), op.Constant(value_ints=[2]))
+        positions = op.Unsqueeze(op.Range(zero, op.Squeeze(count), one), int64_constant(op, [0]))
+        batch_sequence = op.Slice(op.Cast(target, to=ir.DataType.INT64), int64_constant(op, [0]), int64_constant(op, [2]))
         return op.Gather(table, op.Expand(positions, batch_sequence), axis=0)
 
 
