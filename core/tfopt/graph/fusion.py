@@ -16,7 +16,7 @@ from ..errors import TfoptError
 from ..results import FuseResult, ModelInfo
 from .io import load_model
 from .passes import cleanup, inputs_to_int32, prepare
-from .rules import activation, attention, embedding, linear, normalization
+from .rules import activation, attention, decoder_forms, embedding, linear, normalization
 from .validate import write_validated
 from .values import MS_DOMAIN
 
@@ -101,6 +101,7 @@ def _rule_plan(info: ModelInfo, disabled: set[str], target: str) -> list[tuple[s
         ("fast_gelu", activation.fast_gelu_rules()),
         ("bias_gelu", activation.bias_gelu_rules()),
         ("embed_layer_norm", embedding.embed_layer_norm_rules()),
+        ("attention", decoder_forms.decoder_form_rules()),  # older GPT-2 forms -> the one the rule matches
         ("attention", attention.attention_rules(info.num_heads, target, info.hidden_size)),
         ("linear", linear.linear_rules()),  # again: attention fusion exposes GPT-2's c_proj Gemm
         ("skip_layer_norm", normalization.skip_layer_norm_rules()),

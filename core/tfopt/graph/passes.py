@@ -9,6 +9,7 @@ import onnxscript.optimizer
 from onnxscript.rewriter.pattern import RewriteRuleSet
 from onnxscript.rewriter.rules import common as common_rules
 
+from .rules.decoder_forms import reshape_ranks
 from .values import MS_DOMAIN, constant_array
 
 _COMMUTATIVE = {"Add", "Mul"}
@@ -119,6 +120,7 @@ def prepare(model: ir.Model) -> None:
     """
     simplifications = _exact_simplifications(model.opset_imports.get("", 1))
     for _ in range(2):
+        reshape_ranks(model.graph)  # before opset 13, shape inference leaves computed Reshapes rankless
         onnxscript.optimizer.fold_constants(model, onnx_shape_inference=True)
         reshape_constant_weights(model.graph)
         RewriteRuleSet(simplifications).apply_to_model(model)

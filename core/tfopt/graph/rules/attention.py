@@ -33,6 +33,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from ..values import MS_DOMAIN, constant_array, int32_of, scalar, shape_tail, source_graph_inputs, traced_graph_input
+from .causal_mask import causal_mask_problem
 from ...errors import TfoptError
 from .reshapes import int64_constant, rank_of, same_dim, target_entries, without_casts
 
@@ -433,6 +434,10 @@ def _key_transposed(op, key):
     )
 
 
+def _int64_constant(op, values: list[int]) -> ir.Value:
+    return op.Constant(value=ir.tensor(np.array(values, dtype=np.int64)))
+
+
 class CausalSelfAttentionWithPast(SelfAttention):
     """GPT-2 attention with past state -> ``MultiHeadAttention(unidirectional=1)`` with past/present.
 
@@ -455,14 +460,16 @@ class CausalSelfAttentionWithPast(SelfAttention):
             op.Add(projected, b_qkv), _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["q", "k", "v"]
         )
 
-        def heads(value, shape):
-            return op.Transpose(op.Reshape(value, shape, _allow_other_attributes=True), perm=[0, 2, 1, 3])
+        def heads(value, shape, name):
+            return op.Transpose(op.Reshape(value, shape, _allow_other_attributes=True), perm=[0, 2, 1, 3], _outputs=[name])
 
-        present_key = op.Concat(past_key, heads(k, k_shape), _allow_other_attributes=True, _outputs=["present_key"])
-        present_value = op.Concat(past_value, heads(v, v_shape), _allow_other_attributes=True, _outputs=["present_value"])
-        query = _scaled(op, heads(q, q_shape), q_factor, "q_scaling")
+        present_key = op.Concat(past_key, heads(k, k_shape, "key_heads"), _allow_other_attributes=True, _outputs=["present_key"])
+        present_value = op.Concat(
+            past_value, heads(v, v_shape, "value_heads"), _allow_other_attributes=True, _outputs=["present_value"]
+        )
+        query = _scaled(op, heads(q, q_shape, "query_heads"), q_factor, "q_scaling")
         key_t = _scaled(op, _key_transposed(op, present_key), k_factor, "k_scaling")
-        scores = _scaled(op, op.MatMul(query, key_t), s_factor, "s_scaling")
+        scores = _scaled(op, op.MatMul(query, key_t, _outputs=["scores"]), s_factor, "s_scaling")
         probs = _masked_softmax(op, scores, mask, zero)
         context = op.MatMul(probs, present_value)
         context = pattern.OrValue([op.Reshape(context, pattern.ANY_VALUE, _allow_other_attributes=True), context])
@@ -477,7 +484,9 @@ class CausalSelfAttentionWithPast(SelfAttention):
         if split.attributes.get_int("axis", 0) not in (-1, 2):
             return pattern.MatchResult().fail("QKV split is not along the hidden axis")
         sizes = constant_array(split.inputs[1]) if len(split.inputs) > 1 and split.inputs[1] is not None else None
-        if sizes is not None and len(set(int(v) for v in sizes)) != 1:
+        if sizes is None and split.attributes.get("split") is not None:  # opset < 13
+            sizes = np.array(split.attributes.get_ints("split"))
+        if sizes is not None and (len(sizes) != 3 or len(set(int(v) for v in sizes)) != 1):
             return pattern.MatchResult().fail("QKV split into unequal parts")
         for concat in (present_key.producer(), present_value.producer()):
             if concat.attributes.get_int("axis", 0) not in (-2, 2):
@@ -486,8 +495,43 @@ class CausalSelfAttentionWithPast(SelfAttention):
         self._hidden = hidden
         if _output_rank(tags["attn_out"]) not in (2, 3):
             return pattern.MatchResult().fail("cannot tell whether the attention output is 2-D or 3-D")
+        if shape_tail(tags["out_shape"], 1) not in ([hidden], [-1], None):
+            return pattern.MatchResult().fail("the attention output is not merged back to the hidden size")
         # Reuse the encoder checks for heads, scale, NaN guard and mask provenance.
-        return self._check_core(context, hidden, q_shape, probs, masked, mask, zero, tags)
+        result = self._check_core(context, hidden, q_shape, probs, masked, mask, zero, tags)
+        if not result:
+            return result
+        if any(self._split(tags[name], hidden) != self._heads for name in ("k_shape", "v_shape")):
+            return result.fail("K or V is split into other heads than Q")
+        problem = self._causal_problem(context, x, present_key, present_value, masked, mask, dict(tags, q=q))
+        self._opset = context.model.opset_imports.get("", 1)
+        return result.fail(problem) if problem else result
+
+    def _causal_problem(self, context, x, present_key, present_value, masked, mask, tags) -> str | None:
+        """Why ``unidirectional=1`` + the 2-D mask would not compute this mask, or None (see :mod:`causal_mask`)."""
+        if masked == "none":
+            return "no mask: unidirectional=1 would add a causal one"
+        keep = mask if masked == "add" else tags["condition"]
+        if id(keep) in self._causal_verdicts:
+            return self._causal_verdicts[id(keep)]
+        heads, size = self._heads
+        hidden = self._hidden
+        flat = x.shape is not None and x.shape.rank() == 2  # GPT-2 Conv1D on (B*S, D)
+
+        def tokens(width):
+            return (lambda b, p, s: (b * s, width)) if flat else (lambda b, p, s: (b, s, width))
+
+        known = {x: tokens(hidden), tags["qkv_matmul"]: tokens(3 * hidden), tags["scores"]: lambda b, p, s: (b, heads, s, p + s)}
+        known.update({tags[name]: tokens(hidden) for name in ("q", "k", "v")})
+        known.update({tags[name]: (lambda b, p, s: (b, heads, s, size)) for name in ("query_heads", "key_heads", "value_heads")})
+        known.update({tags[name]: (lambda b, p, s: (b, heads, p, size)) for name in ("past_key", "past_value")})
+        known.update({value: (lambda b, p, s: (b, heads, p + s, size)) for value in (present_key, present_value)})
+        problem = causal_mask_problem(
+            keep, model=context.model, graph=context.graph_or_function, mask_input=self._mask_input, known=known,
+            past=tags["past_key"], additive=masked == "add",
+        )
+        self._causal_verdicts[id(keep)] = problem
+        return problem
 
     def rewrite(self, op, x, b_qkv, qkv_matmul, past_key, past_value, attn_out, present_key, present_value, **_):
         num_heads, head_size = self._heads
@@ -495,19 +539,24 @@ class CausalSelfAttentionWithPast(SelfAttention):
         if not math.isclose(self._scale, 1.0 / math.sqrt(head_size), rel_tol=1e-5):
             attributes["scale"] = float(self._scale)
         mask = int32_of(op, self._mask_input) if self._mask_input is not None else None
-        sizes = op.Constant(value_ints=[self._hidden] * 3)
-        q, k, v = op.Split(qkv_matmul, sizes, axis=-1, _outputs=3)
+        # Constant(value=...) and Split's sizes as an attribute before opset 13: valid at any opset
+        # (convert_to_onnx wrote GPT-2 at opset 11, which has neither value_ints nor a sizes input).
+        if self._opset >= 13:
+            q, k, v = op.Split(qkv_matmul, _int64_constant(op, [self._hidden] * 3), axis=-1, _outputs=3)
+        else:
+            q, k, v = op.Split(qkv_matmul, axis=-1, split=[self._hidden] * 3, _outputs=3)
         output, new_present_key, new_present_value = op.MultiHeadAttention(
             q, k, v, b_qkv, mask, None, past_key, past_value, **attributes, _domain=MS_DOMAIN, _outputs=3
         )
         if _output_rank(attn_out) == 2:  # GPT-2 merges heads straight into Gemm's 2-D input
-            output = op.Reshape(output, op.Constant(value_ints=[-1, self._hidden]))
+            output = op.Reshape(output, _int64_constant(op, [-1, self._hidden]))
         self._present_swaps += [(present_key, new_present_key), (present_value, new_present_value)]
         return output
 
     def setup(self):
         super().setup()
         self._present_swaps: list[tuple[ir.Value, ir.Value]] = []
+        self._causal_verdicts: dict[int, str | None] = {}  # per mask value: all layers share one
 
     def cleanup(self):
         """Point the model's ``present`` outputs (and any reader) at the fused op's present outputs.
@@ -520,6 +569,9 @@ class CausalSelfAttentionWithPast(SelfAttention):
                 name = old.name
                 old.name = f"{name}_unfused"
                 new.name = name  # the model's IO keeps its names
+            # The fused op's outputs carry no type: an output without one fails the ONNX checker.
+            new.dtype = new.dtype or old.dtype
+            new.shape = new.shape or old.shape
             old.replace_all_uses_with(new, replace_graph_outputs=True)
         self._present_swaps = []
 

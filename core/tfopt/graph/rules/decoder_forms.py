@@ -1,0 +1,204 @@
+"""Older GPT-2 exports rewritten, exactly, into the form :class:`attention.CausalSelfAttentionWithPast` matches.
+
+transformers 4.x (as ONNX Runtime's ``convert_to_onnx`` exported it) differs from today's
+exports in two places inside attention; each rule here turns one into today's form
+and keeps the graph's numbers bit for bit:
+
+- the causal mask is a slice of a constant tril buffer applied with
+  ``Where(keep, scores, min)`` before the additive padding mask; that is
+  ``scores + (Where(keep, 0, min) + padding)``, the one additive mask the attention rule
+  expects (whose meaning it then checks by running it, see :mod:`causal_mask`);
+- the scale is ``scores / sqrt(value.size(-1))``, a scalar computed at run time from a
+  shape whose head axis is static; it becomes the constant it always is.
+
+Its stacked ``past_i`` [2, B, N, P, H] unstacked by Split/Squeeze (or Gather) and its
+``present_i`` stacked by Concat of Unsqueezes need no rewrite: the attention rule takes
+the per-layer key and value wherever they come from and keeps the model's IO.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from ..values import constant_array, scalar
+
+# ``s + fill == fill`` in float32 for any score below 1e20: the rewrite is exact only then.
+_HUGE_NEGATIVE = -1e30
+_SCORE_OPS = {"MatMul", "Div", "Mul"}
+_MAX_DEPTH = 16
+
+
+def reshape_ranks(graph: ir.Graph) -> int:
+    """Give Reshape outputs of unknown shape the rank their target's length says; returns how many.
+
+    ONNX's shape inference before opset 13 gives ``Reshape`` with a computed target no
+    shape at all, so in convert_to_onnx's opset-11 GPT-2 nothing downstream has a rank and
+    no rule can tell a 3-D hidden state from a 2-D one. The rank is exact: it is the
+    length of the target vector. Run before shape inference, which takes it from there.
+    """
+    changed = 0
+    for node in graph:
+        if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
+            continue
+        output, target = node.outputs[0], node.inputs[1]
+        if output.shape is not None or target is None or target.shape is None or target.shape.rank() != 1:
+            continue
+        if isinstance(target.shape[0], int):
+            output.shape = ir.Shape([None] * target.shape[0])
+            changed += 1
+    return changed
+
+
+def _reaches(value: ir.Value | None, target: ir.Value, limit: int = 400) -> bool:
+    """Whether ``target``'s data feeds ``value`` (a bounded walk up the producers; shapes do not count)."""
+    stack, seen = [value], set()
+    while stack and len(seen) < limit:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        if current is target:
+            return True
+        seen.add(id(current))
+        node = current.producer()
+        if node is not None and node.op_type not in ("Shape", "Size"):
+            stack.extend(node.inputs)
+    return len(seen) >= limit  # too far to tell: assume it does
+
+
+class WhereMaskedScores(pattern.RewriteRuleClassBase):
+    """Softmax(Where(keep, s, fill) [+ m]) -> Softmax(s + (Where(keep, 0, fill) [+ m])).
+
+    Exact for a fill so negative that ``s + fill`` rounds to ``fill`` (transformers 4.x
+    writes float32's min): kept scores add 0, dropped ones get ``fill`` either way.
+    """
+
+    def pattern(self, op, keep, scores, fill, extra):
+        selected = op.Where(keep, scores, fill)
+        summed = pattern.OrValue([op.Add(selected, extra), selected], tag_var="added", tag_values=[True, False])
+        return op.Softmax(summed, _allow_other_attributes=True, _outputs=["probs"])
+
+    def check(self, context, keep, scores, fill, extra=None, **_):
+        result = pattern.MatchResult()
+        value = scalar(fill)
+        if value is None or not value <= _HUGE_NEGATIVE:
+            return result.fail("Where does not write a huge negative number (not exact as an additive mask)")
+        if keep.dtype is not None and keep.dtype != ir.DataType.BOOL:
+            return result.fail("Where condition is not boolean")
+        producer = scores.producer()
+        if producer is None or producer.op_type not in _SCORE_OPS:
+            return result.fail("Where does not select from attention scores")
+        if _reaches(keep, scores) or (extra is not None and _reaches(extra, scores)):
+            return result.fail("the mask depends on the scores")
+        return result
+
+    def rewrite(self, op, keep, scores, fill, probs, extra=None, **_):
+        dtype = constant_array(fill).dtype
+        zero = op.Constant(value=ir.tensor(np.zeros((), dtype=dtype), name="causal_keep_zero"))
+        mask = op.Where(keep, zero, fill)
+        if extra is not None:
+            mask = op.Add(mask, extra)
+        attributes = {}
+        axis = probs.producer().attributes.get("axis")
+        if axis is not None:
+            attributes["axis"] = axis.as_int()
+        return op.Softmax(op.Add(scores, mask), **attributes)
+
+
+def _shape_part(node: ir.Node) -> np.ndarray | None:
+    """Gather/Slice of ``Shape(v)`` when every selected axis of v is static, else None."""
+    shape_node = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
+    if shape_node is None or shape_node.op_type != "Shape" or shape_node.domain not in ("", "ai.onnx"):
+        return None
+    shape = shape_node.inputs[0].shape
+    if shape is None:
+        return None
+    rank = shape.rank()
+    axes = np.arange(rank)[shape_node.attributes.get_int("start", 0) : shape_node.attributes.get_int("end", rank)]
+    if node.op_type == "Gather":
+        index = constant_array(node.inputs[1])
+        if index is None:
+            return None
+        picked = np.take(axes, index.astype(np.int64))
+    elif node.op_type == "Slice" and len(node.inputs) >= 3:
+        bounds = [constant_array(v) if v is not None else None for v in node.inputs[1:5]]
+        if bounds[0] is None or bounds[1] is None or bounds[0].size != 1:
+            return None
+        if len(bounds) > 2 and bounds[2] is not None and int(bounds[2].ravel()[0]) not in (0, -1):
+            return None
+        step = int(bounds[3].ravel()[0]) if len(bounds) > 3 and bounds[3] is not None else 1
+        start, end = (int(b.ravel()[0]) for b in bounds[:2])
+        picked = axes[slice(start, end, step)]
+    else:
+        return None
+    dims = [shape[int(a)] for a in np.atleast_1d(picked)]
+    if not all(isinstance(d, int) for d in dims):
+        return None
+    return np.array(dims, dtype=np.int64).reshape(np.shape(picked))
+
+
+def _evaluate(node: ir.Node, arrays: list[np.ndarray | None]) -> list[np.ndarray] | None:
+    """One standard node run by ONNX's reference evaluator on constant inputs."""
+    from onnx.reference import ReferenceEvaluator
+
+    names = [f"in{i}" if a is not None else "" for i, a in enumerate(arrays)]
+    outputs = [f"out{i}" for i in range(len(node.outputs))]
+    proto = ir.serde.serialize_node(node)
+    single = onnx.helper.make_node(node.op_type, names, outputs)
+    single.attribute.extend(proto.attribute)
+    try:
+        evaluator = ReferenceEvaluator(single)
+        return evaluator.run(None, {n: a for n, a in zip(names, arrays) if n})
+    except Exception:
+        return None
+
+
+def static_value(value: ir.Value | None, depth: int = _MAX_DEPTH) -> np.ndarray | None:
+    """The value's data if it follows from constants and static dims of shapes alone, else None."""
+    array = constant_array(value)
+    if array is not None or value is None or depth == 0:
+        return array
+    node = value.producer()
+    if node is None or node.domain not in ("", "ai.onnx") or node.op_type == "Shape":
+        return None
+    if node.op_type in ("Gather", "Slice"):
+        part = _shape_part(node)
+        if part is not None:
+            return part
+    inputs = [static_value(v, depth - 1) if v is not None else None for v in node.inputs]
+    if any(a is None for a, v in zip(inputs, node.inputs) if v is not None):
+        return None
+    results = _evaluate(node, inputs)
+    if results is None:
+        return None
+    return results[list(node.outputs).index(value)]
+
+
+class StaticScoreScale(pattern.RewriteRuleClassBase):
+    """Div/Mul(MatMul(a, b), f) with f computed from static shapes (``/ sqrt(v.size(-1))``) -> f as a constant."""
+
+    def __init__(self, kind: str):
+        super().__init__(name=f"StaticScoreScale[{kind}]")
+        self.kind = kind
+
+    def pattern(self, op, a, b, factor):
+        return getattr(op, self.kind)(op.MatMul(a, b), factor)
+
+    def check(self, context, factor, **_):
+        if constant_array(factor) is not None:
+            return pattern.MatchResult().fail("already a constant")
+        value = static_value(factor)
+        if value is None or value.size != 1 or value.dtype.kind != "f":
+            return pattern.MatchResult().fail("the scale does not follow from static shapes")
+        self._value = value
+        return pattern.MatchResult()
+
+    def rewrite(self, op, a, b, **_):
+        constant = op.Constant(value=ir.tensor(self._value, name="attention_scale"))
+        return getattr(op, self.kind)(op.MatMul(a, b), constant)
+
+
+def decoder_form_rules() -> list[pattern.RewriteRule]:
+    return [StaticScoreScale.rule("Div"), StaticScoreScale.rule("Mul"), WhereMaskedScores.rule()]
