@@ -264,11 +264,6 @@ def test_cli_optimize_float16_of_an_external_data_model(external_bert, tmp_path,
     assert _files(external_bert) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="OptimizedModel.save_model_to_file does not yet pass save_model(external=True) for an fp16 "
-    "model of an external-data input: a small one is written inline",
-)
 def test_cli_optimize_float16_of_a_small_external_data_model_writes_data_beside_it(external_bert, tmp_path, elsewhere):
     output = tmp_path / "out" / "bert.fp16.onnx"
     result = CliRunner().invoke(

@@ -36,7 +36,7 @@ import onnx_ir as ir
 from .console import TfoptCommand, progress_printer
 from .errors import TfoptError
 from .graph.fusion import FUSION_NAMES, MODEL_TYPES, fuse_model
-from .graph.io import load_model, save_model
+from .graph.io import load_model, model_files, save_model
 from .graph.validate import dropped_rule_line, validation_line
 from .results import ModelInfo
 
@@ -252,6 +252,7 @@ class OptimizedModel:
                 self._built_without, output_path, self.input_path, refuse=self.input_path,
                 convert=self._to_fp16 if fp16 and self._fp32 is not None else None,
                 precision="fp16" if fp16 else "fp32", validate=self.validate,
+                external=len(model_files(self.input_path)) > 1,  # the input kept its weights beside it
             )
         except OSError as exc:
             raise TfoptError(f"{output_path}: cannot write ({exc.strerror or exc})") from None

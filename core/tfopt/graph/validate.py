@@ -330,6 +330,7 @@ def write_validated(
     convert: Callable[[Any], Any] | None = None,
     precision: str = "fp32",
     validate: bool = True,
+    external: bool = False,
     progress: Callable[[str], None] = lambda message: None,
 ) -> WriteOutcome:
     """Build a model, validate it against ``reference`` and write it only if it passes.
@@ -343,7 +344,8 @@ def write_validated(
 
     ``convert`` turns the fused model into the ``precision`` written (fp16). The fusion is
     then validated at fp32 first: fp16's tolerance is loose enough to hide a wrong rule
-    (a Gelu left out of a small model moves its output by ~1% of its scale).
+    (a Gelu left out of a small model moves its output by ~1% of its scale). ``external``:
+    weights go to ``<output>.data`` whatever their size (the input kept them there).
     """
     from .io import save_model
 
@@ -354,7 +356,7 @@ def write_validated(
     model, extra, fired = build(frozenset())
     if not validate:
         final = convert(model) if convert else model
-        save_model(final, output_path, refuse=refuse)
+        save_model(final, output_path, refuse=refuse, external=external)
         return WriteOutcome(final, extra, None)
     found: dict[str, Validation] = {}
 
@@ -368,7 +370,7 @@ def write_validated(
 
         final = convert(model) if convert else model
         try:
-            save_model(final, output_path, refuse=refuse, check=check)
+            save_model(final, output_path, refuse=refuse, check=check, external=external)
         except ValidationFailed as failure:
             if convert is None:
                 raise
