@@ -78,13 +78,23 @@ def exported(source, tmp_path_factory):
     return get
 
 
-def _fuse(path, tmp_path):
-    """tfopt's fusion alone (no validation step), written next to ``tmp_path``."""
-    model = load_model(path)
-    stats = fuse_model(model, source_info())
-    output = tmp_path / "fused.onnx"
-    save_model(model, output)
-    return output, stats
+@pytest.fixture(scope="module")
+def fused(exported):
+    """(form name, causal form) -> (fused path, FusionStats): tfopt's fusion alone (no validation step), once."""
+    done = {}
+
+    def get(form: str, causal: str = "tril"):
+        key = (form, causal)
+        if key not in done:
+            path = exported(form, causal)
+            model = load_model(path)
+            stats = fuse_model(model, source_info())
+            output = path.with_name("fused.onnx")
+            save_model(model, output)
+            done[key] = (output, stats)
+        return done[key]
+
+    return get
 
 
 def source_info():
@@ -140,8 +150,8 @@ def test_the_rebuilt_model_is_transformers_gpt2(source, exported):
 
 
 @pytest.mark.parametrize("form", FORMS)
-def test_every_layer_fuses(exported, tmp_path, form):
-    _, stats = _fuse(exported(form), tmp_path)
+def test_every_layer_fuses(fused, form):
+    _, stats = fused(form)
     assert _count(stats, "MultiHeadAttention") == LAYERS, stats.op_counts
     assert _count(stats, "SkipLayerNormalization") == 2 * LAYERS + 1, stats.op_counts
     assert _count(stats, "FastGelu") == LAYERS, stats.op_counts
@@ -151,24 +161,22 @@ def test_every_layer_fuses(exported, tmp_path, form):
 
 
 @pytest.mark.parametrize("form", FORMS)
-def test_fused_model_computes_what_its_input_computes(source, exported, tmp_path, form):
+def test_fused_model_computes_what_its_input_computes(source, exported, fused, form):
     path = exported(form)
-    fused, _ = _fuse(path, tmp_path)
-    graph, original = onnx.load(str(fused)).graph, onnx.load(str(path)).graph
+    fused_path, _ = fused(form)
+    graph, original = onnx.load(str(fused_path)).graph, onnx.load(str(path)).graph
     assert [i.name for i in graph.input] == [i.name for i in original.input]  # stacked past stays
     assert [o.name for o in graph.output] == [o.name for o in original.output]
     attentions = [n for n in graph.node if n.op_type == "MultiHeadAttention"]
     assert all(onnx.helper.get_attribute_value(a) == 1 for n in attentions for a in n.attribute if a.name == "unidirectional")
     feeds = _v4_feeds(source, form, seed=1) + _v4_feeds(source, form, seed=2, padded=False)
-    assert _max_diff(fused, path, feeds) <= TOLERANCE
+    assert _max_diff(fused_path, path, feeds) <= TOLERANCE
 
 
-def test_fused_model_generates_pytorchs_tokens(source, exported, tmp_path):
-    path = exported("opset11")
-    fused, _ = _fuse(path, tmp_path)
+def test_fused_model_generates_pytorchs_tokens(source, exported, fused):
     input_ids, attention_mask = example_prompts(source, 4, 9, seed=3)
     expected = greedy_generate_torch(source, input_ids, attention_mask, 12)
-    for model in (path, fused):
+    for model in (exported("opset11"), fused("opset11")[0]):
         np.testing.assert_array_equal(greedy_v4(ort_session(model), input_ids, attention_mask, 12, num_layers=LAYERS), expected)
 
 
@@ -188,14 +196,14 @@ def test_canonical_forms_alone_change_no_number(source, exported, tmp_path):
 
 
 @pytest.mark.parametrize("causal", ["strict", "from_zero"])
-def test_a_mask_that_is_not_causal_is_not_fused(source, exported, tmp_path, causal):
+def test_a_mask_that_is_not_causal_is_not_fused(source, exported, fused, causal):
     """A tril without its diagonal, a slice that ignores the past: attention stays, the rest fuses, numbers hold."""
     path = exported("opset14", causal)
-    fused, stats = _fuse(path, tmp_path)
+    fused_path, stats = fused("opset14", causal)
     assert _count(stats, "MultiHeadAttention", "Attention") == 0, stats.op_counts
     assert _count(stats, "SkipLayerNormalization") == 2 * LAYERS + 1 and _count(stats, "FastGelu") == LAYERS
     shapes = [StepShape(2, 3, 4), StepShape(1, 6, 1), StepShape(3, 2, 5)]  # past > 0: every query sees a key
-    assert _max_diff(fused, path, _v4_feeds(source, "opset14", shapes, seed=6, padded=False)) <= TOLERANCE
+    assert _max_diff(fused_path, path, _v4_feeds(source, "opset14", shapes, seed=6, padded=False)) <= TOLERANCE
 
 
 def _less_than_export(exported_variant, exporter: str, target):
