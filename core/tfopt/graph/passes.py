@@ -9,10 +9,115 @@ import onnxscript.optimizer
 from onnxscript.rewriter.pattern import RewriteRuleSet
 from onnxscript.rewriter.rules import common as common_rules
 
+from ..errors import TfoptError
 from .rules.decoder_forms import reshape_ranks
 from .values import MS_DOMAIN, constant_array
 
 _COMMUTATIVE = {"Add", "Mul"}
+
+
+def normalize_opset_imports(model: ir.Model) -> None:
+    """Fold an ``ai.onnx`` opset import into the default domain ``""``.
+
+    ``ai.onnx`` is a legal spelling of the default domain and several graph builders write
+    it; onnx-ir already files the nodes under ``""``, but the import stayed ``ai.onnx``, so
+    the written model had no usable default opset and ONNX Runtime read every node at
+    opset 1 ("Unsqueeze has input size 2 not in range [1, 1]").
+    """
+    for owner in (model, *model.functions.values()):
+        imports = owner.opset_imports
+        if "ai.onnx" in imports:
+            version = imports.pop("ai.onnx")
+            imports[""] = max(version, imports.get("", version))
+    if "" not in model.opset_imports and any(node.domain == "" for node in model.graph):
+        raise TfoptError("the model imports no version of the default ONNX domain; its operator versions are unknown")
+
+
+def _is_unknown_dim(dim, allow_zero: bool) -> bool:
+    if isinstance(dim, int):
+        return dim < 0 or (dim == 0 and not allow_zero)
+    return dim.value is None or str(dim.value).strip() in ("", "?")
+
+
+def name_unknown_dims(graph: ir.Graph) -> int:
+    """Dims written as -1, 0, "" or "?" (or not at all) become unknown; returns how many changed.
+
+    On graph inputs each gets a symbol of its own (``input_ids_dim0``): as a number, -1 was
+    folded into ``Shape(input_ids) = [-1, -1]`` (an empty position Range, an invalid Expand);
+    as "?" every such dim would be the same symbol, and in onnx-ir two anonymous dims compare
+    equal. Elsewhere (outputs, stored value_info) a bad number is cleared for shape
+    inference to fill in: a declared number would win over the inferred dim.
+    """
+    changed = 0
+    inputs = {id(value) for value in graph.inputs}
+    values = [*graph.inputs, *graph.outputs, *(out for node in graph for out in node.outputs)]
+    for value in values:
+        shape = value.shape
+        if shape is None or value.const_value is not None:
+            continue
+        is_input = id(value) in inputs
+        dims = list(shape.dims)
+        for axis, dim in enumerate(dims):
+            if is_input and _is_unknown_dim(dim, allow_zero=False):
+                dims[axis] = ir.SymbolicDim(f"{value.name}_dim{axis}")
+            elif not is_input and isinstance(dim, int) and _is_unknown_dim(dim, allow_zero=not value.is_graph_output()):
+                dims[axis] = ir.SymbolicDim(None)
+            else:
+                continue
+            changed += 1
+        if dims != list(shape.dims):
+            value.shape = ir.Shape(dims)
+    return changed
+
+
+def _is_embedding_lookup(node: ir.Node) -> bool | None:
+    """``should_fold`` for constant folding: keep Gather(table, constant ids) as a lookup.
+
+    With static input shapes the position (and segment) ids are constants, and folding
+    their lookup leaves a constant [1, S, H] addend that EmbedLayerNormalization cannot take.
+    A single index (a row picked out of a packed weight) still folds: rules want that row
+    as a constant.
+    """
+    if node.op_type == "Gather" and node.domain == "" and node.attributes.get_int("axis", 0) == 0:
+        table = node.inputs[0].const_value if node.inputs and node.inputs[0] is not None else None
+        ids = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+        if table is not None and len(table.shape) == 2 and table.dtype.is_floating_point() and ids is not None and ids.size > 1:
+            return False
+    return None
+
+
+def merge_repeated_centering(graph: ir.Graph) -> int:
+    """Identical ReduceMean / Sub(x, mean) nodes -> one; returns how many were merged.
+
+    Some exporters compute LayerNorm's ``x - mean`` twice (once for the variance, once for
+    the numerator); one node lets the LayerNorm rules see one centred tensor.
+    """
+    merged = 0
+    for op_type in ("ReduceMean", "Sub"):
+        first: dict[tuple, ir.Node] = {}
+        for node in list(graph):
+            if node.op_type != op_type or node.domain != "" or len(node.outputs) != 1:
+                continue
+            if op_type == "Sub" and (node.inputs[1] is None or node.inputs[1].producer() is None or node.inputs[1].producer().op_type != "ReduceMean"):
+                continue
+            key = (
+                tuple(_value_key(v) for v in node.inputs),
+                tuple(sorted((name, repr(attr.value)) for name, attr in node.attributes.items())),
+            )
+            if key not in first:
+                first[key] = node
+                continue
+            node.outputs[0].replace_all_uses_with(first[key].outputs[0], replace_graph_outputs=False)
+            merged += 1
+    return merged
+
+
+def _value_key(value: ir.Value | None):
+    """Identity of an operand; equal constants (two copies of the same axes) count as one."""
+    array = constant_array(value)
+    if array is not None:
+        return ("const", array.dtype.str, array.shape, array.tobytes())
+    return ("value", id(value))
 
 
 def canonicalize_commutative(graph: ir.Graph) -> None:
@@ -113,17 +218,22 @@ def reshape_constant_weights(graph: ir.Graph) -> int:
 
 
 def prepare(model: ir.Model) -> None:
-    """Fold constants and shape computations, infer shapes, canonicalize operand order.
+    """Normalize what graph builders spell differently, fold constants and shape computations,
+    infer shapes, canonicalize operand order.
 
     Legacy (TorchScript) exports carry Constant nodes and no intermediate shapes;
     after this they look like dynamo exports to the rules.
     """
+    normalize_opset_imports(model)
+    name_unknown_dims(model.graph)
     simplifications = _exact_simplifications(model.opset_imports.get("", 1))
     for _ in range(2):
         reshape_ranks(model.graph)  # before opset 13, shape inference leaves computed Reshapes rankless
-        onnxscript.optimizer.fold_constants(model, onnx_shape_inference=True)
+        onnxscript.optimizer.fold_constants(model, onnx_shape_inference=True, should_fold=_is_embedding_lookup)
         reshape_constant_weights(model.graph)
         RewriteRuleSet(simplifications).apply_to_model(model)
+        onnxscript.optimizer.remove_unused_nodes(model)
+    if merge_repeated_centering(model.graph):
         onnxscript.optimizer.remove_unused_nodes(model)
     if shapes_from_sources(model.graph):
         common_passes.RemoveUnusedNodesPass()(model)

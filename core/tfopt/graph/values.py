@@ -112,3 +112,101 @@ def int32_of(op, value: ir.Value) -> ir.Value:
     if value.dtype == ir.DataType.INT32:
         return value
     return op.Cast(value, to=ir.DataType.INT32)
+
+
+# --- Elementwise arithmetic read as a polynomial (activation formulas in any operand order) ---
+
+Monomial = tuple[tuple[int, int], ...]  # ((id of an atom value, power), ...), sorted
+_POLYNOMIAL_OPS = {"Add", "Sub", "Mul", "Div", "Neg", "Pow"}
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def polynomial(
+    value: ir.Value, *, max_const_rank: int = 1, max_nodes: int = 40, max_terms: int = 16
+) -> tuple[dict[Monomial, float], dict[int, ir.Value]] | None:
+    """``value`` as a polynomial with scalar coefficients over "atom" values; None if too large.
+
+    Add/Sub/Mul/Neg, Div by a scalar constant and Pow by a small integer are expanded;
+    an operand read anywhere else (more than one use, a graph output) or made by any
+    other op is an atom. So ``0.5*x*(1+t)``, ``(x*0.5)*(t+1)`` and ``x*0.5 + 0.5*x*t`` give
+    the same {x: 0.5, x*t: 0.5} whatever their operand order or grouping. Scalar
+    constants of rank above ``max_const_rank`` stay atoms (they would broadcast the rank).
+    Returns (coefficients by monomial, atoms by id).
+    """
+    atoms: dict[int, ir.Value] = {}
+    visited = 0
+
+    def number(v: ir.Value) -> float | None:
+        array = constant_array(v)
+        if array is None or array.size != 1 or array.ndim > max_const_rank:
+            return None
+        return float(array.reshape(()))
+
+    def atom(v: ir.Value) -> dict[Monomial, float]:
+        atoms[id(v)] = v
+        return {((id(v), 1),): 1.0}
+
+    def add(p, q, sign=1.0):
+        out = dict(p)
+        for mono, coeff in q.items():
+            out[mono] = out.get(mono, 0.0) + sign * coeff
+        return {mono: coeff for mono, coeff in out.items() if coeff != 0.0}
+
+    def times(p, q):
+        out: dict[Monomial, float] = {}
+        for m1, c1 in p.items():
+            for m2, c2 in q.items():
+                powers = dict(m1)
+                for key, power in m2:
+                    powers[key] = powers.get(key, 0) + power
+                mono = tuple(sorted(powers.items()))
+                out[mono] = out.get(mono, 0.0) + c1 * c2
+        if len(out) > max_terms:
+            raise _TooLarge
+        return {mono: coeff for mono, coeff in out.items() if coeff != 0.0}
+
+    def expand(v: ir.Value | None, root: bool = False) -> dict[Monomial, float]:
+        nonlocal visited
+        if v is None:
+            raise _TooLarge
+        constant = number(v)
+        if constant is not None:
+            return {(): constant} if constant != 0.0 else {}
+        node = v.producer()
+        if node is None or node.domain != "" or node.op_type not in _POLYNOMIAL_OPS:
+            return atom(v)
+        if not root and (len(v.uses()) != 1 or v.is_graph_output()):
+            return atom(v)
+        visited += 1
+        if visited > max_nodes:
+            raise _TooLarge
+        operands = node.inputs
+        if node.op_type == "Neg":
+            return add({}, expand(operands[0]), -1.0)
+        if len(operands) != 2:
+            return atom(v)
+        if node.op_type == "Add":
+            return add(expand(operands[0]), expand(operands[1]))
+        if node.op_type == "Sub":
+            return add(expand(operands[0]), expand(operands[1]), -1.0)
+        if node.op_type == "Mul":
+            return times(expand(operands[0]), expand(operands[1]))
+        if node.op_type == "Div":
+            divisor = number(operands[1])
+            return times(expand(operands[0]), {(): 1.0 / divisor}) if divisor else atom(v)
+        exponent = number(operands[1])  # Pow
+        if exponent is None or exponent != int(exponent) or not 1 <= exponent <= 4:
+            return atom(v)
+        base = expand(operands[0])
+        result = base
+        for _ in range(int(exponent) - 1):
+            result = times(result, base)
+        return result
+
+    try:
+        return expand(value, root=True), atoms
+    except _TooLarge:
+        return None

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 
+import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from ..values import MS_DOMAIN, is_constant_vector, scalar
+from ..values import MS_DOMAIN, is_constant_vector, polynomial, scalar
 
 _SQRT2 = math.sqrt(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -99,6 +100,89 @@ class TanhGelu(_GeluFormula):
         return op.FastGelu(x, _domain=MS_DOMAIN)
 
 
+_QUICK_GELU_ALPHA = 1.702
+# Element types ORT's FastGelu / Gelu / QuickGelu kernels take on CPU and CUDA alike.
+_CONTRIB_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16)
+
+
+class GeluAlgebra(pattern.RewriteRuleClassBase):
+    """A Gelu-family formula recognised by its algebra, whatever the operand order and grouping.
+
+    - "tanh": 0.5·x·(1 + tanh(c·x + c·a·x³)), c = √(2/π), a = 0.044715 -> FastGelu(x); the
+      argument may be written c·(x + a·x³), c·x·(1 + a·x²), with Pow or Mul;
+    - "erf": 0.5·x·(1 + erf(x/√2)) or 0.5·x·(1 - erf(-x/√2)) -> Gelu(x);
+    - "sigmoid": x·sigmoid(α·x), α ≈ 1.702 -> QuickGelu(x, alpha=α).
+
+    The pattern is just the outermost Mul (or Add); the check reads the arithmetic under
+    it as a polynomial over its leaves (:func:`polynomial`). Commuted pattern variants
+    would need 2^n rules for n non-constant Mul/Add nodes. Internal nodes must have no
+    other reader, so a shared sub-expression keeps the formula as it is.
+    """
+
+    _FUNCTIONS = {"tanh": "Tanh", "erf": "Erf", "sigmoid": "Sigmoid"}
+
+    def __init__(self, kind: str, root: str = "Mul"):
+        name = {"tanh": "FastGeluAlgebra", "erf": "GeluAlgebra", "sigmoid": "QuickGelu"}[kind]
+        super().__init__(name=name)
+        self.kind, self.root = kind, root
+
+    def pattern(self, op, a, b):
+        return getattr(op, self.root)(a, b, _outputs=["out"])
+
+    def check(self, context, out, **_):
+        found = self._recognise(out)
+        if found is None:
+            return pattern.MatchResult().fail(f"not a {self.kind} Gelu formula")
+        self._x, self._alpha = found
+        return pattern.MatchResult()
+
+    def _recognise(self, out: ir.Value) -> tuple[ir.Value, float] | None:
+        rank = out.shape.rank() if out.shape is not None else 1
+        outer = polynomial(out, max_const_rank=rank)
+        if outer is None:
+            return None
+        terms, atoms = outer
+        functions = [v for v in atoms.values() if v.producer() is not None and v.producer().op_type == self._FUNCTIONS[self.kind]]
+        if len(functions) != 1 or len(atoms) != 2:
+            return None
+        (f,) = functions
+        (x,) = [v for v in atoms.values() if v is not f]
+        if x.dtype not in (None, *_CONTRIB_TYPES) or (x.shape is not None and out.shape is not None and x.shape.rank() != rank):
+            return None
+        linear, gated = ((id(x), 1),), tuple(sorted(((id(x), 1), (id(f), 1))))
+        inner = polynomial(f.producer().inputs[0], max_const_rank=rank)
+        if inner is None or set(inner[1]) != {id(x)}:
+            return None
+        argument = inner[0]
+        if self.kind == "sigmoid":
+            alpha = argument.get(linear)
+            if set(terms) != {gated} or not _close_number(terms[gated], 1.0) or set(argument) != {linear}:
+                return None
+            return (x, alpha) if _close_number(alpha, _QUICK_GELU_ALPHA) else None
+        if set(terms) != {linear, gated} or not _close_number(terms[linear], 0.5):
+            return None
+        sign = terms[gated] / terms[linear]  # +1: 1 + f(u); -1: 1 - f(u), with f odd
+        if not (_close_number(sign, 1.0) or _close_number(sign, -1.0)):
+            return None
+        if self.kind == "erf":
+            expected = {linear: math.copysign(1.0 / _SQRT2, sign)}
+        else:
+            cubic = ((id(x), 3),)
+            expected = {linear: math.copysign(_SQRT_2_OVER_PI, sign), cubic: math.copysign(_SQRT_2_OVER_PI * 0.044715, sign)}
+        if set(argument) != set(expected) or not all(_close_number(argument[k], v) for k, v in expected.items()):
+            return None
+        return x, 0.0
+
+    def rewrite(self, op, out, **_):
+        if self.kind == "sigmoid":
+            return op.QuickGelu(self._x, alpha=self._alpha, _domain=MS_DOMAIN)
+        return op.FastGelu(self._x, _domain=MS_DOMAIN) if self.kind == "tanh" else op.Gelu(self._x, _domain=MS_DOMAIN)
+
+
+def _close_number(number: float | None, expected: float, rel: float = 1e-3) -> bool:
+    return number is not None and math.isclose(number, expected, rel_tol=rel)
+
+
 class OnnxGelu(pattern.RewriteRuleClassBase):
     """The opset-20 ``Gelu`` op -> the contrib op of the same maths (so the bias fold below applies)."""
 
@@ -139,11 +223,13 @@ class FastGeluBias(pattern.RewriteRuleClassBase):
 
 
 def gelu_rules() -> list[pattern.RewriteRule]:
-    return [*ErfGelu.rules(), *ErfcGelu.rules(), OnnxGelu.rule()]
+    """Exact Gelu in its common groupings first (cheap patterns), then any other order; QuickGelu."""
+    algebra = [GeluAlgebra.rule("erf", root) for root in ("Mul", "Add")]
+    return [*ErfGelu.rules(), *ErfcGelu.rules(), OnnxGelu.rule(), *algebra, GeluAlgebra.rule("sigmoid")]
 
 
 def fast_gelu_rules() -> list[pattern.RewriteRule]:
-    return TanhGelu.rules()
+    return [*TanhGelu.rules(), *(GeluAlgebra.rule("tanh", root) for root in ("Mul", "Add"))]
 
 
 def bias_gelu_rules() -> list[pattern.RewriteRule]:

@@ -33,26 +33,99 @@ def _reduces_last_axis(node: ir.Node) -> bool:
     return axes[0] == -1 or (rank is not None and axes[0] == rank - 1)
 
 
-class DecomposedLayerNorm(pattern.RewriteRuleClassBase):
-    """(x - mean) / sqrt(var + eps) * gamma + beta -> LayerNormalization."""
+def _keeps_dims(value: ir.Value) -> bool:
+    return value.producer().attributes.get_int("keepdims", 1) == 1
 
-    def pattern(self, op, x, two, eps, gamma, beta):
-        mean = op.ReduceMean(x, _allow_other_inputs=True, _outputs=["mean"])
-        centered = op.Sub(x, mean)
+
+# Narrow float types whose LayerNorm exporters compute in float32 between two Casts.
+_NARROW_FLOATS = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+
+
+def _cast_to(value: ir.Value) -> int | None:
+    return value.producer().attributes.get_int("to")
+
+
+class DecomposedLayerNorm(pattern.RewriteRuleClassBase):
+    """(x - mean) / sqrt(var + eps) * gamma + beta -> LayerNormalization.
+
+    The division is also written as a product with ``Reciprocal(std)`` or ``1 / std``
+    (either operand order), the square as ``Pow(d, 2)`` or ``d * d``. With ``cast``, the
+    normalisation runs in float32 between two Casts while x, gamma and beta are
+    float16/bfloat16 -- torch's LayerNorm of a half model at opset < 17:
+    ``Cast16(normalize(Cast32(x))) * gamma + beta`` becomes one LayerNormalization in the
+    narrow type, which computes in float32 inside (``stash_type`` 1), as the Casts did.
+    """
+
+    def __init__(self, cast: bool = False):
+        super().__init__(name="DecomposedLayerNorm[cast]" if cast else "DecomposedLayerNorm")
+        self.cast = cast
+
+    def pattern(self, op, x, two, eps, one, gamma, beta):
+        source = op.Cast(x, _outputs=["widened"]) if self.cast else x
+        mean = op.ReduceMean(source, _allow_other_inputs=True, _outputs=["mean"])
+        centered = op.Sub(source, mean)
         square = pattern.OrValue([op.Pow(centered, two), op.Mul(centered, centered)])
         variance = op.ReduceMean(square, _allow_other_inputs=True, _outputs=["variance"])
-        normalized = op.Div(centered, op.Sqrt(op.Add(variance, eps)))
+        std = op.Sqrt(op.Add(variance, eps))
+        inverse = pattern.OrValue([op.Reciprocal(std), op.Div(one, std)])
+        normalized = pattern.OrValue([op.Div(centered, std), op.Mul(centered, inverse), op.Mul(inverse, centered)])
+        if self.cast:
+            normalized = op.Cast(normalized, _outputs=["narrowed"])
         return op.Add(op.Mul(normalized, gamma), beta)
 
-    def check(self, context, mean, variance, eps, gamma, beta, two=None, **_):
+    def check(self, context, x, mean, variance, eps, gamma, beta, two=None, one=None, **tags):
         if two is not None and scalar(two) != 2.0:
+            return False
+        if one is not None and scalar(one) != 1.0:
             return False
         if scalar(eps) is None or not (is_constant_vector(gamma) and is_constant_vector(beta)):
             return False
+        if not (_keeps_dims(mean) and _keeps_dims(variance)):
+            return False
+        if self.cast and not self._casts_around(x, tags["widened"], tags["narrowed"], gamma, beta):
+            return False
         return _reduces_last_axis(mean.producer()) and _reduces_last_axis(variance.producer())
+
+    @staticmethod
+    def _casts_around(x, widened, narrowed, gamma, beta) -> bool:
+        """x is float16/bfloat16, widened to float32 and narrowed back to x's type before gamma/beta (of x's type)."""
+        if x.dtype not in _NARROW_FLOATS or _cast_to(widened) != ir.DataType.FLOAT or _cast_to(narrowed) != x.dtype:
+            return False
+        return all(v.const_value is not None and v.const_value.dtype == x.dtype for v in (gamma, beta))
 
     def rewrite(self, op, x, eps, gamma, beta, **_):
         return op.LayerNormalization(x, gamma, beta, axis=-1, epsilon=scalar(eps))
+
+
+class LayerNormCastRoundTrip(pattern.RewriteRuleClassBase):
+    """Cast16(LayerNormalization(Cast32(x16), gamma32, beta32)) -> LayerNormalization(x16, gamma16, beta16).
+
+    Mixed-precision models keep LayerNorm (gamma and beta included) in float32 between
+    two Casts. The narrow LayerNormalization computes in float32 too; only gamma and beta
+    are rounded to x's type, which is what lets SkipLayerNormalization take the residual
+    Add before it.
+    """
+
+    def pattern(self, op, x, gamma, beta):
+        widened = op.Cast(x, _outputs=["widened"])
+        normalized = op.LayerNormalization(widened, gamma, beta, _outputs=["normalized"])
+        return op.Cast(normalized, _outputs=["narrowed"])
+
+    def check(self, context, x, gamma, beta, widened, normalized, narrowed, **_):
+        if x.dtype not in _NARROW_FLOATS or _cast_to(widened) != ir.DataType.FLOAT or _cast_to(narrowed) != x.dtype:
+            return False
+        node = normalized.producer()
+        if node.attributes.get_int("axis", -1) != -1 or len(node.outputs) != 1:
+            return False
+        return all(is_constant_vector(v) and v.const_value.dtype == ir.DataType.FLOAT for v in (gamma, beta))
+
+    def rewrite(self, op, x, gamma, beta, normalized, **_):
+        epsilon = normalized.producer().attributes.get_float("epsilon", 1e-5)
+        gamma, beta = (
+            op.initializer(ir.tensor(constant_array(v).astype(x.dtype.numpy()), name=f"{v.name}_{x.dtype.name.lower()}"))
+            for v in (gamma, beta)
+        )
+        return op.LayerNormalization(x, gamma, beta, axis=-1, epsilon=epsilon)
 
 
 def _is_last_axis_mean(value: ir.Value) -> bool:
@@ -116,10 +189,45 @@ class TfLayerNorm(pattern.RewriteRuleClassBase):
         return op.LayerNormalization(x, gamma, beta, axis=-1, epsilon=scalar(eps))
 
 
-def _is_broadcast_row(value: ir.Value) -> bool:
-    """A (1, S, H)-shaped addend (position embeddings): it must be the skip, not the input."""
-    shape = value.shape
-    return shape is not None and shape.rank() == 3 and shape[0] == 1
+# Element types ONNX Runtime's SkipLayerNormalization kernels take (CPU and CUDA): float and float16.
+_SKIP_LN_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16)
+
+
+def _skip_ln_takes(value: ir.Value) -> bool:
+    return value.dtype is None or value.dtype in _SKIP_LN_TYPES
+
+
+def _may_be_equal(x, y) -> bool:
+    """Two dims an Add combines without provably broadcasting: equal numbers, or no 1 on either side.
+
+    A symbolic dim against a number other than 1 (or another symbol) is taken as equal,
+    as exports' residual sums are; a 1 against anything but 1 is a broadcast.
+    """
+    if isinstance(x, int) and isinstance(y, int):
+        return x == y
+    return x != 1 and y != 1
+
+
+def _residual_operands(a: ir.Value, b: ir.Value) -> tuple[ir.Value, ir.Value] | None:
+    """(input, skip) for SkipLayerNormalization(a + b), or None if the Add broadcasts otherwise.
+
+    The fused op takes a skip of the input's shape, (1, S, H) or (S, H) -- position
+    embeddings added to every batch row -- and no other broadcast. Equal shapes are a
+    plain residual, static batch-1 ones included. With a shape unknown the Add is taken
+    as a residual.
+    """
+    if a.shape is None or b.shape is None:
+        return a, b
+    for first, second in ((a, b), (b, a)):
+        big, small = list(first.shape.dims), list(second.shape.dims)
+        if len(small) > len(big) or len(big) < 2 or not all(map(_may_be_equal, big[-2:], small[-2:])):
+            continue
+        leading = small[:-2]
+        if len(small) == len(big) and all(map(_may_be_equal, big[:-2], leading)):
+            return first, second
+        if len(big) == 3 and leading in ([], [1]):
+            return first, second
+    return None
 
 
 class SkipLayerNorm(pattern.RewriteRuleClassBase):
@@ -159,12 +267,13 @@ class SkipLayerNorm(pattern.RewriteRuleClassBase):
             return False
         if a.const_value is not None or b.const_value is not None:
             return False
-        return not (_is_broadcast_row(a) and _is_broadcast_row(b))
+        if not _skip_ln_takes(a):
+            return False
+        return _residual_operands(a, b) is not None
 
     def rewrite(self, op, a, b, gamma, beta, out, bias=None, **_):
         epsilon = out.producer().attributes.get_float("epsilon", 1e-5)
-        if _is_broadcast_row(a):
-            a, b = b, a
+        a, b = _residual_operands(a, b)
         inputs = [a, b, gamma, beta] + ([bias] if self.with_bias else [])
         if not self.keep_sum:
             return op.SkipLayerNormalization(*inputs, epsilon=epsilon, _domain=MS_DOMAIN)
@@ -173,7 +282,8 @@ class SkipLayerNorm(pattern.RewriteRuleClassBase):
 
 
 def layer_norm_rules() -> list[pattern.RewriteRule]:
-    return [DecomposedLayerNorm.rule(), TfLayerNorm.rule()]
+    # The cast-round-trip rule runs last: it takes the LayerNormalization the others wrote.
+    return [DecomposedLayerNorm.rule(cast=True), DecomposedLayerNorm.rule(), TfLayerNorm.rule(), LayerNormCastRoundTrip.rule()]
 
 
 def skip_layer_norm_rules() -> list[pattern.RewriteRule]:
