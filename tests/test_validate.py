@@ -257,3 +257,15 @@ def test_validate_written_removes_a_converted_model_that_fails(tiny_bert, tmp_pa
         validate_written(tmp_path / "fused.fp16.onnx", tmp_path / "fused.onnx", "fp16")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fused.onnx"]
     assert Reference(tmp_path / "fused.onnx").validate(tmp_path / "fused.onnx").passed
+
+
+def test_a_half_precision_input_is_held_to_the_fp16_bound_and_its_reference_runs_unoptimized(tmp_path):
+    """torch's fp16 LayerNorm form: ONNX Runtime's own LayerNorm fusion refuses it at load
+    ("bound to different types"), and fusing it into fp16 LayerNormalization moves fp16 rounding."""
+    from test_graph_forms import encoder
+
+    original = encoder(ln="cast_fp32", dtype=np.float16)
+    onnx.save(original, tmp_path / "in.onnx")
+    result = fuse_file(tmp_path / "in.onnx", tmp_path / "out.onnx", ModelInfo("bert"))
+    assert result.validation.passed and result.validation.precision == "fp16" and result.dropped_rules == []
+    assert result.op_counts["SkipLayerNormalization"] == 2 * LAYERS and result.op_counts["EmbedLayerNormalization"] == 1

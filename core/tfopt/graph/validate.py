@@ -52,13 +52,20 @@ class ValidationFailed(TfoptError):
         self.validation = validation
 
 
-def _ort_session(path: Path, threads: int = 0):
+def _ort_session(path: Path, threads: int = 0, *, optimized: bool = True):
+    """A CPU session; ``optimized``: with all of ONNX Runtime's graph optimizations, as deployed.
+
+    The reference runs without them: its numbers are then the ONNX semantics of the input
+    itself, and an input that ORT's own rewrites break (torch's fp16 LayerNorm form) still
+    serves as a reference.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads  # 0 = ONNX Runtime's default (one per core)
     options.log_severity_level = 4  # ORT's own warnings and errors reach the user as one line, not as logs
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    level = "ORT_ENABLE_ALL" if optimized else "ORT_DISABLE_ALL"
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     # Prepacking re-lays every MatMul weight for speed: most of a session's start-up at
     # bert-base size (0.7 s of 0.8 s here), and pointless for two tiny validation runs.
     options.add_session_config_entry("session.disable_prepacking", "1")
@@ -212,6 +219,22 @@ def compare_outputs(reference: np.ndarray, actual: np.ndarray, valid: np.ndarray
     return score, None if score <= bound else f"max difference {score * scale:.3g} (> {bound:g} x {scale:.3g})"
 
 
+_HALF_TYPES = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
+def computes_in_half(path: Path) -> bool:
+    """Whether a model holds half-precision weights, inputs or outputs, or casts to half precision."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    if any(init.data_type in _HALF_TYPES for init in graph.initializer):
+        return True
+    if any(value.type.tensor_type.elem_type in _HALF_TYPES for value in (*graph.input, *graph.output)):
+        return True
+    return any(
+        node.op_type == "Cast" and any(attr.name == "to" and attr.i in _HALF_TYPES for attr in node.attribute)
+        for node in graph.node
+    )
+
+
 class Reference:
     """The model a candidate must match: its session, feeds and outputs, computed once.
 
@@ -226,6 +249,7 @@ class Reference:
         self._state: tuple | None = None
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._optimized_failure: bool | None = None
 
     def prefetch(self) -> "Reference":
         """Start computing the reference outputs in the background; :meth:`validate` waits for them."""
@@ -254,7 +278,7 @@ class Reference:
         notes: list[str] = []
         checker = _checker_problem(self.path)
         try:
-            session = _ort_session(self.path, threads)
+            session = _ort_session(self.path, threads, optimized=False)
         except Exception as exc:
             raise TfoptError(
                 f"{self.path}: the input does not load in ONNX Runtime ({first_line(exc)}), so its optimized "
@@ -271,13 +295,25 @@ class Reference:
                 failure = first_line(exc)
         if not feeds:
             notes.append(f"parity not checked: the input does not run on generated inputs ({failure})")
-        return checker, feeds, outputs, notes
+        return checker, feeds, outputs, notes, computes_in_half(self.path)
+
+    def _fails_when_optimized(self) -> bool:
+        """Whether the input itself fails to load with ONNX Runtime's graph optimizations on."""
+        if self._optimized_failure is None:
+            try:
+                _ort_session(self.path)
+                self._optimized_failure = False
+            except Exception:
+                self._optimized_failure = True
+        return self._optimized_failure
 
     def validate(self, candidate: str | Path, precision: str = "fp32") -> Validation:
         """Check ``candidate`` against this reference; never raises for a bad candidate."""
         start = time.perf_counter()
         candidate = Path(candidate)
-        checker, feeds, outputs, notes = self._load()
+        checker, feeds, outputs, notes, half = self._load()
+        if half and precision == "fp32":
+            precision = "fp16"  # the input computes in half precision itself: fusion moves its rounding
         result = Validation(passed=False, precision=precision, notes=list(notes))
 
         def done(problem: str | None) -> Validation:
@@ -292,7 +328,13 @@ class Reference:
         try:
             session = _ort_session(candidate)
         except Exception as exc:
-            return done(f"ONNX Runtime cannot load it ({first_line(exc)})")
+            if not self._fails_when_optimized():
+                return done(f"ONNX Runtime cannot load it ({first_line(exc)})")
+            try:  # ORT's own optimizations break the input as well: not this model's doing
+                session = _ort_session(candidate, optimized=False)
+            except Exception as again:
+                return done(f"ONNX Runtime cannot load it ({first_line(again)})")
+            result.notes.append(f"ONNX Runtime's graph optimizations fail on the input too ({first_line(exc)}); compared without them")
         wanted = list(outputs[0]) if outputs else []
         present = {o.name for o in session.get_outputs()}
         lost = [name for name in wanted if name not in present]
