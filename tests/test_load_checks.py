@@ -170,6 +170,22 @@ def test_attribute_of_the_wrong_type_is_refused(tmp_path, attribute, expected):
     assert "'softmax' (Softmax)" in message and expected in message
 
 
+def test_attribute_tagged_graph_without_a_graph_is_refused(tmp_path):
+    model = _model()
+    model.graph.node.append(helper.make_node("Softmax", ["y"], ["z"], name="softmax", axis=-1))
+    model.graph.node[-1].attribute[0].type = onnx.AttributeProto.GRAPH
+    model.graph.output[0].name = "z"
+    assert "tagged GRAPH but holds no graph" in _refused(_save(model, tmp_path / "m.onnx"))
+
+
+@pytest.mark.parametrize("to", [0, 99, -3])
+def test_cast_to_a_type_that_does_not_exist_is_refused(tmp_path, to):
+    model = _model()
+    model.graph.node.append(helper.make_node("Cast", ["y"], ["z"], name="cast", to=to))
+    model.graph.output[0].name = "z"
+    assert f"'to' = {to} is not an ONNX data type" in _refused(_save(model, tmp_path / "m.onnx"))
+
+
 def test_graph_without_outputs_or_nodes_is_refused(tmp_path):
     model = _model()
     del model.graph.output[:]

@@ -27,6 +27,7 @@ from ..errors import TfoptError, first_line
 
 DEFAULT_DOMAIN_ALIAS = "ai.onnx"
 _SUBGRAPH_TYPES = (AttributeProto.GRAPH, AttributeProto.GRAPHS)
+_DTYPE_ATTRIBUTES = ("to", "dtype", "output_datatype")  # Cast.to, EyeLike/Random*.dtype, ...: a TensorProto type
 
 # Typed (non-raw) field and values per element for the types whose count is simple to check.
 _TYPED_FIELDS = {
@@ -222,11 +223,33 @@ def _check_nodes(graph: onnx.GraphProto, ir_version: int, opsets: dict[str, int]
     context.opset_imports = opsets
     for node in graph.node:
         if any(attribute.type in _SUBGRAPH_TYPES for attribute in node.attribute):
-            continue  # the checker would need the enclosing scope to check a body; onnx-ir reads it regardless
+            _check_subgraph_node(node, opsets)  # the checker would need the enclosing scope to check the body
+            continue
         try:
             onnx.checker.check_node(node, context)
         except Exception as exc:  # onnx.checker.ValidationError, and others for odd protos
             raise TfoptError(f"{_describe(node)}: {first_line(exc)}") from None
+        if node.domain in ("", "ai.onnx.ml"):
+            for attribute in node.attribute:  # the checker checks an int's type, not that it names a data type
+                if attribute.name in _DTYPE_ATTRIBUTES and attribute.type == AttributeProto.INT and not _known_type(attribute.i):
+                    raise TfoptError(f"{_describe(node)}: attribute {attribute.name!r} = {attribute.i} is not an ONNX data type")
+
+
+def _check_subgraph_node(node: onnx.NodeProto, opsets: dict[str, int]) -> None:
+    """A node with a graph attribute: the graph is there, and each attribute has the type the op defines."""
+    for attribute in node.attribute:
+        if attribute.type == AttributeProto.GRAPH and not attribute.HasField("g"):
+            raise TfoptError(f"{_describe(node)}: attribute {attribute.name!r} is tagged GRAPH but holds no graph")
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opsets.get(node.domain, 1), node.domain)
+    except Exception:  # an op onnx does not define (custom domain): nothing more to compare with
+        return
+    for attribute in node.attribute:
+        declared = schema.attributes.get(attribute.name)
+        if declared is not None and int(declared.type) != attribute.type:
+            raise TfoptError(f"{_describe(node)}: attribute {attribute.name!r} should be "
+                             f"{AttributeProto.AttributeType.Name(int(declared.type))}, "
+                             f"is {AttributeProto.AttributeType.Name(attribute.type) if attribute.type in AttributeProto.AttributeType.values() else attribute.type}")
 
 
 def _check_value_types(graph: onnx.GraphProto) -> None:
