@@ -98,9 +98,17 @@ def _mask_term(g: Graph, mask_form: str, x: str) -> tuple[str | None, str]:
     """(what to add to or subtract from the scores, "add" | "sub")."""
     if mask_form == "none":
         return None, "add"
-    if mask_form in ("additive", "sub"):
+    if mask_form in ("additive", "sub", "inverted", "causal_padding"):
         m = g.op("Cast", g.op("Unsqueeze", "mask", g.ints([1, 2])), to=TensorProto.FLOAT)
         dropped = g.op("Sub", g.const(1.0), m)
+        if mask_form == "inverted":  # drops the real tokens, keeps the padding
+            return g.op("Mul", m, g.const(-10000.0)), "add"
+        if mask_form == "causal_padding":  # a decoder's mask: padding AND j <= i
+            size = g.op("Squeeze", g.dims_of(x, 1, 2), g.ints([0]))
+            positions = g.op("Range", g.const(0, np.int64), size, g.const(1, np.int64))
+            later = g.op("Greater", g.op("Unsqueeze", positions, g.ints([0])), g.op("Unsqueeze", positions, g.ints([1])))
+            future = g.op("Mul", g.op("Cast", later, to=TensorProto.FLOAT), g.const(-10000.0))
+            return g.op("Add", g.op("Mul", dropped, g.const(-10000.0)), future), "add"
         if mask_form == "sub":  # keras2onnx: scores - 10000 * (1 - mask)
             return g.op("Mul", dropped, g.const(10000.0)), "sub"
         return g.op("Mul", dropped, g.const(-10000.0)), "add"
@@ -145,7 +153,7 @@ def attention_model(
     else:
         merged = g.op("MatMul", g.op("Reshape", context, g.ints([0, 0, width])), g.weight(width, D))
     g.nodes.append(helper.make_node("Add", [merged, g.const(RNG.normal(0, 0.1, size=D))], ["y"]))
-    return _model(g, masked=mask in ("additive", "sub"), opset=opset)
+    return _model(g, masked=mask in ("additive", "sub", "inverted", "causal_padding"), opset=opset)
 
 
 def einsum_attention_model(*, mask="additive") -> onnx.ModelProto:
@@ -166,11 +174,11 @@ def einsum_attention_model(*, mask="additive") -> onnx.ModelProto:
     return _model(g, masked=mask != "none")
 
 
-def _model(g: Graph, *, masked: bool, opset: int = 17) -> onnx.ModelProto:
+def _model(g: Graph, *, masked: bool, opset: int = 17, output_shape=("batch", "sequence", D)) -> onnx.ModelProto:
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence", D])]
     if masked:
         inputs.append(helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", "sequence"]))
-    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", D])
+    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, output_shape)
     graph = helper.make_graph(g.nodes, "attention", inputs, [output], g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
@@ -266,11 +274,12 @@ def test_cuda_target_packs_unequal_widths(form):
     assert _max_diff(original, fused) < 1e-5
 
 
-@pytest.mark.parametrize("case", ["range_from_one", "seq_first_head_split"])
+@pytest.mark.parametrize("case", ["range_from_one", "inverted", "causal_padding", "seq_first_head_split"])
 def test_forms_that_are_not_attention_as_fused_are_left_alone(case):
-    # A mask that drops key 0 for everyone is not "no mask"; a head split in (sequence, batch)
-    # order is not x's (batch, sequence): fusing either would compute something else.
-    kwargs = dict(mask="range_from_one") if case == "range_from_one" else dict(projection="tensordot_seq_first", mask="none")
+    # A mask that drops key 0 for everyone is not "no mask"; one that keeps only the padding,
+    # or adds a causal part, reads the mask input but is not its key padding; a head split in
+    # (sequence, batch) order is not x's (batch, sequence): fusing any would compute something else.
+    kwargs = dict(projection="tensordot_seq_first", mask="none") if case == "seq_first_head_split" else dict(mask=case)
     original = attention_model(**kwargs)
     fused, stats = _fuse_for(original)
     assert "Softmax" in count_ops(fused) and stats.rule_counts["Attention"] == 0
@@ -317,3 +326,20 @@ def test_cli_refuses_wrong_heads_in_one_line_and_writes_nothing(tmp_path):
     lines = [line for line in result.output.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and "num_heads=8 contradicts the model" in lines[0], result.output
     assert not output.exists() and not list(tmp_path.glob("out.onnx*"))
+
+
+@pytest.mark.parametrize("order", ["batch_sequence", "sequence_batch"])
+def test_tensordot_unflatten_is_dropped_only_when_it_restores_batch_and_sequence(order):
+    g = Graph()
+    dims = [g.dims_of("x", 0, 1), g.dims_of("x", 1, 2)]
+    if order == "sequence_batch":
+        dims.reverse()
+    flat = g.op("Reshape", "x", g.ints([-1, D]))
+    unflat = g.op("Reshape", g.op("MatMul", flat, g.weight(D, 24)), g.op("Concat", *dims, g.ints([24]), axis=0))
+    g.nodes.append(helper.make_node("Add", [unflat, g.const(RNG.normal(size=24))], ["y"]))
+    original = _model(g, masked=False, output_shape=["d0", "d1", 24])
+    fused, stats = _fuse_for(original)
+    assert stats.rule_counts["FlattenedMatMul"] == (1 if order == "batch_sequence" else 0)
+    for batch, sequence in SHAPES:
+        feeds = _feeds(original, batch, sequence)
+        np.testing.assert_allclose(_run(fused, feeds), _run(original, feeds), atol=1e-5)

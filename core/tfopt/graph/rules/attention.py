@@ -35,6 +35,7 @@ from onnxscript.rewriter import pattern
 from ..values import MS_DOMAIN, constant_array, int32_of, scalar, shape_tail, source_graph_inputs, traced_graph_input
 from .causal_mask import causal_mask_problem
 from ...errors import TfoptError
+from .padding_mask import key_padding_problem
 from .reshapes import int64_constant, rank_of, same_dim, target_entries, without_casts
 
 _SCALE_TAGS = ["Mul", "Div", "None"]
@@ -215,6 +216,7 @@ class SelfAttention(pattern.RewriteRuleClassBase):
 
     def setup(self):
         self._packed = {}
+        self._mask_verdicts: dict[int, str | None] = {}
 
     def pattern(self, op, x, wq, bq, wk, bk, wv, bv, q_shape, k_shape, v_shape, q_factor, k_factor, s_factor, mask, zero):
         def heads(weight, bias, shape):
@@ -291,7 +293,25 @@ class SelfAttention(pattern.RewriteRuleClassBase):
         if masked == "add" and _is_zero_mask(mask, _score_dims(probs, mask, tags["query_heads"], tags["value_heads"])):
             masked, mask = "none", None  # an always-true mask: attention without one
         self._widths, self._out_rank = (width, v_width), out_rank
-        return self._check_core(context, width, q_shape, probs, masked, mask, zero, tags, split=split)
+        result = self._check_core(context, width, q_shape, probs, masked, mask, zero, tags, split=split)
+        if result and masked == "add":
+            problem = self._padding_problem(context, mask, x, model_width, tags["query_heads"], tags["value_heads"])
+            if problem:
+                return result.fail(problem)
+        return result
+
+    def _padding_problem(self, context, mask, x, model_width, query_heads, value_heads) -> str | None:
+        """Why the additive ``mask`` is not the key padding of the mask input, or None (see :mod:`padding_mask`)."""
+        if id(mask) not in self._mask_verdicts:  # every layer adds the same mask: run it once
+            (heads, size), v_width = self._heads, self._widths[1]
+            known = {
+                x: lambda b, p, s: (b, s, model_width),
+                query_heads: lambda b, p, s: (b, heads, s, size),
+                value_heads: lambda b, p, s: (b, heads, s, v_width // heads),
+            }
+            graph = context.graph_or_function
+            self._mask_verdicts[id(mask)] = key_padding_problem(mask, model=context.model, graph=graph, mask_input=self._mask_input, known=known)
+        return self._mask_verdicts[id(mask)]
 
     def _graph_split(self, shape_value, width: int) -> tuple[int, int] | None:
         """(heads, head size) the Reshape target itself states, or None where it does not say."""
