@@ -11,6 +11,9 @@ and keeps the graph's numbers bit for bit:
 - the scale is ``scores / sqrt(value.size(-1))``, a scalar computed at run time from a
   shape whose head axis is static; it becomes the constant it always is.
 
+Both apply only where the keys are concatenated after a past (decoder attention with
+past); encoder graphs are left to their own rule.
+
 Its stacked ``past_i`` [2, B, N, P, H] unstacked by Split/Squeeze (or Gather) and its
 ``present_i`` stacked by Concat of Unsqueezes need no rewrite: the attention rule takes
 the per-layer key and value wherever they come from and keeps the model's IO.
@@ -50,6 +53,29 @@ def reshape_ranks(graph: ir.Graph) -> int:
             output.shape = ir.Shape([None] * target.shape[0])
             changed += 1
     return changed
+
+
+def _attends_over_past(scores: ir.Value) -> bool:
+    """Scores ``Q . K^T`` (maybe scaled) whose keys are a Concat, past first: decoder attention with past.
+
+    The rewrites here serve that rule only; encoder graphs keep the forms their own rule knows.
+    """
+    node = scores.producer()
+    while node is not None and node.op_type in ("Div", "Mul"):
+        node = node.inputs[0].producer()
+    if node is None or node.op_type != "MatMul":
+        return False
+    key = node.inputs[1]
+    for _ in range(4):
+        producer = key.producer() if key is not None else None
+        if producer is None:
+            return False
+        if producer.op_type == "Concat":
+            return True
+        if producer.op_type not in ("Transpose", "Mul", "Div", "Reshape"):
+            return False
+        key = producer.inputs[0]
+    return False
 
 
 def _reaches(value: ir.Value | None, target: ir.Value, limit: int = 400) -> bool:
@@ -92,6 +118,8 @@ class WhereMaskedScores(pattern.RewriteRuleClassBase):
             return result.fail("Where does not select from attention scores")
         if _reaches(keep, scores) or (extra is not None and _reaches(extra, scores)):
             return result.fail("the mask depends on the scores")
+        if not _attends_over_past(scores):
+            return result.fail("not attention over a past (the keys are no Concat)")
         return result
 
     def rewrite(self, op, keep, scores, fill, probs, extra=None, **_):
@@ -184,11 +212,13 @@ class StaticScoreScale(pattern.RewriteRuleClassBase):
         self.kind = kind
 
     def pattern(self, op, a, b, factor):
-        return getattr(op, self.kind)(op.MatMul(a, b), factor)
+        return getattr(op, self.kind)(op.MatMul(a, b, _outputs=["product"]), factor)
 
-    def check(self, context, factor, **_):
+    def check(self, context, factor, product, **_):
         if constant_array(factor) is not None:
             return pattern.MatchResult().fail("already a constant")
+        if not _attends_over_past(product):
+            return pattern.MatchResult().fail("not attention over a past (the keys are no Concat)")
         value = static_value(factor)
         if value is None or value.size != 1 or value.dtype.kind != "f":
             return pattern.MatchResult().fail("the scale does not follow from static shapes")
