@@ -192,6 +192,8 @@ def test_decoder_feeds_give_past_and_total_lengths_that_add_up(tmp_path):
         oh.make_tensor_value_info("attention_mask", onnx.TensorProto.INT64, ["batch", "total_sequence"]),
         oh.make_tensor_value_info("past_key_values.0.key", onnx.TensorProto.FLOAT, ["batch", 2, "past_sequence", 4]),
         oh.make_tensor_value_info("other_mask", onnx.TensorProto.INT64, ["batch", "past_sequence + sequence"]),
+        # ONNX Runtime's own GPT-2 format: stacked past, the batch on axis 1
+        oh.make_tensor_value_info("past_0", onnx.TensorProto.FLOAT, [2, "batch", 2, "past_sequence", 4]),
     ]
     output = oh.make_tensor_value_info("y", onnx.TensorProto.INT64, ["batch", "sequence"])
     graph = oh.make_graph([oh.make_node("Identity", ["input_ids"], ["y"])], "g", inputs, [output])
@@ -202,7 +204,9 @@ def test_decoder_feeds_give_past_and_total_lengths_that_add_up(tmp_path):
         past = feed["past_key_values.0.key"].shape[2]
         assert past != sequence and feed["attention_mask"].shape == (batch, past + sequence)
         assert feed["other_mask"].shape == (batch, past + sequence)
+        assert feed["past_0"].shape == (2, batch, 2, past, 4)
     assert all(len({v.shape[1] for k, v in feed.items() if v.ndim == 2}) == 1 for feed in flat)
+    assert all(feed["past_0"].shape[1] == feed["input_ids"].shape[0] for feed in flat)
 
 
 def test_cli_optimize_reports_a_left_out_rule_and_writes_a_valid_model(tiny_bert, tmp_path, broken_rule):

@@ -80,9 +80,15 @@ def _checker_problem(path: Path) -> str | None:
     return None
 
 
-def _symbol_sizes(specs: list[GraphInput], symbols: dict[str, list[str | None]], sequence: int) -> dict[str, int]:
+def _batch_sizes(symbols: dict[str, list[str | None]], batch: int) -> dict[str, int]:
+    """Symbols that name the batch: any symbol some input has as its first axis (ORT's GPT-2
+    format stacks past state as [2, batch_size, heads, past, head_size])."""
+    return {names[0]: batch for names in symbols.values() if names and names[0]}
+
+
+def _symbol_sizes(specs: list[GraphInput], symbols: dict[str, list[str | None]], batch: int, sequence: int) -> dict[str, int]:
     """A size for every symbolic dim: past-like symbols differ from the sequence, sums add up."""
-    sizes: dict[str, int] = {}
+    sizes: dict[str, int] = _batch_sizes(symbols, batch)
     for spec in specs:
         for axis, name in enumerate(symbols[spec.name]):
             if not name or name in sizes or _SUM_OF_SYMBOLS.match(name):
@@ -129,7 +135,10 @@ def validation_feeds(path: Path, *, seed: int = 0) -> list[list[dict[str, np.nda
         rng = np.random.default_rng(seed)
         feeds = []
         for batch, sequence in VALIDATION_SHAPES:
-            sizes = _symbol_sizes(specs, symbols, sequence) if readings == "symbolic" else {}
+            if readings == "symbolic":
+                sizes = _symbol_sizes(specs, symbols, batch, sequence)
+            else:
+                sizes = _batch_sizes(symbols, batch)
             feeds.append(_feed(specs, symbols, batch, sequence, sizes, rng))
         sets.append(feeds)
     if sets[0] and all(_same_feed(a, b) for a, b in zip(*sets)):

@@ -173,6 +173,16 @@ def test_fused_model_computes_what_its_input_computes(source, exported, fused, f
     assert _max_diff(fused_path, path, feeds) <= TOLERANCE
 
 
+@pytest.mark.parametrize("form", FORMS)
+def test_validation_checks_parity_on_onnx_runtimes_gpt2_layout(exported, fused, form):
+    """tfopt's own validation feeds this layout (batch on axis 1 of the stacked past, total = past + sequence)."""
+    from tfopt.graph.validate import Reference
+
+    fused_path, _ = fused(form)
+    validation = Reference(exported(form)).validate(fused_path)
+    assert validation.passed and validation.feeds == 2, validation
+
+
 def test_fused_model_generates_pytorchs_tokens(source, exported, fused):
     input_ids, attention_mask = example_prompts(source, 4, 9, seed=3)
     expected = greedy_generate_torch(source, input_ids, attention_mask, 12)
