@@ -5,9 +5,32 @@
 # transformers 5 (PyTorch) and 4.57 (the last with TFBertModel) cannot share one environment.
 # Idempotent: re-running only installs what changed. torch is pinned (constraints.txt) to the
 # CPU wheel; anything else downloads several GB. TFOPT_SKIP_TF=1 skips the TF environment.
+# Headless Chromium (Debian's `chromium`) is installed for the report.html browser checks
+# (tests/test_html_report.py); TFOPT_SKIP_BROWSER=1 skips it, and without root/apt-get those
+# checks are skipped with that reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+
+install_chromium() {
+    if command -v chromium >/dev/null 2>&1 || [ -x /usr/lib/chromium/chromium ]; then
+        return 0
+    fi
+    local sudo=""
+    if [ "$(id -u)" != "0" ]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo="none"; fi
+    fi
+    if [ "$sudo" = "none" ] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "install.sh: chromium not installed (needs apt-get as root); the browser checks of report.html will be skipped" >&2
+        return 0
+    fi
+    $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+        || echo "install.sh: apt-get could not install chromium; the browser checks of report.html will be skipped" >&2
+}
+
+if [ "${TFOPT_SKIP_BROWSER:-0}" != "1" ]; then
+    install_chromium
+fi
 
 make_venv() {
     [ -x "$1/bin/python" ] || "$PYTHON" -m venv "$1"

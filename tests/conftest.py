@@ -55,3 +55,31 @@ def tiny_bert(tmp_path_factory):
     from tfopt_host_models import export_tiny_bert
 
     return export_tiny_bert(tmp_path_factory.mktemp("bert") / "bert.onnx")
+
+
+# Cheap settings for runs whose numbers only feed a report: a few timed calls, few shapes.
+QUICK_RUN_OPTIONS = ("--option", "bench_repeat=3", "--option", "bench_warmup=1", "--option", "bench_sequence_lengths=8,16",
+                     "--batch-sizes", "1,2", "--sequence-lengths", "8,16")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_runs(tmp_path_factory):
+    """Three bert_pt runs of tiny-bert, fp32 (with --profile), fp16 and int8, made in-process once per session."""
+    import importlib.metadata
+
+    from click.testing import CliRunner
+
+    from tfopt.cli import main
+
+    if "bert_pt" not in {entry_point.name for entry_point in importlib.metadata.entry_points(group="tfopt")}:
+        pytest.skip("needs the bert_pt adapter (PyTorch deployment)")
+    base = tmp_path_factory.mktemp("tiny-bert-runs")
+    runs = {}
+    for precision in ("fp32", "fp16", "int8"):
+        extra = ("--profile", "--option", "profile_samples=5", "--option", "profile_sequence_length=16") if precision == "fp32" else ()
+        args = ["-q", "run", "--plugin", "bert_pt", "--model", "tiny-bert", "--precision", precision, *QUICK_RUN_OPTIONS, *extra,
+                "--output", str(base / precision)]
+        result = CliRunner().invoke(main, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        runs[precision] = base / precision
+    return runs

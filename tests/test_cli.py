@@ -112,7 +112,7 @@ def test_cli_unknown_plugin_is_one_line_listing_installed(cli, installed, tmp_pa
 def test_cli_run_writes_outputs_summary_and_progress(cli, installed, tmp_path):
     fakes_module = installed("fake_a", "fake_b", "timer")
     out = _run_dir(cli, tmp_path)
-    assert sorted(p.name for p in out.iterdir()) == ["exported.onnx", "optimized.onnx", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["exported.onnx", "optimized.onnx", "report.html", "report.json"]
     assert {adapter for adapter, _ in fakes_module.CALLS} == {"fake_a"}
     assert fakes_module.TIMER.order == ["export", "fuse", "convert_precision", "make_dummy_inputs", "verify", "benchmark"]
 

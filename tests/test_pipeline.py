@@ -187,7 +187,7 @@ def test_a_run_removes_what_an_earlier_run_wrote_and_nothing_else(fresh_fakes, t
     ctx = _ctx(tmp_path, "fake_a")
     ctx.progress = progress.append
     run_pipeline(_pm(fresh_fakes, "fake_a"), "fake_a", ctx)
-    assert sorted(p.name for p in out.iterdir()) == ["exported.onnx", "notes.txt", "optimized.onnx", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["exported.onnx", "notes.txt", "optimized.onnx", "report.html", "report.json"]
     assert (out / "notes.txt").read_text() == "mine" and (out / "exported.onnx").read_bytes() != b"stale"
     assert any(line.startswith("removed the earlier run's") and "optimized.fp16.onnx" in line for line in progress)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -67,9 +69,12 @@ def test_report_has_every_documented_top_level_field(tmp_path):
     assert list(report) == [
         "schema_version", "tfopt_version", "created_utc", "status", "error", "family", "source", "options",
         "plugins", "outputs", "stages", "export", "fuse", "convert_precision", "make_dummy_inputs", "verify",
-        "benchmark", "warnings",
+        "benchmark", "profile", "environment", "warnings",
     ]
     assert report["schema_version"] == report_module.SCHEMA_VERSION
+    assert report["profile"] is None  # not profiled
+    assert report["environment"]["packages"]["onnxruntime"] == importlib.metadata.version("onnxruntime")
+    assert report["environment"]["cpu_count"] == os.cpu_count()
     assert report["make_dummy_inputs"] is None  # stage never ran
     assert report["options"]["batch_sizes"] == [1, 2]
 

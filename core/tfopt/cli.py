@@ -1,4 +1,4 @@
-"""The ``tfopt`` command: run, export, optimize, verify, bench, plugins.
+"""The ``tfopt`` command: run, export, optimize, verify, bench, profile, report, plugins.
 
 Progress goes to stderr, results to stdout. Exit codes (see ``console.py``): 0 ok,
 1 verification failed (report kept), 2 one-line error.
@@ -148,7 +148,9 @@ def source_options(function):
 RUN_HELP = """Export, fuse, convert, verify and benchmark one model with one adapter.
 
 Writes OUTPUT/exported.onnx, OUTPUT/optimized.onnx (+ optimized.<precision>.onnx for
-fp16/int8) and OUTPUT/report.json (schema: docs/report.md), then prints a summary.
+fp16/int8), OUTPUT/report.json (schema: docs/report.md) and OUTPUT/report.html (the same
+as one page with plots), then prints a summary. --profile adds ONNX Runtime's profile of
+the raw and the final model (docs/profile.md).
 Exits 1 when verification fails (the report is kept), 2 on any other error.
 
 \b
@@ -173,9 +175,11 @@ Examples:
 @click.option("--disable", "disabled", multiple=True, type=click.Choice(FUSION_NAMES), help="Do not apply this fusion (repeatable).")
 @click.option("--target", type=click.Choice(TARGETS), default=None,
               help="Device the fused ops are chosen for: cpu (MultiHeadAttention) or cuda (packed Attention) [default: cpu].")
+@click.option("--profile", "profile", is_flag=True, default=None,
+              help="Also profile the raw and the final model with ONNX Runtime's profiler (settings: --option profile_sequence_length=128 ...; see `tfopt profile`).")
 @click.pass_context
 def run_command(ctx, plugin, source, output, exporter, attn_implementation, opset, extra, precision, input_int32,
-                benchmark, validate, batch_sizes, sequence_lengths, disabled, target):
+                benchmark, validate, batch_sizes, sequence_lengths, disabled, target, profile):
     options = _set(
         parse_options(extra),
         exporter=exporter,
@@ -189,6 +193,7 @@ def run_command(ctx, plugin, source, output, exporter, attn_implementation, opse
         sequence_lengths=parse_int_list(sequence_lengths, "--sequence-lengths"),
         disabled=list(disabled) or None,
         target=target,
+        profile=profile,
     )
     options.setdefault("precision", "fp32")
     options.setdefault("benchmark", True)
@@ -374,6 +379,115 @@ def plugins_command(ctx, as_json):
         if entry["error"]:
             line += f"  error: {entry['error']}"
         click.echo(line)
+
+
+PROFILE_HELP = """Where ONNX Runtime spends the time: kernel time per op type and per node.
+
+TARGET is a `tfopt run` output directory (its raw export and its final model are profiled
+with the adapter's dummy inputs of the given shape and compared: what the fusions removed,
+what is left, the share of time in fused contrib ops) or an ONNX file (inputs generated from
+its graph). Prints a table and writes JSON (default RUN_DIR/profile.json, or MODEL.profile.json
+beside the file). Times are each node's median over --samples runs after --warmup runs.
+
+\b
+Examples:
+  tfopt profile out/ --sequence-length 128 --samples 20
+  tfopt profile model.opt.onnx --batch-size 1 --sequence-length 64 --json
+"""
+
+
+@main.command("profile", help=PROFILE_HELP)
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size of the feed [default: 1].")
+@click.option("--sequence-length", type=click.IntRange(min=1), default=None, help="New tokens per row [default: 32].")
+@click.option("--past-sequence-length", type=click.IntRange(min=0), default=None, help="Past length, for decoders with past inputs [default: 0].")
+@click.option("--samples", type=click.IntRange(min=1), default=None, help="Profiled runs [default: 20].")
+@click.option("--warmup", type=click.IntRange(min=0), default=None, help="Runs before them, left out [default: 3].")
+@click.option("--threads", type=click.IntRange(min=0), default=None, help="ONNX Runtime intra-op threads; 0 = its default [default: 0].")
+@click.option("--top", type=click.IntRange(min=1), default=None, help="Slowest nodes to list [default: 10].")
+@click.option("--output", "output", type=click.Path(path_type=Path), default=None, help="Where to write the JSON.")
+@click.option("--keep-trace", is_flag=True, help="Also keep ONNX Runtime's raw trace (profile.<label>.trace.json, for chrome://tracing or Perfetto).")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON instead of the table.")
+@click.pass_context
+def profile_command(ctx, target, batch_size, sequence_length, past_sequence_length, samples, warmup, threads, top, output, keep_trace, as_json):
+    from .profile import PROFILE_FILE, file_feed, profile_files, profile_lines, profile_run
+    from .report import _portable
+
+    settings = _set(
+        {},
+        profile_batch_size=batch_size,
+        profile_sequence_length=sequence_length,
+        profile_past_sequence_length=past_sequence_length,
+        profile_samples=samples,
+        profile_warmup=warmup,
+        profile_threads=threads,
+        profile_top=top,
+    )
+    if target.is_dir():
+        pm, adapter, run_ctx, exported, report = _run_dir_context(ctx, target, settings)
+        final = resolve_output(report, target, "final")
+        if final is None or not final.is_file() or not exported.model_path.is_file():
+            raise TfoptError(f"{target}: the report names no exported and final model that exist; run `tfopt run` first")
+        output = output or target / PROFILE_FILE
+        if keep_trace:
+            run_ctx.options["profile_trace_dir"] = str(output.parent)
+        result = profile_run(pm, adapter, run_ctx, exported, final)
+        base = target
+    else:
+        if not target.is_file():
+            raise TfoptError(f"{target}: no such ONNX file or run directory")
+        from . import profile as defaults
+
+        shape = (
+            batch_size or defaults.DEFAULT_BATCH_SIZE,
+            sequence_length or defaults.DEFAULT_SEQUENCE_LENGTH,
+            defaults.DEFAULT_PAST_SEQUENCE_LENGTH if past_sequence_length is None else past_sequence_length,
+        )
+        output = output or target.with_name(target.name.removesuffix(".onnx") + ".profile.json")
+        result = profile_files(
+            {target.name: target},
+            file_feed(target, *shape),
+            batch_size=shape[0],
+            sequence_length=shape[1],
+            past_sequence_length=shape[2],
+            samples=samples or defaults.DEFAULT_SAMPLES,
+            warmup=defaults.DEFAULT_WARMUP if warmup is None else warmup,
+            threads=threads or 0,
+            top=top or defaults.DEFAULT_TOP,
+            trace_dir=output.parent if keep_trace else None,
+            progress=ctx.obj["progress"],
+        )
+        base = output.parent
+    data = _portable(result, base)
+    from .report import write_report
+
+    write_report(data, output)
+    click.echo(json.dumps(data, indent=2) if as_json else "\n".join(profile_lines(data, top=top or 10) + [f"written: {output}"]))
+
+
+REPORT_HELP = """One self-contained HTML page (plots inline, no network) for one or more run directories.
+
+Several directories are shown side by side first (fp32 vs fp16 vs int8, two exporters,
+two machines), then each on its own: what was run, fused-op coverage, parity, latency,
+the profile when there is one (report.json's, or profile.json beside it), the warnings.
+
+\b
+Examples:
+  tfopt report out/ --output report.html
+"""
+
+
+@main.command("report", help=REPORT_HELP)
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--output", "output", required=True, type=click.Path(path_type=Path), help="The .html file to write.")
+def report_command(run_dirs, output):
+    from .html_report import write_report_page
+
+    for run_dir in run_dirs:
+        if not run_dir.is_dir():
+            raise TfoptError(f"{run_dir}: not a directory (pass `tfopt run` output directories)")
+    written = write_report_page(list(run_dirs), output)
+    click.echo(f"written: {written} ({written.stat().st_size / 1024:.0f} KB, {len(run_dirs)} run{'s' if len(run_dirs) > 1 else ''})")
 
 
 main.add_command(optimize_command, name="optimize")

@@ -132,8 +132,10 @@ class RunOutcome:
 
 # Names tfopt and its adapters write into a run directory (the ``.data`` external weights
 # included), and the hidden temp files/dirs of its atomic writes (``.report.json.x1y2``).
-_OWN_OUTPUT = re.compile(r"^(exported|optimized)(\.[\w-]+)*\.onnx(\.data)?$")
-_OWN_TEMP = re.compile(r"^\.(exported|optimized)(\.[\w-]+)*\.onnx\.\w+$|^\.report\.json\.\w+$")
+_OWN_OUTPUT = re.compile(
+    r"^(exported|optimized)(\.[\w-]+)*\.onnx(\.data)?$|^report\.html$|^profile\.json$|^profile\.(raw|optimized)\.trace\.json$"
+)
+_OWN_TEMP = re.compile(r"^\.(exported|optimized)(\.[\w-]+)*\.onnx\.\w+$|^\.(report\.json|report\.html|profile\.json)\.\w+$")
 
 
 def _written_by_tfopt(report_path: Path) -> dict[str, Any] | None:
@@ -247,8 +249,24 @@ def _write(pm, adapter, ctx, runner, status, error=None) -> tuple[dict[str, Any]
         status=status,
         error=error,
     )
+    page = _html_page(report, ctx)
     path = write_report(report, Path(ctx.work_dir) / REPORT_FILE)
+    if page is not None:
+        from .html_report import PAGE_FILE, write_page
+
+        write_page(page, Path(ctx.work_dir) / PAGE_FILE)
     return report, path
+
+
+def _html_page(report: dict[str, Any], ctx: RunContext) -> str | None:
+    """report.html's text; a page that cannot be drawn is a warning in the report, never a failed run."""
+    try:
+        from .html_report import page_for_report
+
+        return page_for_report(report, ctx.work_dir)
+    except Exception as exc:  # noqa: BLE001 (the run's results stand without their picture)
+        report["warnings"].append(f"report.html not written: {_one_line(exc)}")
+        return None
 
 
 def _require_file(stage: str, path: Path) -> None:
@@ -305,6 +323,8 @@ def run_pipeline(
         if ctx.option("benchmark", True):
             models = {"ort:raw": exported.model_path, "ort:tfopt": final.model_path}
             runner("benchmark", exported=exported, models=models)
+        if ctx.option("profile", False):
+            _profile_stage(pm, adapter, ctx, runner, exported, final.model_path)
     except TfoptError as exc:
         _write(pm, adapter, ctx, runner, "error", str(exc))
         raise
@@ -316,6 +336,19 @@ def run_pipeline(
     if not verified.passed and raise_on_failure:
         raise VerificationFailed(verification_message(verified, path))
     return RunOutcome(report=report, report_path=path, passed=verified.passed)
+
+
+def _profile_stage(pm, adapter, ctx: RunContext, runner: StageRunner, exported: ExportResult, final_model: Path) -> None:
+    """``tfopt run --profile``: ONNX Runtime's profiler on the raw and the final model, kept as ``profile``."""
+    from .profile import profile_run
+
+    ctx.progress("profiling the raw and the optimized model ...")
+    start = time.perf_counter()
+    try:
+        ctx.results["profile"] = profile_run(pm, adapter, ctx, exported, final_model)
+    except TfoptError as exc:
+        raise TfoptError(f"profile: {exc}") from exc
+    runner.stages["profile"] = {"seconds": round(time.perf_counter() - start, 4), "implementations": ["tfopt.profile"]}
 
 
 def verification_message(verified: VerifyResult, report_path: Path | None = None) -> str:

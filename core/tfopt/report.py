@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .environment import environment
 from .errors import TfoptError
 from .hookspecs import HOOK_NAMES
 from .results import ExportResult, IOSpec, ModelInfo, RunContext, to_jsonable
@@ -94,6 +95,8 @@ def build_report(
     }
     for hook in HOOK_NAMES:
         report[hook] = _portable(ctx.results[hook], base) if hook in ctx.results else None
+    report["profile"] = _portable(ctx.results["profile"], base) if "profile" in ctx.results else None
+    report["environment"] = environment()
     report["warnings"] = warnings_for(ctx.results)
     return report
 

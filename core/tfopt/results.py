@@ -106,6 +106,7 @@ class VerifyResult:
     cases: list[dict[str, Any]] = field(default_factory=list)  # per case: shapes + DiffStats
     top1_agreement: float | None = None  # for LM logits
     seconds: float = 0.0
+    histogram: dict[str, Any] | None = None  # abs differences per log10 bin (tfopt.verify.diff_histogram); None = not kept
 
 
 @dataclass

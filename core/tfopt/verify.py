@@ -12,13 +12,12 @@ from .results import DiffStats, VerifyResult
 TOLERANCES = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.5}
 
 
-def diff_stats(reference: np.ndarray, actual: np.ndarray, valid: np.ndarray | None = None) -> DiffStats:
-    """Abs/rel differences of ``actual`` against ``reference`` over positions where ``valid`` is true.
+# Bin edges of the difference histogram, log10 |actual - reference|: half decades, fixed so runs compare.
+HISTOGRAM_LOG10_EDGES = tuple(float(edge) for edge in np.arange(-12.0, 2.01, 0.5))
 
-    ``valid`` broadcasts against the leading dims (e.g. a (batch, seq) attention mask
-    for (batch, seq, hidden) outputs): padded positions carry no meaning and are skipped.
-    NaNs in ``actual`` are counted and make max_abs infinite.
-    """
+
+def _valid_values(reference: np.ndarray, actual: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Both arrays as flat float64, restricted to the positions where ``valid`` is true."""
     reference = np.asarray(reference, dtype=np.float64)
     actual = np.asarray(actual, dtype=np.float64)
     if reference.shape != actual.shape:
@@ -28,7 +27,40 @@ def diff_stats(reference: np.ndarray, actual: np.ndarray, valid: np.ndarray | No
         valid = valid.reshape(valid.shape + (1,) * (reference.ndim - valid.ndim))
         valid = np.broadcast_to(valid, reference.shape)
         reference, actual = reference[valid], actual[valid]
-    reference, actual = reference.ravel(), actual.ravel()
+    return reference.ravel(), actual.ravel()
+
+
+def diff_histogram(
+    references: Sequence[np.ndarray], actuals: Sequence[np.ndarray], valids: Sequence[np.ndarray | None]
+) -> dict:
+    """How the abs differences of every valid position are spread, for the report's histogram.
+
+    ``counts[i]`` holds differences with log10 between ``log10_edges[i]`` and ``[i + 1]``
+    (the outer bins also take what lies beyond them); exact matches and NaN/inf are counted apart.
+    """
+    edges = np.array(HISTOGRAM_LOG10_EDGES)
+    counts = np.zeros(len(edges) - 1, dtype=np.int64)
+    zeros = nonfinite = total = 0
+    for reference, actual, valid in zip(references, actuals, valids):
+        reference, actual = _valid_values(reference, actual, valid)
+        diff = np.abs(actual - reference)
+        total += diff.size
+        finite = diff[np.isfinite(diff)]
+        nonfinite += diff.size - finite.size
+        zeros += int((finite == 0).sum())
+        logs = np.clip(np.log10(finite[finite > 0]), edges[0], edges[-1])
+        counts += np.histogram(logs, bins=edges)[0]
+    return {"log10_edges": edges.tolist(), "counts": counts.tolist(), "zeros": zeros, "nonfinite": nonfinite, "total": total}
+
+
+def diff_stats(reference: np.ndarray, actual: np.ndarray, valid: np.ndarray | None = None) -> DiffStats:
+    """Abs/rel differences of ``actual`` against ``reference`` over positions where ``valid`` is true.
+
+    ``valid`` broadcasts against the leading dims (e.g. a (batch, seq) attention mask
+    for (batch, seq, hidden) outputs): padded positions carry no meaning and are skipped.
+    NaNs in ``actual`` are counted and make max_abs infinite.
+    """
+    reference, actual = _valid_values(reference, actual, valid)
     nan_count = int(np.isnan(actual).sum())
     if reference.size == 0:
         return DiffStats(0.0, 0.0, 0.0, 0.0, 0.0, nan_count)
@@ -86,4 +118,5 @@ def compare_cases(
         reference=reference_name,
         overall=overall,
         cases=cases,
+        histogram=diff_histogram(references, actuals, valids),
     )
