@@ -11,7 +11,6 @@ lowering protobuf's message limit: no step may serialize a whole model with its 
 from __future__ import annotations
 
 import hashlib
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -76,37 +75,12 @@ def _save_external(model: onnx.ModelProto, path: Path) -> Path:
 @pytest.fixture(scope="session")
 def external_bert(tmp_path_factory) -> Path:
     """A folder with a 2-layer BERT (exported.onnx + .data) and its fused form (optimized.onnx + .data)."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(
-        vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-        intermediate_size=2 * HIDDEN, max_position_embeddings=32, attn_implementation="eager",
-    )
-    torch.manual_seed(0)
-    model = transformers.BertModel(config, add_pooling_layer=False).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.ndim == 1:  # random-init biases are all equal; make every one distinct
-                parameter.add_(torch.randn_like(parameter) * 0.1)
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from tfopt_host_models import export_tiny_bert
 
-    class HiddenStates(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
-
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    example = (torch.randint(0, VOCAB, (2, 8)), torch.ones(2, 8, dtype=torch.long), torch.zeros(2, 8, dtype=torch.long))
     folder = tmp_path_factory.mktemp("external-bert")
-    inline = folder / "inline.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            HiddenStates(model).eval(), example, str(inline), dynamo=False, opset_version=17, input_names=names,
-            output_names=["last_hidden_state"], dynamic_axes={name: {0: "batch", 1: "sequence"} for name in names},
-        )
+    inline = export_tiny_bert(folder / "inline.onnx", hidden=HIDDEN, heads=HEADS, layers=LAYERS, vocab=VOCAB, pooler=False)
     exported = _save_external(onnx.load(str(inline)), folder / "exported.onnx")
     inline.unlink()
     tfopt.optimize_model(exported, model_type="bert").save_model_to_file(folder / "optimized.onnx")

@@ -8,17 +8,20 @@ from pathlib import Path
 HEADS, HIDDEN, LAYERS = 4, 32, 2  # tiny BERT's shape
 
 
-def export_tiny_bert(path: Path) -> Path:
-    """A 2-layer BERT exported with the legacy exporter and eager attention (the form ORT's tool also fuses)."""
+def export_tiny_bert(
+    path: Path, *, hidden: int = HIDDEN, heads: int = HEADS, layers: int = LAYERS, vocab: int = 64, pooler: bool = True
+) -> Path:
+    """A small BERT (2 layers, hidden 32 by default) exported with the legacy exporter and eager
+    attention (the form ORT's tool also fuses); 1-D parameters perturbed so none are equal."""
     import torch
     import transformers
 
     config = transformers.BertConfig(
-        vocab_size=64, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-        intermediate_size=64, max_position_embeddings=32, attn_implementation="eager",
+        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=2 * hidden, max_position_embeddings=32, attn_implementation="eager",
     )
     torch.manual_seed(0)
-    model = transformers.BertModel(config).eval()
+    model = transformers.BertModel(config, add_pooling_layer=pooler).eval()
     with torch.no_grad():
         for parameter in model.parameters():
             if parameter.ndim == 1:  # random-init biases are all equal; make every one distinct
@@ -33,7 +36,7 @@ def export_tiny_bert(path: Path) -> Path:
             return self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
 
     names = ["input_ids", "attention_mask", "token_type_ids"]
-    example = (torch.randint(0, 64, (2, 8)), torch.ones(2, 8, dtype=torch.long), torch.zeros(2, 8, dtype=torch.long))
+    example = (torch.randint(0, vocab, (2, 8)), torch.ones(2, 8, dtype=torch.long), torch.zeros(2, 8, dtype=torch.long))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
