@@ -9,7 +9,7 @@ attention that ignores the mask only shows on rows shorter than the longest, so
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -38,6 +38,7 @@ class GraphInput:
     dtype: np.dtype
     dims: list[int | None]  # None = dynamic
     id_limit: int | None = None  # rows of the embedding table this input indexes, if any
+    dim_names: list[str | None] = field(default_factory=list)  # symbolic name per axis (dim_param), if any
 
 
 # com.microsoft.EmbedLayerNormalization: (ids input index, table input index) pairs.
@@ -89,7 +90,8 @@ def graph_inputs(model_path: str | Path) -> list[GraphInput]:
         tensor_type = value.type.tensor_type
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
         dims = [dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None for dim in tensor_type.shape.dim]
-        found.append(GraphInput(value.name, dtype, dims, limits.get(value.name)))
+        names = [dim.dim_param or None for dim in tensor_type.shape.dim]
+        found.append(GraphInput(value.name, dtype, dims, limits.get(value.name), names))
     return found
 
 
@@ -116,11 +118,14 @@ def valid_lengths(batch_size: int, sequence_length: int) -> np.ndarray:
     return sequence_length - (rows * sequence_length) // batch_size
 
 
-def _shape(spec: GraphInput, batch_size: int, sequence_length: int) -> tuple[int, ...]:
+def _shape(spec: GraphInput, batch_size: int, sequence_length: int, dim_sizes: dict[str, int]) -> tuple[int, ...]:
     dims = []
     for axis, dim in enumerate(spec.dims):
+        name = spec.dim_names[axis] if axis < len(spec.dim_names) else None
         if dim is not None:
             dims.append(dim)
+        elif name in dim_sizes:
+            dims.append(dim_sizes[name])
         else:
             dims.append(batch_size if axis == 0 else sequence_length)
     return tuple(dims)
@@ -134,18 +139,24 @@ def feed_for(
     rng: np.random.Generator,
     id_limit: int = DEFAULT_ID_LIMIT,
     padded: bool = True,
+    dim_sizes: dict[str, int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """One feed for every input; ``padded=False`` gives full-length rows (benchmarks)."""
-    lengths = valid_lengths(batch_size, sequence_length) if padded else np.full(batch_size, sequence_length)
+    """One feed for every input; ``padded=False`` gives full-length rows (benchmarks).
+
+    ``dim_sizes`` sizes symbolic dims by name (a past length, a total = past + sequence);
+    other dynamic axes are the batch (axis 0) or the sequence.
+    """
     feed = {}
     for spec in specs:
-        shape = _shape(spec, batch_size, sequence_length)
+        shape = _shape(spec, batch_size, sequence_length, dim_sizes or {})
         is_mask = "mask" in spec.name
         if is_mask and len(shape) == 2:
-            value = np.arange(shape[1])[None, :] < lengths[:, None]
+            mask_lengths = valid_lengths(*shape) if padded else np.full(shape[0], shape[1])
+            value = np.arange(shape[1])[None, :] < mask_lengths[:, None]
         elif spec.dtype.kind == "b":
             value = np.ones(shape, dtype=bool)
         elif spec.name == "token_type_ids" and len(shape) == 2:  # second half of the text is segment 1
+            lengths = valid_lengths(*shape) if padded else np.full(shape[0], shape[1])
             second_half = np.arange(shape[1])[None, :] >= (lengths[:, None] + 1) // 2
             value = second_half if (spec.id_limit or 2) > 1 else np.zeros(shape)
         elif spec.name == "position_ids":

@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 
 from ..errors import TfoptError, first_line
-from ..feeds import DEFAULT_ID_LIMIT, GraphInput, graph_inputs, session_feed, valid_lengths
+from ..feeds import GraphInput, feed_for, graph_inputs, session_feed
 from ..results import DroppedRule, Validation
 
 # Max |candidate - reference| over valid finite positions, as a fraction of max(1, max |reference|).
@@ -83,44 +83,27 @@ def _checker_problem(path: Path) -> str | None:
     return None
 
 
-def _batch_sizes(symbols: dict[str, list[str | None]], batch: int) -> dict[str, int]:
+def _batch_sizes(specs: list[GraphInput], batch: int) -> dict[str, int]:
     """Symbols that name the batch: any symbol some input has as its first axis (ORT's GPT-2
     format stacks past state as [2, batch_size, heads, past, head_size])."""
-    return {names[0]: batch for names in symbols.values() if names and names[0]}
+    return {spec.dim_names[0]: batch for spec in specs if spec.dim_names and spec.dim_names[0]}
 
 
-def _symbol_sizes(specs: list[GraphInput], symbols: dict[str, list[str | None]], batch: int, sequence: int) -> dict[str, int]:
+def _symbol_sizes(specs: list[GraphInput], batch: int, sequence: int) -> dict[str, int]:
     """A size for every symbolic dim: past-like symbols differ from the sequence, sums add up."""
-    sizes: dict[str, int] = _batch_sizes(symbols, batch)
-    for spec in specs:
-        for axis, name in enumerate(symbols[spec.name]):
-            if not name or name in sizes or _SUM_OF_SYMBOLS.match(name):
-                continue
-            lowered = name.lower()
-            if "past" in lowered:
-                sizes[name] = 3
-            elif "total" in lowered:
-                continue  # derived below
-            else:
-                sizes[name] = sequence
+    sizes: dict[str, int] = _batch_sizes(specs, batch)
+    names = [name for spec in specs for name in spec.dim_names if name]
+    for name in names:
+        if name in sizes or _SUM_OF_SYMBOLS.match(name) or "total" in name.lower():
+            continue  # sums and totals are derived below
+        sizes[name] = 3 if "past" in name.lower() else sequence
     past = next((size for name, size in sizes.items() if "past" in name.lower()), 0)
-    for spec in specs:
-        for name in symbols[spec.name]:
-            if not name or name in sizes:
-                continue
-            match = _SUM_OF_SYMBOLS.match(name)
-            if match:
-                sizes[name] = sum(sizes.get(part, sequence) for part in match.groups())
-            elif "total" in name.lower():
-                sizes[name] = sequence + past
+    for name in names:
+        if name in sizes:
+            continue
+        match = _SUM_OF_SYMBOLS.match(name)
+        sizes[name] = sum(sizes.get(part, sequence) for part in match.groups()) if match else sequence + past
     return sizes
-
-
-def _dim_symbols(path: Path) -> dict[str, list[str | None]]:
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return {
-        value.name: [dim.dim_param or None for dim in value.type.tensor_type.shape.dim] for value in graph.input
-    }
 
 
 def validation_feeds(path: Path, *, seed: int = 0) -> list[list[dict[str, np.ndarray]]]:
@@ -135,18 +118,14 @@ def validation_feeds(path: Path, *, seed: int = 0) -> list[list[dict[str, np.nda
     from .io import model_files
 
     specs = graph_inputs(path)
-    symbols = _dim_symbols(path)
     large = sum(file.stat().st_size for file in model_files(path) if file.is_file()) >= LARGE_MODEL_BYTES
     sets = []
-    for readings in ("flat", "symbolic"):
+    for reading in (_batch_sizes, _symbol_sizes):
         rng = np.random.default_rng(seed)
         feeds = []
         for batch, sequence in VALIDATION_SHAPES[:1] if large else VALIDATION_SHAPES:
-            if readings == "symbolic":
-                sizes = _symbol_sizes(specs, symbols, batch, sequence)
-            else:
-                sizes = _batch_sizes(symbols, batch)
-            feeds.append(_feed(specs, symbols, batch, sequence, sizes, rng))
+            sizes = _batch_sizes(specs, batch) if reading is _batch_sizes else _symbol_sizes(specs, batch, sequence)
+            feeds.append(feed_for(specs, batch, sequence, rng=rng, dim_sizes=sizes))
         sets.append(feeds)
     if sets[0] and all(_same_feed(a, b) for a, b in zip(*sets)):
         return sets[:1]
@@ -155,38 +134,6 @@ def validation_feeds(path: Path, *, seed: int = 0) -> list[list[dict[str, np.nda
 
 def _same_feed(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
     return a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
-
-
-def _feed(specs, symbols, batch: int, sequence: int, sizes: dict[str, int], rng) -> dict[str, np.ndarray]:
-    feed = {}
-    for spec in specs:
-        names = symbols.get(spec.name, [])
-        shape = []
-        for axis, dim in enumerate(spec.dims):
-            name = names[axis] if axis < len(names) else None
-            if dim is not None:
-                shape.append(dim)
-            elif axis == 0:
-                shape.append(batch)
-            else:
-                shape.append(sizes.get(name, sequence) if name else sequence)
-        shape = tuple(shape)
-        lowered = spec.name.lower()
-        if "mask" in lowered and len(shape) == 2:
-            lengths = valid_lengths(shape[0], shape[1])
-            value = np.arange(shape[1])[None, :] < lengths[:, None]
-        elif spec.dtype.kind == "b":
-            value = np.ones(shape, dtype=bool)
-        elif "position" in lowered and spec.dtype.kind in "iu":
-            value = np.broadcast_to(np.arange(shape[-1]) if shape else 0, shape)
-        elif "token_type" in lowered or "segment" in lowered:
-            value = np.zeros(shape)
-        elif spec.dtype.kind in "iu":
-            value = rng.integers(0, min(DEFAULT_ID_LIMIT, spec.id_limit or DEFAULT_ID_LIMIT), size=shape)
-        else:
-            value = rng.standard_normal(shape)
-        feed[spec.name] = np.ascontiguousarray(value).astype(spec.dtype)
-    return feed
 
 
 def _valid_rows(feed: dict[str, np.ndarray], output: np.ndarray) -> np.ndarray | None:
