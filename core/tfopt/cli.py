@@ -307,7 +307,7 @@ ONNX Runtime on the same generated inputs.
 
 \b
 Examples:
-  tfopt bench out/ --batch-sizes 1,8 --sequence-lengths 128
+  tfopt bench out/ --batch-sizes 1,4 --sequence-lengths 64 --repeat 10
   tfopt bench model.onnx model.opt.onnx --repeat 50
 """
 
