@@ -121,8 +121,10 @@ def _error_lines(events: list[dict[str, Any]]) -> list[str]:
     return errors
 
 
-def check_page(page: Path, screenshot: Path | None = None, *, width: int = 1280, timeout: float = 60.0) -> PageCheck:
-    """Load ``page`` (a file) in headless Chromium; collect errors and plot boxes, optionally a full-page PNG."""
+def check_page(
+    page: Path, screenshot: Path | None = None, *, width: int = 1280, max_height: int = 16000, timeout: float = 60.0
+) -> PageCheck:
+    """Load ``page`` (a file) in headless Chromium; collect errors and plot boxes, optionally a PNG of the page's top ``max_height`` px."""
     browser = find_browser()
     if browser is None:
         raise FileNotFoundError("no Chromium found (apt-get install chromium)")
@@ -165,7 +167,7 @@ def check_page(page: Path, screenshot: Path | None = None, *, width: int = 1280,
             result.title = pipe.send("Runtime.evaluate", session, expression="document.title", returnByValue=True)["result"]["value"]
             result.page_height = int(pipe.send("Runtime.evaluate", session, expression="document.documentElement.scrollHeight", returnByValue=True)["result"]["value"])
             if screenshot is not None:
-                height = min(result.page_height, 16000)
+                height = min(result.page_height, max_height)
                 pipe.send("Emulation.setDeviceMetricsOverride", session, width=width, height=height, deviceScaleFactor=1, mobile=False)
                 shot = pipe.send("Page.captureScreenshot", session, format="png", captureBeyondViewport=True,
                                  clip={"x": 0, "y": 0, "width": width, "height": height, "scale": 1})

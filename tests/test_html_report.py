@@ -281,3 +281,24 @@ def test_copy_of_a_report_is_not_changed_by_rendering(tmp_path):
     assert report == before
     write_report_page([_write_run(tmp_path / "r", report)], tmp_path / "r.html")
     assert (tmp_path / "r.html").stat().st_mode & 0o044  # readable by others, like report.json
+
+
+def test_run_writes_report_html_and_a_page_that_cannot_be_drawn_is_a_warning(installed, monkeypatch, tmp_path):
+    installed("fake_a")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", "--plugin", "fake_a", "--output", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    page = (out / "report.html").read_text()
+    assert "fake_a" in page and page.startswith("<!DOCTYPE html>")
+
+    import tfopt.html_report
+
+    def broken(report, run_dir):
+        raise ValueError("no fonts")
+
+    monkeypatch.setattr(tfopt.html_report, "page_for_report", broken)
+    result = CliRunner().invoke(main, ["run", "--plugin", "fake_a", "--output", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert "report.html not written: ValueError: no fonts" in report["warnings"]
+    assert not (out / "report.html").exists()  # the earlier run's page went with its other outputs

