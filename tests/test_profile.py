@@ -276,8 +276,23 @@ def test_cli_profile_of_a_run_dir_writes_profile_json(profiled_run, tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads((profiled_run / "profile.json").read_text())
     assert data["sequence_length"] == 8 and data["comparison"]["removed"]
+    assert data["feed"] == "bert_pt's make_dummy_inputs"
     assert "removed by fusion: " in result.stdout and "top " in result.stdout
     assert (profiled_run / "profile.raw.trace.json").is_file() and (profiled_run / "profile.optimized.trace.json").is_file()
+
+
+def test_cli_profile_of_a_moved_run_dir_generates_inputs_from_the_graph(profiled_run, tmp_path):
+    copy = tmp_path / "moved"
+    shutil.copytree(profiled_run, copy)
+    report = json.loads((copy / "report.json").read_text())
+    report["source"] = str(tmp_path / "gone")  # the model directory the run came from no longer exists
+    (copy / "report.json").write_text(json.dumps(report))
+    result = _invoke("profile", str(copy), "--sequence-length", "8", "--samples", "2", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["feed"].startswith("generated from the graph's inputs (bert_pt's make_dummy_inputs failed:")
+    assert data["inputs"]["input_ids"] == [1, 8] and data["comparison"]["removed"]
+    assert "generating them from the graph's inputs" in result.stderr  # said, not silent
 
 
 @pytest.mark.slow
