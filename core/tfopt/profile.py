@@ -355,19 +355,6 @@ def compare_profiles(raw: ModelProfile, optimized: ModelProfile) -> ProfileCompa
 # ----------------------------------------------------------------------------- feeds
 
 
-def _dim_params(model_path: Path) -> dict[str, list[str | int | None]]:
-    import onnx
-
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-    dims = {}
-    for value in graph.input:
-        dims[value.name] = [
-            dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else (dim.dim_param or None)
-            for dim in value.type.tensor_type.shape.dim
-        ]
-    return dims
-
-
 def file_feed(model_path: str | Path, batch_size: int, sequence_length: int, past_sequence_length: int, *, seed: int = 0) -> dict[str, np.ndarray]:
     """A feed read off a bare ONNX file's inputs, as ONNX Runtime's profiler builds one.
 
