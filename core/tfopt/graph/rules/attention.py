@@ -33,7 +33,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from ..values import MS_DOMAIN, constant_array, int32_of, scalar, shape_tail, source_graph_inputs, traced_graph_input
-from .causal_mask import causal_mask_problem
+from .causal_mask import ShapeOf, causal_mask_problem
 from ...errors import TfoptError
 from .padding_mask import key_padding_problem
 from .reshapes import int64_constant, rank_of, same_dim, target_entries, without_casts
@@ -217,6 +217,8 @@ class SelfAttention(pattern.RewriteRuleClassBase):
     def setup(self):
         self._packed = {}
         self._mask_verdicts: dict[int, str | None] = {}
+        # Per mask input: values earlier matches showed to be (batch, sequence, ...) of it.
+        self._shapes_seen: dict[int, dict[ir.Value, ShapeOf]] = {}
 
     def pattern(self, op, x, wq, bq, wk, bk, wv, bv, q_shape, k_shape, v_shape, q_factor, k_factor, s_factor, mask, zero):
         def heads(weight, bias, shape):
@@ -302,13 +304,16 @@ class SelfAttention(pattern.RewriteRuleClassBase):
 
     def _padding_problem(self, context, mask, x, model_width, query_heads, value_heads) -> str | None:
         """Why the additive ``mask`` is not the key padding of the mask input, or None (see :mod:`padding_mask`)."""
+        (heads, size), v_width = self._heads, self._widths[1]
+        # Exporters build the mask once, from the shape of the first layer's input (the
+        # embeddings), so later layers' mask cones reach it too: without its shape known,
+        # the probe would walk back into the embedding tables (90 MB at bert-base size).
+        seen = self._shapes_seen.setdefault(id(self._mask_input), {})
+        seen[x] = lambda b, p, s: (b, s, model_width)
+        seen[query_heads] = lambda b, p, s: (b, heads, s, size)
+        seen[value_heads] = lambda b, p, s: (b, heads, s, v_width // heads)
         if id(mask) not in self._mask_verdicts:  # every layer adds the same mask: run it once
-            (heads, size), v_width = self._heads, self._widths[1]
-            known = {
-                x: lambda b, p, s: (b, s, model_width),
-                query_heads: lambda b, p, s: (b, heads, s, size),
-                value_heads: lambda b, p, s: (b, heads, s, v_width // heads),
-            }
+            known = dict(seen)
             graph = context.graph_or_function
             self._mask_verdicts[id(mask)] = key_padding_problem(mask, model=context.model, graph=graph, mask_input=self._mask_input, known=known)
         return self._mask_verdicts[id(mask)]
