@@ -143,7 +143,9 @@ def polynomial(
         array = constant_array(v)
         if array is None or array.size != 1 or array.ndim > max_const_rank:
             return None
-        return float(array.reshape(()))
+        constant = float(array.reshape(()))
+        # NaN and infinity stay atoms: the expansion assumes 0 * c = 0 and x / c = x * (1 / c), false for them.
+        return constant if np.isfinite(constant) else None
 
     def atom(v: ir.Value) -> dict[Monomial, float]:
         atoms[id(v)] = v
