@@ -39,7 +39,7 @@ from tfopt.optimizer import optimize_command
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
-HELP_COMMANDS = ("", "run", "export", "verify", "bench", "plugins", "optimize")
+HELP_COMMANDS = ("", *sorted(main.commands))  # `tfopt --help` and every command's, new ones included
 TFOPT_PROGRAMS = ("tfopt", ".venv/bin/tfopt", ".venv-tf/bin/tfopt")
 PYTHON_PROGRAMS = ("python", "python3", ".venv/bin/python", ".venv-tf/bin/python")
 KNOWN_PROGRAMS = (*TFOPT_PROGRAMS, *PYTHON_PROGRAMS, "bash", "pip", "sh")
@@ -319,6 +319,7 @@ BLOCKS = documented_blocks()
 def test_the_examples_are_found():
     """The reader sees what a user sees: a change to the parsing must not silently drop examples."""
     where = {block.where: block for block in BLOCKS}
+    assert {"tfopt --help"} | {f"tfopt {c} --help" for c in ("run", "export", "verify", "bench", "plugins", "optimize")} <= set(where)
     assert {f"tfopt {c} --help".replace("  ", " ") for c in HELP_COMMANDS} <= set(where)
     readme_commands = [command for block in BLOCKS if block.where.startswith("README") for command in block.commands]
     assert "tfopt run --plugin gpt2 --model tiny-gpt2 --output out/" in readme_commands

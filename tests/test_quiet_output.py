@@ -84,3 +84,12 @@ def test_a_real_run_prints_only_tfopts_lines_and_verbose_lets_the_libraries_spea
     assert loud.returncode == 0, loud.stderr
     assert _foreign_lines(loud.stderr), loud.stderr
     assert loud.stdout.startswith("exported ")  # the exporters' prints go to stderr, never into the results
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tfopt_bert_tf") is None, reason="needs the bert_tf adapter (TensorFlow deployment)")
+def test_a_real_tensorflow_run_prints_only_tfopts_lines(tmp_path):
+    """TensorFlow's absl lines ("Could not find cuda drivers ...") come from C++ on fd 2, past TF_CPP_MIN_LOG_LEVEL."""
+    quiet = _tfopt("run", "--plugin", "bert_tf", "--model", "tiny-bert-tf", "--no-benchmark", "--output", "out", cwd=tmp_path)
+    assert quiet.returncode == 0, quiet.stderr
+    assert _foreign_lines(quiet.stderr) == []
+    assert quiet.stdout.startswith("tfopt PASSED")
