@@ -41,13 +41,15 @@ class GraphInput:
     dim_names: list[str | None] = field(default_factory=list)  # symbolic name per axis (dim_param), if any
 
 
+# Ops that pass ids through unchanged on their way to a lookup (GPT-2 reshapes input_ids first).
+_ID_PRESERVING_OPS = ("Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
 # com.microsoft.EmbedLayerNormalization: (ids input index, table input index) pairs.
 _EMBED_LOOKUPS = ((0, 2), (1, 4))
 
 
 def _lookup_table_rows(graph: onnx.GraphProto) -> dict[str, int]:
     """Input name -> rows of the constant table a Gather (or a fused EmbedLayerNormalization)
-    indexes with it, through Casts.
+    indexes with it, through Casts and reshapes.
 
     Ids must stay inside the vocabulary (and token types inside the type vocabulary),
     or ONNX Runtime refuses the lookup.
@@ -55,7 +57,7 @@ def _lookup_table_rows(graph: onnx.GraphProto) -> dict[str, int]:
     rows_of = {init.name: init.dims[0] for init in graph.initializer if len(init.dims) == 2}
     source = {value.name: value.name for value in graph.input}
     for node in graph.node:  # nodes are topologically sorted
-        if node.op_type == "Cast" and node.input and node.input[0] in source:
+        if node.op_type in _ID_PRESERVING_OPS and node.input and node.input[0] in source:
             source[node.output[0]] = source[node.input[0]]
     limits: dict[str, int] = {}
     for node in graph.node:

@@ -86,13 +86,24 @@ def check_heads(num_heads: int, hidden_size: int) -> None:
 
 
 def check_output_path(input_path: str | Path, output_path: str | Path) -> None:
-    """Refuse, before any work: writing over the input, a directory, a path under a file."""
+    """Refuse, before any work: an unreadable input, writing over any file of the input, a directory,
+    a path under a file, a symlink loop."""
+    from .graph.input_checks import check_input_file
+
     input_path, output_path = Path(input_path), Path(output_path)
-    if output_path.resolve() == input_path.resolve():
-        raise TfoptError(f"{output_path}: output path is the input path; refusing to overwrite the input")
+    check_input_file(input_path)
+    try:
+        resolved = output_path.resolve()
+    except (RuntimeError, OSError):  # Python raises RuntimeError for a symlink loop
+        raise TfoptError(f"{output_path}: is a symlink loop, not a path to write to") from None
+    taken = model_files(input_path)
+    for target in (resolved, resolved.with_name(resolved.name + ".data")):
+        if target in taken:
+            what = "the input path" if target == input_path.resolve() else f"part of the input model ({input_path})"
+            raise TfoptError(f"{output_path}: output path is {what}; refusing to overwrite the input")
     if output_path.is_dir():
         raise TfoptError(f"{output_path}: is a directory, expected an output .onnx file path")
-    for parent in output_path.resolve().parents:
+    for parent in resolved.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise TfoptError(f"{output_path}: {parent} is not a directory")

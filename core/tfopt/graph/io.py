@@ -89,7 +89,10 @@ def model_files(path: str | os.PathLike) -> set[Path]:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             location = next((entry.value for entry in tensor.external_data if entry.key == "location"), None)
             if location:
-                files.add((path.parent / location).resolve())
+                try:
+                    files.add((path.parent / location).resolve())
+                except (RuntimeError, OSError):  # a symlink loop: load_model refuses it in one line
+                    continue
     return files
 
 
