@@ -492,7 +492,8 @@ def validation_line(validation: Validation | None) -> str:
         return "validated: loads in ONNX Runtime; " + "; ".join(validation.notes)
     bound = "cosine distance" if validation.precision == "int8" else "relative difference"
     return (
-        f"validated: loads in ONNX Runtime and matches the input on {validation.feeds} generated inputs "
+        f"validated: loads in ONNX Runtime and matches the input on {validation.feeds} generated "
+        f"input{'s' if validation.feeds != 1 else ''} "
         f"(max {bound} {validation.max_diff:.1e}, {validation.seconds:.2f} s)"
     )
 
