@@ -60,7 +60,7 @@ def test_run_fp16_then_int8_of_an_external_data_export(forced_external_data, tmp
     names = sorted(path.name for path in out.iterdir())
     assert names == [
         "exported.onnx", "exported.onnx.data", "optimized.fp16.onnx", "optimized.fp16.onnx.data",
-        "optimized.onnx", "optimized.onnx.data", "report.json",
+        "optimized.onnx", "optimized.onnx.data", "report.html", "report.json",
     ]
     for name in ("exported.onnx", "optimized.onnx", "optimized.fp16.onnx"):
         assert _locations(out / name) == {name + ".data"}
