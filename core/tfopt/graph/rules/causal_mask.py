@@ -118,7 +118,7 @@ def _element_type(value: ir.Value) -> int:
     return int(value.dtype) if value.dtype is not None else int(ir.DataType.FLOAT)
 
 
-def _numpy_type(value: ir.Value):
+def numpy_type(value: ir.Value):
     return onnx.helper.tensor_dtype_to_np_dtype(_element_type(value))
 
 
@@ -144,7 +144,7 @@ def _symbols(value: ir.Value) -> list[int | str | None]:
     return [dim if isinstance(dim, int) else (dim.value or None) for dim in value.shape]
 
 
-class _Sizer:
+class MaskSizer:
     """Shapes for the graph inputs the mask reads, from their symbolic dims' roles.
 
     The mask input is (batch, total); the past input's axis -2 is the past; any one
@@ -220,6 +220,29 @@ def _compare(result: np.ndarray, allowed: np.ndarray, additive: bool) -> str | N
     return None
 
 
+def mask_session(mask: ir.Value, *, model: ir.Model, graph: ir.Graph, known: dict[ir.Value, ShapeOf]):
+    """(the mask's cone, an ONNX Runtime session computing ``mask`` from the cone's inputs), or why there is none.
+
+    Shared by the decoder check here and the encoder's key-padding check (:mod:`padding_mask`).
+    """
+    import onnxruntime as ort
+
+    cone = _Cone(mask, graph, known)
+    if cone.problem:
+        return cone.problem
+    proto = _model(cone, mask, dict(model.opset_imports))
+    if isinstance(proto, str):
+        return proto
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 4
+    options.intra_op_num_threads = 1
+    try:
+        return cone, ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        return f"mask subgraph does not load in ONNX Runtime ({str(exc).splitlines()[0][:120]})"
+
+
 def causal_mask_problem(
     mask: ir.Value,
     *,
@@ -236,25 +259,13 @@ def causal_mask_problem(
     ``known`` maps values of the matched attention to their shape; ``past`` is the
     per-layer past key, to name the past axis of the graph input it comes from.
     """
-    import onnxruntime as ort
-
-    cone = _Cone(mask, graph, known)
-    if cone.problem:
-        return cone.problem
-    proto = _model(cone, mask, dict(model.opset_imports))
-    if isinstance(proto, str):
-        return proto
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 4
-    options.intra_op_num_threads = 1
-    try:
-        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        return f"mask subgraph does not load in ONNX Runtime ({str(exc).splitlines()[0][:120]})"
-    sizer = _Sizer(mask_input, past, graph)
+    cut = mask_session(mask, model=model, graph=graph, known=known)
+    if isinstance(cut, str):
+        return cut
+    cone, session = cut
+    sizer = MaskSizer(mask_input, past, graph)
     rng = np.random.default_rng(0)
-    mask_type = _numpy_type(mask_input)
+    mask_type = numpy_type(mask_input)
     probes = [(shape, holes, False) for shape in PROBE_SHAPES for holes in (False, True)]
     probes += [(shape, False, True) for shape in LONG_PROBE_SHAPES]
     ran = 0
@@ -269,9 +280,9 @@ def causal_mask_problem(
             shape = sizer.shape(value, batch, past_length, sequence)
             if isinstance(shape, str):
                 return shape
-            feed[value.name] = np.zeros(shape, _numpy_type(value))
+            feed[value.name] = np.zeros(shape, numpy_type(value))
         for value in cone.known:
-            feed[value.name] = np.zeros(known[value](batch, past_length, sequence), _numpy_type(value))
+            feed[value.name] = np.zeros(known[value](batch, past_length, sequence), numpy_type(value))
         try:
             (result,) = session.run([mask.name], feed)
         except Exception as exc:

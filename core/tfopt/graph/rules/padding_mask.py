@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from .causal_mask import DROP_LIMIT, ShapeOf, _Cone, _model, _numpy_type, _Sizer
+from .causal_mask import DROP_LIMIT, MaskSizer, ShapeOf, mask_session, numpy_type
 
 PROBE_SHAPES = ((1, 1), (1, 6), (3, 5), (4, 7))
 KEEP_SPREAD = 1e-5  # how much the kept keys of one row may differ
@@ -72,37 +72,25 @@ def key_padding_problem(
     ``known`` maps values of the matched attention to their shape as a function of
     (batch, past, sequence) (past is always 0 here), as for :func:`causal_mask_problem`.
     """
-    import onnxruntime as ort
-
-    cone = _Cone(mask, graph, known)
-    if cone.problem:
-        return cone.problem
-    proto = _model(cone, mask, dict(model.opset_imports))
-    if isinstance(proto, str):
-        return proto
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 4
-    options.intra_op_num_threads = 1
-    try:
-        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        return f"mask subgraph does not load in ONNX Runtime ({str(exc).splitlines()[0][:120]})"
-    sizer = _Sizer(mask_input, None, graph)
+    cut = mask_session(mask, model=model, graph=graph, known=known)
+    if isinstance(cut, str):
+        return cut
+    cone, session = cut
+    sizer = MaskSizer(mask_input, None, graph)
     rng = np.random.default_rng(0)
     for batch, sequence in PROBE_SHAPES:
         for padding in _paddings(batch, sequence, rng):
             feed = {}
             for value in cone.inputs:
                 if value is mask_input:
-                    feed[value.name] = padding.astype(_numpy_type(mask_input))
+                    feed[value.name] = padding.astype(numpy_type(mask_input))
                     continue
                 shape = sizer.shape(value, batch, 0, sequence)
                 if isinstance(shape, str):
                     return shape
-                feed[value.name] = np.zeros(shape, _numpy_type(value))
+                feed[value.name] = np.zeros(shape, numpy_type(value))
             for value in cone.known:
-                feed[value.name] = np.zeros(known[value](batch, 0, sequence), _numpy_type(value))
+                feed[value.name] = np.zeros(known[value](batch, 0, sequence), numpy_type(value))
             try:
                 (result,) = session.run([mask.name], feed)
             except Exception as exc:
