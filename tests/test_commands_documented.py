@@ -39,7 +39,7 @@ from tfopt.optimizer import optimize_command
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
-HELP_COMMANDS = ("", *sorted(main.commands))  # `tfopt --help` and every command's, new ones included
+HELP_COMMANDS = ("", *main.list_commands(None))  # `tfopt --help` and every command's, new and lazily imported ones included
 TFOPT_PROGRAMS = ("tfopt", ".venv/bin/tfopt", ".venv-tf/bin/tfopt")
 PYTHON_PROGRAMS = ("python", "python3", ".venv/bin/python", ".venv-tf/bin/python")
 KNOWN_PROGRAMS = (*TFOPT_PROGRAMS, *PYTHON_PROGRAMS, "bash", "pip", "sh")

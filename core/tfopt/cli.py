@@ -6,6 +6,7 @@ Progress goes to stderr, results to stdout. Exit codes (see ``console.py``): 0 o
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from pathlib import Path
@@ -16,27 +17,57 @@ import click
 from . import __version__
 from .console import TfoptGroup, error_line, progress_printer, third_party_output, warning_line
 from .errors import TfoptError
-from .graph.fusion import FUSION_NAMES, TARGETS
-from .optimizer import optimize_command
-from .pipeline import (
-    benchmark_models,
-    export_result_from_file,
-    run_export,
-    run_pipeline,
-    verification_message,
-    verify_models,
-)
-from .plugins import build_plugin_manager, check_adapter_name, list_plugins, parse_block_options
-from .precision import PRECISIONS
-from .report import (
-    export_result_from_report,
-    latency_lines,
-    load_report,
-    parity_line,
-    resolve_output,
-    summary_text,
-)
+from .plugins import parse_block_options
 from .results import RunContext, to_jsonable
+
+# Imported inside the commands that use them, so that `tfopt --help`, `tfopt plugins` and
+# each command's --help start without onnx, onnxscript, ONNX Runtime, torch or TensorFlow:
+# tfopt.pipeline, tfopt.report, tfopt.precision, tfopt.graph.fusion, tfopt.optimizer.
+
+
+class LazyChoice(click.Choice):
+    """A click.Choice whose values are a tuple in a module imported only when they are needed
+    (a value to check, a --help to show), not when the command line is built."""
+
+    def __init__(self, module: str, attribute: str, case_sensitive: bool = True):
+        self._source = (module, attribute)
+        self.case_sensitive = case_sensitive
+
+    @property
+    def choices(self):  # click reads self.choices everywhere it needs them
+        module, attribute = self._source
+        return tuple(getattr(importlib.import_module(module), attribute))
+
+
+class MainGroup(TfoptGroup):
+    """The ``tfopt`` group: commands defined in heavy modules are imported when they are run
+    (or their --help shown), and listed in ``tfopt --help`` by their short help meanwhile."""
+
+    # name -> (module, attribute, short help shown by `tfopt --help`; a test keeps it equal to the command's)
+    lazy_commands = {
+        "optimize": ("tfopt.optimizer", "optimize_command", "Fuse an exported transformer ONNX model for ONNX Runtime."),
+    }
+
+    def list_commands(self, ctx):
+        return sorted({*self.commands, *self.lazy_commands})
+
+    def get_command(self, ctx, name):
+        if name in self.lazy_commands and name not in self.commands:
+            module, attribute, _ = self.lazy_commands[name]
+            self.add_command(getattr(importlib.import_module(module), attribute), name=name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx, formatter):
+        listed = []
+        for name in self.list_commands(ctx):
+            command = self.commands.get(name) or click.Command(name, short_help=self.lazy_commands[name][2])
+            if not command.hidden:
+                listed.append((name, command))
+        if listed:
+            limit = formatter.width - 6 - max(len(name) for name, _ in listed)
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, command.get_short_help_str(limit)) for name, command in listed])
+
 
 MAIN_HELP = """Optimize transformer models for ONNX Runtime: export, fuse, convert, verify, benchmark.
 
@@ -106,13 +137,15 @@ class _LazyPlugins:
     @property
     def pm(self):
         if self._pm is None:
+            from .plugins import build_plugin_manager
+
             self._pm = build_plugin_manager(blocked=self.blocked)
             for warning in self._pm.warnings:  # shown even with -q: they are not progress
                 click.echo(warning_line(warning), err=True)
         return self._pm
 
 
-@click.group(name="tfopt", cls=TfoptGroup, help=MAIN_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(name="tfopt", cls=MainGroup, help=MAIN_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-p", "blocks", multiple=True, metavar="no:NAME", help="Block the plugin NAME for this command (repeatable).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
 @click.option("-v", "--verbose", is_flag=True,
@@ -165,21 +198,24 @@ Examples:
 
 @main.command("run", help=RUN_HELP)
 @source_options
-@click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="Precision of the final model [default: fp32].")
+@click.option("--precision", type=LazyChoice("tfopt.precision", "PRECISIONS"), default=None, help="Precision of the final model [default: fp32].")
 @click.option("--input-int32", "input_int32", is_flag=True, default=None, help="Make int64 inputs int32 in the optimized model.")
 @click.option("--benchmark/--no-benchmark", default=None, help="Measure latency after verification [default: on].")
 @click.option("--validate/--no-validate", default=None,
               help="Check every written model (ONNX Runtime load + parity with the model it came from) before keeping it [default: on].")
 @click.option("--batch-sizes", default=None, metavar="1,2,4", help="Batch sizes of the verification inputs.")
 @click.option("--sequence-lengths", default=None, metavar="8,16,32", help="Sequence lengths of the verification inputs.")
-@click.option("--disable", "disabled", multiple=True, type=click.Choice(FUSION_NAMES), help="Do not apply this fusion (repeatable).")
-@click.option("--target", type=click.Choice(TARGETS), default=None,
+@click.option("--disable", "disabled", multiple=True, type=LazyChoice("tfopt.graph.fusion", "FUSION_NAMES"), help="Do not apply this fusion (repeatable).")
+@click.option("--target", type=LazyChoice("tfopt.graph.fusion", "TARGETS"), default=None,
               help="Device the fused ops are chosen for: cpu (MultiHeadAttention) or cuda (packed Attention) [default: cpu].")
 @click.option("--profile", "profile", is_flag=True, default=None,
               help="Also profile the raw and the final model with ONNX Runtime's profiler (settings: --option profile_sequence_length=128 ...; see `tfopt profile`).")
 @click.pass_context
 def run_command(ctx, plugin, source, output, exporter, attn_implementation, opset, extra, precision, input_int32,
                 benchmark, validate, batch_sizes, sequence_lengths, disabled, target, profile):
+    from .pipeline import run_pipeline, verification_message
+    from .report import summary_text
+
     options = _set(
         parse_options(extra),
         exporter=exporter,
@@ -226,6 +262,8 @@ Example:
 @source_options
 @click.pass_context
 def export_command(ctx, plugin, source, output, exporter, attn_implementation, opset, extra):
+    from .pipeline import run_export
+
     options = _set(parse_options(extra), exporter=exporter, attn_implementation=attn_implementation, opset=opset)
     pm = _pm(ctx)
     run_ctx = RunContext(family=plugin, source=source, work_dir=output, options=options, progress=ctx.obj["progress"])
@@ -236,6 +274,9 @@ def export_command(ctx, plugin, source, output, exporter, attn_implementation, o
 
 def _run_dir_context(ctx: click.Context, run_dir: Path, overrides: dict[str, Any]):
     """(pm, adapter, RunContext, ExportResult, report) for stages run again on a `tfopt run` output dir."""
+    from .plugins import check_adapter_name
+    from .report import export_result_from_report, load_report
+
     report = load_report(run_dir)
     adapter = report.get("family")
     pm = _pm(ctx)
@@ -262,7 +303,7 @@ Examples:
 @main.command("verify", help=VERIFY_HELP)
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--reference", type=click.Path(path_type=Path), default=None, help="Unfused ONNX model (when TARGET is a file).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="Tolerance to apply (default: the run's precision, or fp32).")
+@click.option("--precision", type=LazyChoice("tfopt.precision", "PRECISIONS"), default=None, help="Tolerance to apply (default: the run's precision, or fp32).")
 @click.option("--tolerance", type=float, default=None, help="Max abs diff allowed (overrides --precision's).")
 @click.option("--batch-sizes", default=None, metavar="1,2,4")
 @click.option("--sequence-lengths", default=None, metavar="8,16,32")
@@ -270,6 +311,9 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print the verification result as JSON.")
 @click.pass_context
 def verify_command(ctx, target, reference, precision, tolerance, batch_sizes, sequence_lengths, extra, as_json):
+    from .pipeline import export_result_from_file, verification_message, verify_models
+    from .report import parity_line, resolve_output
+
     overrides = _set(
         parse_options(extra),
         precision=precision,
@@ -321,6 +365,9 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print the benchmark result as JSON.")
 @click.pass_context
 def bench_command(ctx, targets, batch_sizes, sequence_lengths, repeat, extra, as_json):
+    from .pipeline import benchmark_models, export_result_from_file
+    from .report import latency_lines, resolve_output
+
     overrides = _set(
         parse_options(extra),
         bench_batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"),
@@ -364,6 +411,8 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def plugins_command(ctx, as_json):
+    from .plugins import list_plugins
+
     listing = list_plugins(_pm(ctx))
     if as_json:
         click.echo(json.dumps(listing, indent=2))
@@ -412,7 +461,7 @@ Examples:
 @click.pass_context
 def profile_command(ctx, target, batch_size, sequence_length, past_sequence_length, samples, warmup, threads, top, output, keep_trace, as_json):
     from .profile import PROFILE_FILE, file_feed, profile_files, profile_lines, profile_run
-    from .report import _portable
+    from .report import _portable, resolve_output
 
     settings = _set(
         {},
@@ -490,5 +539,3 @@ def report_command(run_dirs, output):
     written = write_report_page(list(run_dirs), output)
     click.echo(f"written: {written} ({written.stat().st_size / 1024:.0f} KB, {len(run_dirs)} run{'s' if len(run_dirs) > 1 else ''})")
 
-
-main.add_command(optimize_command, name="optimize")
