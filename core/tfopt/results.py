@@ -17,10 +17,16 @@ from typing import Any, Callable
 class ModelInfo:
     """What the fusion rules need to know about the exported model."""
 
-    model_type: str  # e.g. "bert", "distilbert", "roberta", "albert", "gpt2"
+    model_type: str  # e.g. "bert", "vit", "gpt2": tfopt.graph.MODEL_TYPES have built-in expected counts
     num_heads: int = 0  # 0 = detect from the graph
     hidden_size: int = 0  # 0 = detect from the graph
-    num_layers: int = 0  # 0 = unknown; used to state the expected fusion counts
+    num_layers: int = 0  # 0 = unknown (counted from the graph's Softmax); scales the expected counts
+    # Fused-op counts a fully fused model has ("A|B" = the sum of both); None = from model_type
+    # (tfopt.graph.expected_counts). Helpers: tfopt.graph.encoder_counts / decoder_counts.
+    expected: dict[str, int] | None = None
+    # The family's own rules (tfopt.graph.FusionRules), run inside the shared plan. Not report
+    # material (repr=False keeps them out of report.json); ``tfopt verify DIR`` does not fuse.
+    rules: list[Any] = field(default_factory=list, repr=False, compare=False)
 
 
 @dataclass

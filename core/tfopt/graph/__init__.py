@@ -4,20 +4,42 @@ ONNX Runtime contrib ops.
 Entry points:
 
 - :func:`fuse_model` rewrites an ``ir.Model`` in place and returns :class:`FusionStats`.
-- :func:`fuse_file` loads, fuses and atomically saves, returning a ``FuseResult``.
+- :func:`fuse_file` loads, fuses, validates and atomically saves, returning a ``FuseResult``.
+- :class:`FusionRules`: a family's own rules and where they run (``extra_rules=`` or ``ModelInfo.rules``).
+- :func:`expected_counts`, :func:`encoder_counts`, :func:`decoder_counts`: what a fully fused
+  model contains; :func:`missing_fusions`: the lines saying what fell short.
 """
 
-from .fusion import FUSION_NAMES, FusionStats, count_ops, expected_counts, fuse_file, fuse_model
+from .fusion import (
+    FUSION_NAMES,
+    MODEL_TYPES,
+    PLAN_STAGES,
+    FusionRules,
+    FusionStats,
+    count_ops,
+    decoder_counts,
+    encoder_counts,
+    expected_counts,
+    fuse_file,
+    fuse_model,
+    missing_fusions,
+)
 from .io import load_model, read_io_spec, save_model
 
 __all__ = [
     "FUSION_NAMES",
+    "MODEL_TYPES",
+    "PLAN_STAGES",
+    "FusionRules",
     "FusionStats",
     "count_ops",
+    "decoder_counts",
+    "encoder_counts",
     "expected_counts",
     "fuse_file",
     "fuse_model",
     "load_model",
+    "missing_fusions",
     "read_io_spec",
     "save_model",
 ]

@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import onnx_ir as ir
 from onnxscript.optimizer import remove_unused_nodes
@@ -44,13 +44,37 @@ class FusionStats:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass
+class FusionRules:
+    """A family's (or an extension's) own rewrite rules, and where they run in the shared plan.
+
+    ``name`` is a fusion name like the shared ones: ``disabled=[name]`` turns the group off.
+    ``rules`` are onnxscript ``RewriteRule`` objects (``pattern``/``check``/``rewrite``); each
+    rule's own name is what ``rule_counts`` and validation's bisection report.
+    ``before`` is the shared stage (one of :data:`PLAN_STAGES`) the group runs just before,
+    or None to run after every shared rule. Rules that make a graph match a shared rule
+    (a family's mask or reshape form) go before it; rules that fuse what the shared ones
+    leave go last.
+    """
+
+    name: str
+    rules: Sequence[Any]
+    before: str | None = "attention"
+
+
 TARGETS = ("cpu", "cuda")
+# The shared plan's stages, in the order they run (FusionRules.before names one of them).
+PLAN_STAGES = ("linear", "layer_norm", "gelu", "fast_gelu", "bias_gelu", "embed_layer_norm", "attention", "skip_layer_norm")
 
 # What each family's graphs should contain after fusion, per encoder layer.
 _GELU_OPS = ("BiasGelu", "FastGelu", "Gelu", "QuickGelu")
+GELU_KEY = "|".join(_GELU_OPS)
+ATTENTION_KEY = "Attention|MultiHeadAttention"
 _DECODER_TYPES = ("gpt2",)
 _ENCODER_TYPES = ("bert", "roberta", "distilbert", "albert", "bert_tf", "bert_keras", "electra", "xlm-roberta")
-MODEL_TYPES = _ENCODER_TYPES + _DECODER_TYPES  # what ``--model_type`` accepts
+# Encoders whose input is no token table: patches (ViT) have no EmbedLayerNormalization to fuse.
+_NO_EMBEDDING_LN_TYPES = ("vit",)
+MODEL_TYPES = _ENCODER_TYPES + _NO_EMBEDDING_LN_TYPES + _DECODER_TYPES  # what ``--model_type`` accepts
 
 
 def count_ops(model: ir.Model) -> dict[str, int]:
@@ -58,42 +82,80 @@ def count_ops(model: ir.Model) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def encoder_counts(num_layers: int, *, embed_layer_norm: bool = True) -> dict[str, int]:
+    """A fully fused post-LN encoder (BERT's layout) with ``num_layers`` layers.
+
+    ``embed_layer_norm=False`` for encoders whose input is not looked up in a token table
+    (image patches, audio frames): there is no EmbedLayerNormalization to expect. A pre-LN
+    encoder (ViT) has the same counts: its 2L LayerNorms after residual Adds become
+    SkipLayerNormalization, the first layer's LayerNorm of the embeddings stays one.
+    """
+    counts = {"EmbedLayerNormalization": 1} if embed_layer_norm else {}
+    counts.update({ATTENTION_KEY: num_layers, "SkipLayerNormalization": 2 * num_layers, GELU_KEY: num_layers})
+    return counts
+
+
+def decoder_counts(num_layers: int) -> dict[str, int]:
+    """A fully fused pre-LN decoder (GPT-2's layout) with ``num_layers`` layers.
+
+    Every LayerNorm follows an Add (word + position embeddings for layer 0's ln_1, a
+    residual for the others and ln_f), so all 2L + 1 become SkipLayerNormalization.
+    """
+    return {ATTENTION_KEY: num_layers, "SkipLayerNormalization": 2 * num_layers + 1, GELU_KEY: num_layers}
+
+
 def expected_counts(info: ModelInfo, num_layers: int) -> dict[str, int]:
-    """Fused-op counts a fully fused model with ``num_layers`` layers has ("A|B" = sum of both)."""
+    """Fused-op counts a fully fused model has ("A|B" = sum of both); {} when nothing is known.
+
+    ``info.expected`` (the adapter's own statement) wins; else the built-in counts of
+    ``info.model_type`` (one of :data:`MODEL_TYPES`) for ``num_layers`` layers.
+    """
+    if info.expected is not None:
+        return dict(info.expected)
     if num_layers <= 0:
         return {}
     if info.model_type in _DECODER_TYPES:
-        # Pre-LN: every LayerNorm follows an Add (word + position embeddings for layer 0's
-        # ln_1, a residual for the others and ln_f), so all 2L + 1 become SkipLayerNormalization.
-        return {
-            "Attention|MultiHeadAttention": num_layers,
-            "SkipLayerNormalization": 2 * num_layers + 1,
-            "|".join(_GELU_OPS): num_layers,
-        }
-    if info.model_type not in _ENCODER_TYPES:
-        return {}
-    return {
-        "EmbedLayerNormalization": 1,
-        "Attention|MultiHeadAttention": num_layers,
-        "SkipLayerNormalization": 2 * num_layers,
-        "|".join(_GELU_OPS): num_layers,
-    }
+        return decoder_counts(num_layers)
+    if info.model_type in _NO_EMBEDDING_LN_TYPES:
+        return encoder_counts(num_layers, embed_layer_norm=False)
+    if info.model_type in _ENCODER_TYPES:
+        return encoder_counts(num_layers)
+    return {}
 
 
-def missing_fusions(expected: dict[str, int], op_counts: dict[str, int], disabled: set[str]) -> list[str]:
+def no_expectation_line(info: ModelInfo) -> str:
+    """The missing-fusion line for a model nothing is expected of: fusion would go unchecked."""
+    if info.model_type in MODEL_TYPES:
+        return (
+            f"no expected fusion counts: model type {info.model_type!r} with no layers found"
+            " (no Softmax in the graph and ModelInfo.num_layers is 0): fusion is unchecked"
+        )
+    return (
+        f"no expected fusion counts for model type {info.model_type!r}: fusion is unchecked"
+        f" (built-in types: {', '.join(MODEL_TYPES)}; an adapter states its own in ModelInfo.expected)"
+    )
+
+
+def missing_fusions(expected: dict[str, int], op_counts: dict[str, int], disabled: Iterable[str] = ()) -> list[str]:
+    """One line per expected fusion that fell short, plus any Softmax left unfused.
+
+    A leftover Softmax means an attention pattern did not match, whatever the family
+    expects (unless the ``attention`` fusion is disabled).
+    """
     missing = []
     for key, want in expected.items():
         have = sum(op_counts.get(op_type, 0) for op_type in key.split("|"))
         if have < want:
             missing.append(f"{key}: expected {want}, found {have}")
     leftover = op_counts.get("Softmax", 0)
-    if leftover and "Attention|MultiHeadAttention" in expected and "attention" not in disabled:
+    if leftover and "attention" not in set(disabled):
         missing.append(f"{leftover} Softmax left unfused (an attention pattern did not match)")
     return missing
 
 
-def _rule_plan(info: ModelInfo, disabled: set[str], target: str) -> list[tuple[str, list]]:
-    """(fusion name, rules) in the order they must run: LN before SkipLN, EmbedLN before SkipLN."""
+def _rule_plan(info: ModelInfo, disabled: set[str], target: str, extra: Sequence[FusionRules]) -> list[tuple[str, list]]:
+    """(fusion name, rules) in the order they must run: LN before SkipLN, EmbedLN before SkipLN;
+    each extra group just before the first shared stage it names (or at the end)."""
     plan = [
         ("linear", linear.linear_rules()),  # canonical form for the rules below; always on
         ("layer_norm", normalization.layer_norm_rules()),
@@ -106,7 +168,25 @@ def _rule_plan(info: ModelInfo, disabled: set[str], target: str) -> list[tuple[s
         ("linear", linear.linear_rules()),  # again: attention fusion exposes GPT-2's c_proj Gemm
         ("skip_layer_norm", normalization.skip_layer_norm_rules()),
     ]
+    for group in extra:
+        names = [name for name, _ in plan]
+        at = names.index(group.before) if group.before is not None else len(plan)
+        plan.insert(at, (group.name, list(group.rules)))
     return [(name, rules) for name, rules in plan if name not in disabled]
+
+
+def _checked_groups(groups: Iterable[Any]) -> list[FusionRules]:
+    """Extra rule groups, refused in one line when malformed (a plugin author's mistake)."""
+    checked = []
+    for group in groups:
+        if not isinstance(group, FusionRules):
+            raise TfoptError(f"extra rules must be tfopt.graph.FusionRules, got {type(group).__name__}")
+        if group.before is not None and group.before not in PLAN_STAGES:
+            raise TfoptError(f"FusionRules {group.name!r}: before={group.before!r} is no stage; known: {', '.join(PLAN_STAGES)}")
+        if group.name in FUSION_NAMES or group.name == "linear":
+            raise TfoptError(f"FusionRules name {group.name!r} is taken by a shared fusion; choose another")
+        checked.append(group)
+    return checked
 
 
 def fuse_model(
@@ -117,17 +197,23 @@ def fuse_model(
     input_int32: bool = False,
     target: str = "cpu",
     skip_rules: Iterable[str] = (),
+    extra_rules: Iterable[FusionRules] = (),
+    expected: dict[str, int] | None = None,
 ) -> FusionStats:
     """Rewrite ``model`` in place into ONNX Runtime contrib ops; say what fired and what did not.
 
     ``target`` ("cpu" or "cuda") picks the attention op that runs fastest there.
     ``skip_rules``: rule names (as in ``rule_counts``) not to apply; validation uses it
     to drop a rule that broke a model.
+    ``extra_rules``: :class:`FusionRules` groups run inside the shared plan, after those of
+    ``info.rules``. ``expected``: the fused-op counts to check, overriding ``info.expected``
+    and the model type's built-in counts. When nothing is expected, ``missing`` says so.
     """
     if target not in TARGETS:
         raise TfoptError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
+    groups = _checked_groups([*info.rules, *extra_rules])
     disabled = set(disabled)
-    unknown = disabled - set(FUSION_NAMES)
+    unknown = disabled - set(FUSION_NAMES) - {group.name for group in groups}
     if unknown:
         raise TfoptError(f"unknown fusion name(s) {sorted(unknown)}; known: {', '.join(FUSION_NAMES)}")
     if info.num_heads and info.hidden_size and info.hidden_size % info.num_heads:
@@ -137,7 +223,7 @@ def fuse_model(
     num_layers = info.num_layers or sum(1 for node in model.graph if node.op_type == "Softmax")
     rule_counts: dict[str, int] = {}
     skip_rules = set(skip_rules)
-    for _, rules in _rule_plan(info, disabled, target):
+    for _, rules in _rule_plan(info, disabled, target, groups):
         for rule in rules:
             if rule.name in skip_rules:
                 rule_counts.setdefault(rule.name, 0)
@@ -152,15 +238,23 @@ def fuse_model(
         converted = inputs_to_int32(model)
         notes.append(f"inputs now int32: {', '.join(converted) or 'none'}")
     op_counts = count_ops(model)
-    expected = expected_counts(info, num_layers)
+    if expected is None:
+        expected = expected_counts(info, num_layers)
+        stated = info.expected is not None or bool(expected)  # an adapter's explicit {} is a statement
+    else:
+        stated = True
+    expected = dict(expected)
     for name in disabled:  # a disabled fusion is not expected
         expected.pop(_FUSION_OPS.get(name, ""), None)
+    missing = missing_fusions(expected, op_counts, disabled)
+    if not stated:
+        missing.insert(0, no_expectation_line(info))
     heads = _attention_heads(model)
     return FusionStats(
         op_counts=op_counts,
         rule_counts=rule_counts,
         expected=expected,
-        missing=missing_fusions(expected, op_counts, disabled),
+        missing=missing,
         num_heads=heads[0],
         hidden_size=heads[1],
         seconds=time.perf_counter() - start,
@@ -205,17 +299,25 @@ def fuse_file(
     target: str = "cpu",
     validate: bool = True,
     progress: Callable[[str], None] = lambda message: None,
+    extra_rules: Iterable[FusionRules] = (),
+    expected: dict[str, int] | None = None,
 ) -> FuseResult:
     """Load, fuse, validate and atomically save; the input file is never modified.
 
     With ``validate`` (the default) the output is written only once it loads in ONNX
     Runtime and computes what the input computes (:mod:`tfopt.graph.validate`); a rule
     that broke it is found, left out and listed in ``dropped_rules``.
+    ``extra_rules`` and ``expected``: as in :func:`fuse_model` (``info.rules`` and
+    ``info.expected`` are used too, so an adapter that states them needs no own ``fuse``).
     """
+    extra_rules = list(extra_rules)
 
     def build(skip: frozenset[str]):
         model = load_model(input_path)
-        stats = fuse_model(model, info, disabled=disabled, input_int32=input_int32, target=target, skip_rules=skip)
+        stats = fuse_model(
+            model, info, disabled=disabled, input_int32=input_int32, target=target, skip_rules=skip,
+            extra_rules=extra_rules, expected=expected,
+        )
         return model, stats, fired_rules(stats)
 
     outcome = write_validated(build, output_path, input_path, refuse=input_path, validate=validate, progress=progress)
