@@ -48,9 +48,18 @@ def time_interleaved(
     return {label: np.array(t) for label, t in times.items()}
 
 
-def latency_row(engine: str, batch_size: int, sequence_length: int, seconds: np.ndarray) -> LatencyRow:
+def latency_row(
+    engine: str, batch_size: int, sequence_length: int, seconds: np.ndarray, *, shape: dict[str, int] | None = None
+) -> LatencyRow:
+    """Percentiles of ``seconds`` (one per call) as a row keyed by the input shape.
+
+    ``shape``: the timed input's axes by name; default ``{"batch": batch_size, "sequence":
+    sequence_length}`` (just ``{"batch": ...}`` when ``sequence_length`` is 0: no sequence axis).
+    """
     ms = np.asarray(seconds) * 1000.0
     p50, p90, p95, p99 = (float(v) for v in np.percentile(ms, [50, 90, 95, 99]))
+    if shape is None:
+        shape = {"batch": batch_size, "sequence": sequence_length} if sequence_length else {"batch": batch_size}
     return LatencyRow(
         engine=engine,
         batch_size=batch_size,
@@ -60,6 +69,7 @@ def latency_row(engine: str, batch_size: int, sequence_length: int, seconds: np.
         p95_ms=p95,
         p99_ms=p99,
         throughput=batch_size / (p50 / 1000.0) if p50 > 0 else float("inf"),
+        shape={str(name): int(size) for name, size in shape.items()},
     )
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from . import feeds as feeds_module
 from . import precision as precision_module
 from .bench import latency_row, ort_session, time_calls
+from .errors import TfoptError
 from .hookspecs import hookimpl
 from .results import BenchResult, ExportResult, FuseResult, PrecisionResult, RunContext, VerifyResult
 from .verify import compare_cases
@@ -28,6 +29,8 @@ from .verify import compare_cases
 OPTIMIZED_FILE = "optimized.onnx"
 DEFAULT_BENCH_BATCH_SIZES = (1,)
 DEFAULT_BENCH_SEQUENCE_LENGTHS = (8, 32)
+DEFAULT_BENCH_REPEAT = 20  # timed calls per engine and shape
+DEFAULT_BENCH_WARMUP = 3  # untimed calls first
 
 
 @hookimpl(trylast=True)
@@ -62,6 +65,8 @@ def convert_precision(ctx: RunContext, fused: FuseResult) -> PrecisionResult:
 
 @hookimpl(trylast=True)
 def make_dummy_inputs(ctx: RunContext, exported: ExportResult) -> list[dict[str, np.ndarray]]:
+    specs = feeds_module.graph_inputs(exported.model_path)
+    feeds_module.check_sequence_option(specs, ctx.option("sequence_lengths"), "sequence_lengths")
     return feeds_module.dummy_feeds(
         exported.model_path,
         batch_sizes=feeds_module.int_tuple(ctx.option("batch_sizes", feeds_module.DEFAULT_BATCH_SIZES), "batch_sizes"),
@@ -69,7 +74,35 @@ def make_dummy_inputs(ctx: RunContext, exported: ExportResult) -> list[dict[str,
             ctx.option("sequence_lengths", feeds_module.DEFAULT_SEQUENCE_LENGTHS), "sequence_lengths"
         ),
         id_limit=int(ctx.option("id_limit", feeds_module.DEFAULT_ID_LIMIT)),
+        axis_sizes=_axis_sizes(ctx, "axis_sizes"),
     )
+
+
+def _axis_sizes(ctx: RunContext, option: str) -> dict[str, tuple[int, ...]] | None:
+    """``axis_sizes``: {axis name: sizes} (a dict, or "height=224,384;width=224" from --option)."""
+    value = ctx.option(option)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = dict(part.split("=", 1) for part in value.split(";") if part.strip())
+        except ValueError:
+            raise TfoptError(f"{option} must look like 'height=224,384;width=224', got {value!r}") from None
+    if not isinstance(value, dict):
+        raise TfoptError(f"{option} must map axis names to sizes, got {value!r}")
+    return {str(name).strip(): feeds_module.int_tuple(sizes, f"{option}[{name}]") for name, sizes in value.items()}
+
+
+def sequence_size(shape: dict[str, int]) -> int:
+    """``LatencyRow.sequence_length`` of a shape: its "sequence" axis, or its one axis besides the batch; else 0."""
+    others = [size for axis, size in shape.items() if axis != "batch"]
+    return shape.get("sequence", others[0] if len(others) == 1 else 0)
+
+
+def case_label(shape: dict[str, int]) -> dict[str, int]:
+    """A verification case's label from its feed shape: ``batch_size``, ``sequence_length``, other axes by name."""
+    names = {"batch": "batch_size", "sequence": "sequence_length"}
+    return {names.get(axis, axis): size for axis, size in shape.items()}
 
 
 def _valid_positions(feed: dict[str, np.ndarray], output: np.ndarray) -> np.ndarray | None:
@@ -85,6 +118,7 @@ def verify(
     ctx: RunContext, exported: ExportResult, model_path: Path, inputs: list[dict[str, np.ndarray]]
 ) -> VerifyResult:
     start = time.perf_counter()
+    specs = feeds_module.graph_inputs(exported.model_path)
     reference = ort_session(exported.model_path)
     candidate = ort_session(model_path)
     output_name = reference.get_outputs()[0].name
@@ -98,8 +132,7 @@ def verify(
         references.append(expected)
         actuals.append(actual)
         valids.append(_valid_positions(feed, expected))
-        first = next(iter(feed.values()))
-        labels.append({"batch_size": int(first.shape[0]), "sequence_length": int(first.shape[1]) if first.ndim > 1 else 0})
+        labels.append(case_label(feeds_module.feed_shape(specs, feed)))
     result = compare_cases(
         references,
         actuals,
@@ -116,12 +149,14 @@ def verify(
 @hookimpl(trylast=True)
 def benchmark(ctx: RunContext, exported: ExportResult, models: dict[str, Path]) -> BenchResult:
     start = time.perf_counter()
+    specs = feeds_module.graph_inputs(exported.model_path)
+    feeds_module.check_sequence_option(specs, ctx.option("bench_sequence_lengths"), "bench_sequence_lengths")
     batch_sizes = feeds_module.int_tuple(ctx.option("bench_batch_sizes", DEFAULT_BENCH_BATCH_SIZES), "bench_batch_sizes")
     sequence_lengths = feeds_module.int_tuple(
         ctx.option("bench_sequence_lengths", DEFAULT_BENCH_SEQUENCE_LENGTHS), "bench_sequence_lengths"
     )
-    repeat = int(ctx.option("bench_repeat", 20))
-    warmup = int(ctx.option("bench_warmup", 3))
+    repeat = int(ctx.option("bench_repeat", DEFAULT_BENCH_REPEAT))
+    warmup = int(ctx.option("bench_warmup", DEFAULT_BENCH_WARMUP))
     sessions = {label: ort_session(path) for label, path in models.items()}
     grid = feeds_module.dummy_feeds(
         exported.model_path,
@@ -129,13 +164,14 @@ def benchmark(ctx: RunContext, exported: ExportResult, models: dict[str, Path]) 
         sequence_lengths=sequence_lengths,
         id_limit=int(ctx.option("id_limit", feeds_module.DEFAULT_ID_LIMIT)),
         padded=False,
+        axis_sizes=_axis_sizes(ctx, "bench_axis_sizes"),
     )
-    shapes = [(b, s) for b in batch_sizes for s in sequence_lengths]
     rows = []
-    for (batch_size, sequence_length), feed in zip(shapes, grid):
-        ctx.progress(f"benchmarking batch {batch_size}, sequence {sequence_length} ...")
+    for feed in grid:
+        shape = feeds_module.feed_shape(specs, feed)
+        ctx.progress(f"benchmarking {', '.join(f'{axis} {size}' for axis, size in shape.items())} ...")
         for label, session in sessions.items():
             prepared = feeds_module.session_feed(session, feed)
             seconds = time_calls(lambda: session.run(None, prepared), warmup=warmup, repeat=repeat)
-            rows.append(latency_row(label, batch_size, sequence_length, seconds))
+            rows.append(latency_row(label, shape.get("batch", 1), sequence_size(shape), seconds, shape=shape))
     return BenchResult(rows=rows, device="cpu", seconds=time.perf_counter() - start)

@@ -2,13 +2,16 @@
 
 Adapters know their vocabulary and build realistic ids; this module only knows the
 graph: names, element types and which axes are dynamic. Axis 0 of a dynamic input is
-taken as the batch, any other dynamic axis as the sequence. Padding matters: a fused
-attention that ignores the mask only shows on rows shorter than the longest, so
+taken as the batch; every other dynamic axis is sized by its name from ``axis_sizes``
+(``{"height": (224, 384)}``), else by the sequence length. A model with no dynamic axis
+besides the batch (images of one size) gets one feed per batch size. Padding matters: a
+fused attention that ignores the mask only shows on rows shorter than the longest, so
 ``attention_mask`` gets right padding that differs from row to row.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -171,6 +174,33 @@ def feed_for(
     return feed
 
 
+def shape_axes(specs: list[GraphInput]) -> list[str]:
+    """Names of the dynamic axes besides the batch, in input order (unnamed ones are "sequence")."""
+    names: dict[str, None] = {}
+    for spec in specs:
+        for axis, dim in enumerate(spec.dims):
+            if axis > 0 and dim is None:
+                names[(spec.dim_names[axis] if axis < len(spec.dim_names) else None) or "sequence"] = None
+    return list(names)
+
+
+def feed_shape(specs: list[GraphInput], feed: dict[str, np.ndarray]) -> dict[str, int]:
+    """The shape a feed was made at, by axis name: ``{"batch": 2, "sequence": 16}``, ``{"batch": 4}``.
+
+    What benchmark rows (``LatencyRow.shape``) and verification cases are keyed by.
+    """
+    shape: dict[str, int] = {}
+    for spec in specs:
+        value = feed.get(spec.name)
+        if value is None:
+            continue
+        for axis, dim in enumerate(spec.dims):
+            if dim is None and axis < value.ndim:
+                name = "batch" if axis == 0 else (spec.dim_names[axis] if axis < len(spec.dim_names) else None) or "sequence"
+                shape.setdefault(name, int(value.shape[axis]))
+    return shape
+
+
 def dummy_feeds(
     model_path: str | Path,
     *,
@@ -179,15 +209,37 @@ def dummy_feeds(
     id_limit: int = DEFAULT_ID_LIMIT,
     padded: bool = True,
     seed: int = 0,
+    axis_sizes: dict[str, Iterable[int]] | None = None,
 ) -> list[dict[str, np.ndarray]]:
-    """One feed per (batch size, sequence length), reproducible for a seed."""
+    """One feed per point of the grid, reproducible for a seed.
+
+    The grid is batch sizes x sequence lengths x the sizes ``axis_sizes`` gives named axes.
+    The sequence lengths size every other dynamic axis but the batch; when there is none
+    (a fixed image size) they do not apply and the grid is the batch sizes alone.
+    """
     specs = graph_inputs(model_path)
     rng = np.random.default_rng(seed)
+    named = {name: tuple(sizes) for name, sizes in (axis_sizes or {}).items()}
+    unknown = set(named) - set(shape_axes(specs))
+    if unknown:
+        raise TfoptError(
+            f"axis_sizes names {sorted(unknown)}, which the model has not; its dynamic axes: batch, {', '.join(shape_axes(specs)) or 'no other'}"
+        )
+    lengths = tuple(sequence_lengths) if set(shape_axes(specs)) - set(named) else tuple(sequence_lengths)[:1]
+    grid = list(itertools.product(*named.values())) or [()]
     return [
-        feed_for(specs, batch_size, sequence_length, rng=rng, id_limit=id_limit, padded=padded)
+        feed_for(specs, batch_size, sequence_length, rng=rng, id_limit=id_limit, padded=padded, dim_sizes=dict(zip(named, sizes)))
         for batch_size in batch_sizes
-        for sequence_length in sequence_lengths
+        for sequence_length in lengths
+        for sizes in grid
     ]
+
+
+def check_sequence_option(specs: list[GraphInput], value: Any, option: str) -> None:
+    """An explicit sequence-length option for a model with no sequence axis is a one-line error, not ignored."""
+    if value is not None and not shape_axes(specs):
+        inputs = ", ".join(f"{spec.name}[{', '.join(str(d) if d is not None else (spec.dim_names[i] or '?') for i, d in enumerate(spec.dims))}]" for spec in specs)
+        raise TfoptError(f"{option} does not apply: the model has no dynamic axis besides the batch ({inputs})")
 
 
 def session_feed(session, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

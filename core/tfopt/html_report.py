@@ -149,7 +149,12 @@ def _shape_label(row: dict[str, Any]) -> str:
         if step == "prompt" or not row.get("past_length"):
             return f"{step} b{row['batch_size']} s{row['sequence_length']}".strip()
         return f"{step} b{row['batch_size']} past {row['past_length']}".strip()
+    if row.get("shape"):  # the input's axes by name: "b4" for fixed-size images, "b1 samples 16000"
+        return " ".join(f"{CASE_KEYS.get(SHAPE_KEYS.get(axis, axis), axis + ' ')}{size}" for axis, size in row["shape"].items())
     return f"b{row['batch_size']} s{row['sequence_length']}"
+
+
+SHAPE_KEYS = {"batch": "batch_size", "sequence": "sequence_length"}
 
 
 CASE_KEYS = {"batch_size": "b", "sequence_length": "s", "past_length": "past "}

@@ -214,23 +214,32 @@ def _ratio(value: float) -> str:
     return f"{value:.2f}x" if value >= 0.1 else f"{value:.2g}x"
 
 
+def _row_shape(row: dict[str, Any]) -> tuple[tuple[str, int], ...]:
+    """A row's input shape by axis name; reports without ``shape`` have batch x sequence."""
+    shape = row.get("shape") or {"batch": row["batch_size"], "sequence": row["sequence_length"]}
+    return tuple(shape.items())
+
+
 def latency_lines(bench: dict[str, Any]) -> list[str]:
     rows = bench.get("rows", [])
     if not rows:
         return []
     engines = list(dict.fromkeys(row["engine"] for row in rows))
-    shapes = list(dict.fromkeys((row["batch_size"], row["sequence_length"]) for row in rows))
-    p50 = {(row["engine"], row["batch_size"], row["sequence_length"]): row["p50_ms"] for row in rows}
+    shapes = list(dict.fromkeys(_row_shape(row) for row in rows))
+    p50 = {(row["engine"], _row_shape(row)): row["p50_ms"] for row in rows}
     ratios = [(a, b) for a, b in (("ort:tfopt", "ort:raw"), ("ort:tfopt", "torch")) if a in engines and b in engines]
-    headers = ["batch x seq"] + engines + [f"{a}/{b}" for a, b in ratios]
+    axes = list(dict.fromkeys(axis for shape in shapes for axis, _ in shape))
+    short = {"batch": "batch", "sequence": "seq"}
+    headers = [" x ".join(short.get(axis, axis) for axis in axes)] + engines + [f"{a}/{b}" for a, b in ratios]
     table = []
-    for batch_size, sequence_length in shapes:
-        cells = [f"{batch_size} x {sequence_length}"]
+    for shape in shapes:
+        sizes = dict(shape)
+        cells = [" x ".join(str(sizes.get(axis, "-")) for axis in axes)]
         for engine in engines:
-            value = p50.get((engine, batch_size, sequence_length))
+            value = p50.get((engine, shape))
             cells.append("-" if value is None else f"{value:.3f}")
         for a, b in ratios:
-            top, bottom = p50.get((a, batch_size, sequence_length)), p50.get((b, batch_size, sequence_length))
+            top, bottom = p50.get((a, shape)), p50.get((b, shape))
             cells.append(_ratio(top / bottom) if top and bottom else "-")
         table.append(cells)
     return [f"latency p50 in ms ({bench.get('device', 'cpu')}):"] + _table(headers, table)

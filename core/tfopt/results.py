@@ -31,11 +31,17 @@ class ModelInfo:
 
 @dataclass
 class IOSpec:
-    """Names, element types and dynamic axes of the exported graph's inputs/outputs."""
+    """Names, element types and dynamic axes of the exported graph's inputs/outputs.
+
+    ``dynamic_axes`` names each input's dynamic axes as the graph does (``tfopt.graph.read_io_spec``):
+    ``{"input_ids": {0: "batch", 1: "sequence"}}`` for text, ``{"pixel_values": {0: "batch"}}``
+    for images of one size, ``{"input_values": {0: "batch", 1: "samples"}}`` for audio. Axis 0 is the
+    batch; the others are the model's own (``tfopt.feeds`` sizes them by these names).
+    """
 
     inputs: dict[str, str]  # name -> numpy dtype name ("int64", "float32", ...)
     outputs: list[str]
-    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)  # input/output -> axis -> name
 
 
 @dataclass
@@ -117,6 +123,14 @@ class VerifyResult:
 
 @dataclass
 class LatencyRow:
+    """One engine timed at one input shape.
+
+    ``shape`` is the key: the input's dynamic axes by name (``{"batch": 1, "sequence": 32}``,
+    ``{"batch": 4}`` for fixed-size images, ``{"batch": 1, "samples": 16000}``).
+    ``batch_size``/``sequence_length`` repeat it for readers of older reports
+    (``sequence_length`` 0 = the input has no sequence axis).
+    """
+
     engine: str  # "torch", "ort:raw", "ort:tfopt", ...
     batch_size: int
     sequence_length: int
@@ -125,6 +139,7 @@ class LatencyRow:
     p95_ms: float
     p99_ms: float
     throughput: float  # samples per second at p50
+    shape: dict[str, int] = field(default_factory=dict)  # axis name -> size; absent from older reports
 
 
 @dataclass
