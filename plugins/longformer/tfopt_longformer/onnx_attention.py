@@ -1,0 +1,163 @@
+"""The ``LongformerAttention`` node in ONNX: a body in standard ops (CPU target) or ONNX Runtime's contrib op (CUDA).
+
+The export writes one ``tfopt.longformer::LongformerAttention`` node per layer (inputs and
+attributes exactly those of ``com.microsoft::LongformerAttention``) and :func:`add_function`
+gives the model a local function of that name, so ONNX Runtime's CPU provider runs it (it
+inlines model-local functions) and the model validates like any other.
+
+The body is the sliding-chunks form: the sequence is padded inside the graph to a multiple of
+the window w, queries are taken in chunks of w, each chunk against the 3w keys around it
+(one MatMul over all chunks), a static band mask keeps the 2w+1 keys of each query's window;
+global tokens are gathered with TopK (K = the batch's largest count of global tokens, a tensor,
+so it stays dynamic). Memory is O(S * 3w + S * G): linear in the sequence length.
+
+:func:`to_contrib` rewrites the nodes into ``com.microsoft::LongformerAttention`` for the CUDA
+provider: ONNX Runtime has no CPU kernel for it, and its kernel needs S % 2w == 0, so each node
+gets a Pad before and a Slice after.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import TensorProto, helper
+
+from .modeling import DOMAIN, OP_TYPE
+
+MS_DOMAIN = "com.microsoft"
+INPUTS = ["input", "weight", "bias", "mask", "global_weight", "global_bias", "global"]
+LOWEST = -65504.0  # stands in for -inf in the softmax; representable in fp16 too
+
+
+class _Body:
+    """Appends nodes with unique output names; ``op`` returns the output name(s)."""
+
+    def __init__(self, prefix: str = "t"):
+        self.nodes: list[onnx.NodeProto] = []
+        self.prefix = prefix
+        self.count = 0
+
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs):
+        names = [f"{self.prefix}{self.count}_{i}" for i in range(outputs)]
+        self.count += 1
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, **attrs))
+        return names[0] if outputs == 1 else names
+
+    def ints(self, *values: int) -> str:
+        return self.op("Constant", value=helper.make_tensor("v", TensorProto.INT64, [len(values)], list(values)))
+
+    def attr_int(self, name: str) -> str:
+        """A 1-D int64 tensor holding the function's int attribute ``name``."""
+        attr = onnx.AttributeProto()
+        attr.name, attr.ref_attr_name, attr.type = "value_int", name, onnx.AttributeProto.INT
+        node = helper.make_node("Constant", [], [f"{self.prefix}{self.count}_0"])
+        node.attribute.append(attr)
+        self.count += 1
+        self.nodes.append(node)
+        return self.op("Unsqueeze", node.output[0], self.ints(0))
+
+    def like(self, value: float, ref: str) -> str:
+        return self.op("CastLike", self.op("Constant", value_float=value), ref)
+
+
+def function_proto(opset: int) -> onnx.FunctionProto:
+    """``tfopt.longformer::LongformerAttention`` in standard ops (attributes num_heads, window)."""
+    b = _Body()
+    x, weight, bias, mask, gweight, gbias, glob = INPUTS
+    zero, one = b.ints(0), b.ints(1)
+    shape = b.op("Shape", x)
+    B = b.op("Slice", shape, zero, one)
+    S = b.op("Slice", shape, one, b.ints(2))
+    E = b.op("Slice", shape, b.ints(2), b.ints(3))
+    H = b.attr_int("num_heads")
+    w = b.attr_int("window")
+    D = b.op("Div", E, H)
+    scale = b.op("Reciprocal", b.op("Sqrt", b.op("CastLike", D, x)))
+
+    def heads(t: str, length: str) -> str:  # (B, L, E) -> (B, H, L, D)
+        return b.op("Transpose", b.op("Reshape", t, b.op("Concat", B, length, H, D, axis=0)), perm=[0, 2, 1, 3])
+
+    q, k, v = b.op("Split", b.op("Add", b.op("MatMul", x, weight), bias), axis=2, num_outputs=3, outputs=3)
+    qh, kh, vh = heads(b.op("Mul", q, scale), S), heads(k, S), heads(v, S)
+    padded = b.op("Less", mask, b.like(0.0, mask))  # (B, S)
+    is_global = b.op("And", b.op("Cast", glob, to=TensorProto.BOOL), b.op("Not", padded))
+    key_ok = b.op("Not", b.op("Or", padded, is_global))
+    # sequence padded to nc * w; keys/values also by w on both sides: L = (nc + 2) * w
+    nc = b.op("Div", b.op("Sub", b.op("Add", S, w), one), w)
+    Sp = b.op("Mul", nc, w)
+    extra = b.op("Sub", Sp, S)
+    zeros2 = b.ints(0, 0)
+    q5 = b.op("Reshape", b.op("Pad", qh, b.op("Concat", zeros2, zero, zero, zeros2, extra, zero, axis=0)),
+              b.op("Concat", B, H, nc, w, D, axis=0))
+    nc2 = b.op("Add", nc, b.ints(2))
+
+    def windows(t: str) -> str:  # (B, H, S, D) -> (B, H, nc, 3w, D)
+        pads = b.op("Concat", zeros2, w, zero, zeros2, b.op("Add", extra, w), zero, axis=0)
+        chunks = b.op("Reshape", b.op("Pad", t, pads), b.op("Concat", B, H, nc2, w, D, axis=0))
+        axis = b.ints(2)
+        parts = [b.op("Slice", chunks, b.op("Add", zero, b.ints(s)), b.op("Add", nc, b.ints(s)), axis) for s in (0, 1, 2)]
+        return b.op("Concat", *parts, axis=3)
+
+    kwin, vwin = windows(kh), windows(vh)
+    scores = b.op("MatMul", q5, b.op("Transpose", kwin, perm=[0, 1, 2, 4, 3]))  # (B, H, nc, w, 3w)
+    # band: key t of a chunk's 3w is in query r's window iff r <= t <= r + 2w
+    w3 = b.op("Mul", w, b.ints(3))
+    scalar = lambda t: b.op("Squeeze", t, zero)  # noqa: E731
+    r = b.op("Unsqueeze", b.op("Range", scalar(zero), scalar(w), scalar(one)), one)
+    t = b.op("Unsqueeze", b.op("Range", scalar(zero), scalar(w3), scalar(one)), zero)
+    band = b.op("And", b.op("GreaterOrEqual", t, r), b.op("LessOrEqual", t, b.op("Add", r, b.op("Mul", w, b.ints(2)))))
+    ok = b.op("Pad", b.op("Cast", key_ok, to=TensorProto.FLOAT), b.op("Concat", zero, w, zero, b.op("Add", extra, w), axis=0))
+    ok = b.op("Reshape", ok, b.op("Concat", B, nc2, w, axis=0))
+    ok_parts = [b.op("Slice", ok, b.ints(s), b.op("Add", nc, b.ints(s)), one) for s in (0, 1, 2)]
+    ok_win = b.op("Greater", b.op("Concat", *ok_parts, axis=2), b.op("Constant", value_float=0.5))  # (B, nc, 3w)
+    allowed = b.op("And", b.op("Unsqueeze", band, b.ints(0, 1)), b.op("Unsqueeze", ok_win, b.ints(2)))
+    lowest = b.like(LOWEST, x)
+    scores = b.op("Where", b.op("Unsqueeze", allowed, one), scores, lowest)
+    # global tokens: the G = max count positions of each row (filler slots marked invalid)
+    count = b.op("ReduceMax", b.op("ReduceSum", b.op("Cast", is_global, to=TensorProto.INT64), one, keepdims=0), keepdims=1)
+    G = b.op("Max", count, one)
+    flags = b.op("Cast", is_global, to=TensorProto.FLOAT)
+    gflag, gidx = b.op("TopK", flags, G, axis=1, largest=1, sorted=1, outputs=2)  # (B, G)
+    gvalid = b.op("Greater", gflag, b.op("Constant", value_float=0.5))
+    index4 = b.op("Expand", b.op("Unsqueeze", gidx, b.ints(1, 3)), b.op("Concat", B, H, G, D, axis=0))
+    kg = b.op("GatherElements", kh, index4, axis=2)
+    vg = b.op("GatherElements", vh, index4, axis=2)
+    q4 = b.op("Reshape", q5, b.op("Concat", B, H, Sp, D, axis=0))
+    gs = b.op("Reshape", b.op("MatMul", q4, b.op("Transpose", kg, perm=[0, 1, 3, 2])), b.op("Concat", B, H, nc, w, G, axis=0))
+    gs = b.op("Where", b.op("Unsqueeze", gvalid, b.ints(1, 2, 3)), gs, lowest)
+    probs = b.op("Softmax", b.op("Concat", gs, scores, axis=-1), axis=-1)
+    pg, pl = b.op("Split", probs, b.op("Concat", G, w3, axis=0), axis=-1, outputs=2)
+    out = b.op("Add", b.op("MatMul", pl, vwin),
+               b.op("Reshape", b.op("MatMul", b.op("Reshape", pg, b.op("Concat", B, H, Sp, G, axis=0)), vg),
+                    b.op("Concat", B, H, nc, w, D, axis=0)))
+    out = b.op("Slice", b.op("Reshape", out, b.op("Concat", B, H, Sp, D, axis=0)), zero, S, b.ints(2))
+    out = b.op("Where", b.op("Unsqueeze", padded, b.ints(1, 3)), b.like(0.0, x), out)  # padding -> 0, as HF
+    local = b.op("Reshape", b.op("Transpose", out, perm=[0, 2, 1, 3]), b.op("Concat", B, S, E, axis=0))
+    # global queries: every unpadded token, with the global projections
+    gq_w, gk_w, gv_w = b.op("Split", gweight, axis=1, num_outputs=3, outputs=3)
+    gq_b, gk_b, gv_b = b.op("Split", gbias, axis=0, num_outputs=3, outputs=3)
+    index3 = b.op("Expand", b.op("Unsqueeze", gidx, b.ints(2)), b.op("Concat", B, G, E, axis=0))
+    hg = b.op("GatherElements", x, index3, axis=1)  # (B, G, E)
+    gq = heads(b.op("Mul", b.op("Add", b.op("MatMul", hg, gq_w), gq_b), scale), G)
+    gk = heads(b.op("Add", b.op("MatMul", x, gk_w), gk_b), S)
+    gv = heads(b.op("Add", b.op("MatMul", x, gv_w), gv_b), S)
+    gsc = b.op("MatMul", gq, b.op("Transpose", gk, perm=[0, 1, 3, 2]))  # (B, H, G, S)
+    gsc = b.op("Where", b.op("Unsqueeze", padded, b.ints(1, 2)), lowest, gsc)
+    gout = b.op("MatMul", b.op("Softmax", gsc, axis=-1), gv)
+    gout = b.op("Reshape", b.op("Transpose", gout, perm=[0, 2, 1, 3]), b.op("Concat", B, G, E, axis=0))
+    scattered = b.op("ScatterElements", local, index3, gout, axis=1)
+    b.nodes.append(helper.make_node("Where", [b.op("Unsqueeze", is_global, b.ints(2)), scattered, local], ["output"]))
+    return helper.make_function(
+        DOMAIN, OP_TYPE, INPUTS, ["output"], b.nodes,
+        opset_imports=[helper.make_opsetid("", opset)],
+        attributes=["num_heads", "window"],
+    )
+
+
+def add_function(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give ``model`` the local function that defines its ``tfopt.longformer`` nodes (in place)."""
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    del model.functions[:]
+    model.functions.append(function_proto(opset))
+    if not any(o.domain == DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    return model
