@@ -8,14 +8,28 @@ plus what names the model, and dropped when the context is garbage-collected. No
 from __future__ import annotations
 
 import weakref
-from typing import Callable, Generic, Hashable, TypeVar
+import types
+from typing import Callable, Hashable, TypeVar
 
 from .results import RunContext
 
 T = TypeVar("T")
 
 
-class PerRun(Generic[T]):
+class PerRun:
+    """One object per run (per ``RunContext``), e.g. the loaded source model.
+
+    ``_MODELS: PerRun[MyModel] = PerRun()`` at module level; then in each hook
+    ``_MODELS.get(ctx, key, load)`` loads on first use and returns the same object to the
+    run's later stages; ``_MODELS.remember(ctx, key, model)`` for a model built in code
+    (tests, benchmarks). The object goes when the context is garbage-collected.
+    """
+
+    @classmethod
+    def __class_getitem__(cls, item):
+        """``PerRun[MyModel]`` in annotations (without typing.Generic's machinery in help())."""
+        return types.GenericAlias(cls, item)
+
     def __init__(self) -> None:
         self._items: dict[int, tuple[Hashable, T]] = {}
 

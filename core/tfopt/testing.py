@@ -31,6 +31,7 @@ import numpy as np
 import onnx
 import pytest
 
+from .console import third_party_output
 from .errors import TfoptError
 from .feeds import graph_inputs
 from .hookspecs import hookimpl
@@ -100,6 +101,7 @@ def check_adapter(
     work_dir: str | Path | None = None,
     pm: TfoptPluginManager | None = None,
     expect_full_fusion: bool = True,
+    verbose: bool = False,
 ) -> RunOutcome:
     """Run the whole pipeline on adapter ``name`` and assert what every adapter must guarantee.
 
@@ -109,6 +111,10 @@ def check_adapter(
     input at two or more shapes, with padding when there is an attention mask;
     verification passes; report.json is complete. Raises AssertionError on the first
     broken promise; returns the run's outcome for further checks.
+
+    The libraries the run drives are silenced as in ``tfopt run`` (no torch trace DEBUG
+    records, warnings or ONNX Runtime log in pytest's captured output); ``verbose=True``
+    lets them through, as ``tfopt -v`` does.
     """
     work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix=f"tfopt-check-{name}-"))
     pm = pm or isolated_plugin_manager(work_dir)
@@ -117,7 +123,8 @@ def check_adapter(
     ctx = RunContext(family=name, source=source, work_dir=work_dir / "run", options={**QUICK_OPTIONS, **(options or {})})
     try:
         try:
-            outcome = run_pipeline(pm, name, ctx, raise_on_failure=False)
+            with third_party_output(verbose):
+                outcome = run_pipeline(pm, name, ctx, raise_on_failure=False)
         except TfoptError as exc:
             raise AssertionError(f"adapter {name!r}: the pipeline failed: {exc}") from exc
     finally:
