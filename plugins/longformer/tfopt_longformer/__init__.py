@@ -6,3 +6,14 @@ Registered under the entry point ``longformer``. ``csrc/`` holds the extension
 writes the attention as standard ONNX ops (CPU target) or ONNX Runtime's
 ``com.microsoft::LongformerAttention`` (CUDA target).
 """
+
+from .hooks import (
+    benchmark_hook,
+    convert_precision_hook,
+    export_hook,
+    fuse_hook,
+    make_dummy_inputs_hook,
+    verify_hook,
+)
+
+__all__ = ["benchmark_hook", "convert_precision_hook", "export_hook", "fuse_hook", "make_dummy_inputs_hook", "verify_hook"]

@@ -54,13 +54,17 @@ class SourceModel:
         return self.name == "tiny-longformer"
 
 
-def expected_counts(num_layers: int, target: str) -> dict[str, int]:
-    """A fully fused export: one attention node, two SkipLayerNorms and one Gelu per layer.
+def expected_counts(num_layers: int) -> dict[str, int]:
+    """A fully fused export: EmbedLayerNormalization, then one attention node, two SkipLayerNorms and one Gelu per layer.
 
-    EmbedLayerNormalization is not expected: Longformer (like RoBERTa) numbers positions
-    from the padding id on, which ONNX Runtime's EmbedLayerNormalization cannot express.
+    The same for both targets (the attention is ``LongformerAttention`` in either domain).
     """
-    return {"LongformerAttention": num_layers, "SkipLayerNormalization": 2 * num_layers, GELU_OPS: num_layers}
+    return {
+        "EmbedLayerNormalization": 1,
+        "LongformerAttention": num_layers,
+        "SkipLayerNormalization": 2 * num_layers,
+        GELU_OPS: num_layers,
+    }
 
 
 def random_model(config: LongformerConfig, *, seed: int = SEED) -> LongformerModel:
@@ -84,7 +88,7 @@ def describe(model: LongformerModel, name: str) -> SourceModel:
             num_heads=config.num_attention_heads,
             hidden_size=config.hidden_size,
             num_layers=config.num_hidden_layers,
-            expected=expected_counts(config.num_hidden_layers, "cpu"),
+            expected=expected_counts(config.num_hidden_layers),
         ),
         vocab_size=config.vocab_size,
         pad_token_id=config.pad_token_id if config.pad_token_id is not None else 1,

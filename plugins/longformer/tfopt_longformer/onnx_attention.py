@@ -161,3 +161,135 @@ def add_function(model: onnx.ModelProto) -> onnx.ModelProto:
     if not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     return model
+
+
+def _nodes(graph: onnx.GraphProto, domain: str) -> list[int]:
+    return [i for i, n in enumerate(graph.node) if n.domain == domain and n.op_type == OP_TYPE]
+
+
+def _set_imports(model: onnx.ModelProto, add: str, drop: str) -> None:
+    kept = [o for o in model.opset_import if o.domain != drop]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    if not any(o.domain == add for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(add, 1))
+
+
+def to_contrib(model: onnx.ModelProto) -> int:
+    """Rewrite every ``tfopt.longformer`` node into ``com.microsoft::LongformerAttention`` (in place).
+
+    ONNX Runtime's kernel wants S % 2w == 0: the node's input, mask (with -10000) and global
+    flags (with 0) are padded to that before it, and its output sliced back after it.
+    Returns the number of nodes rewritten.
+    """
+    graph = model.graph
+    rebuilt: list[onnx.NodeProto] = []
+    count = 0
+    for n, node in enumerate(graph.node):
+        if not (node.domain == DOMAIN and node.op_type == OP_TYPE):
+            rebuilt.append(node)
+            continue
+        count += 1
+        b = _Body(prefix=f"longformer_pad{n}_")
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        x, weight, bias, mask, gweight, gbias, glob = node.input
+        two_w = b.ints(2 * int(attrs["window"]))
+        S = b.op("Slice", b.op("Shape", x), b.ints(1), b.ints(2))
+        pad = b.op("Mod", b.op("Sub", two_w, b.op("Mod", S, two_w)), two_w)
+        zero = b.ints(0)
+        x_p = b.op("Pad", x, b.op("Concat", zero, zero, zero, zero, pad, zero, axis=0))
+        pads2 = b.op("Concat", zero, zero, zero, pad, axis=0)
+        mask_p = b.op("Pad", mask, pads2, b.op("CastLike", b.op("Constant", value_float=-10000.0), mask))
+        glob_p = b.op("Pad", glob, pads2, b.op("Constant", value=helper.make_tensor("z", TensorProto.INT32, [], [0])))
+        out_p = f"longformer_pad{n}_out"
+        b.nodes.append(helper.make_node(
+            OP_TYPE, [x_p, weight, bias, mask_p, gweight, gbias, glob_p], [out_p], name=node.name or f"LongformerAttention_{n}",
+            domain=MS_DOMAIN, num_heads=int(attrs["num_heads"]), window=int(attrs["window"]),
+        ))
+        b.nodes.append(helper.make_node("Slice", [out_p, zero, S, b.ints(1)], [node.output[0]]))
+        rebuilt.extend(b.nodes)
+    del graph.node[:]
+    graph.node.extend(rebuilt)
+    kept = [f for f in model.functions if not (f.domain == DOMAIN and f.name == OP_TYPE)]
+    del model.functions[:]
+    model.functions.extend(kept)
+    _set_imports(model, MS_DOMAIN, DOMAIN)
+    return count
+
+
+def to_function(model: onnx.ModelProto) -> int:
+    """The inverse stand-in: ``com.microsoft::LongformerAttention`` nodes computed by the standard-op body.
+
+    For checking a CUDA-target model on the CPU (ONNX Runtime has no CPU kernel for the
+    contrib op): the graph around the nodes, the packed weights and attributes all run as
+    written; only the node's kernel is replaced by this module's body (checked against HF).
+    """
+    count = 0
+    for i in _nodes(model.graph, MS_DOMAIN):
+        model.graph.node[i].domain = DOMAIN
+        count += 1
+    add_function(model)
+    _set_imports(model, DOMAIN, MS_DOMAIN)
+    return count
+
+
+def schema_problems(model: onnx.ModelProto) -> list[str]:
+    """Every way a ``com.microsoft::LongformerAttention`` node departs from ONNX Runtime's schema.
+
+    Names, order and types of inputs/outputs and the required attributes come from the
+    schema of the installed onnxruntime (``get_all_operator_schema``); the weight layout
+    (E, 3E) / (3E,) and the (B, S) masks from its kernel's input checks.
+    """
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_c
+
+    schema = next(s for s in ort_c.get_all_operator_schema() if s.name == OP_TYPE and s.domain == MS_DOMAIN)
+    allowed = {t.type_param_str: set(t.allowed_type_strs) for t in schema.type_constraints}
+    inits = {t.name: t for t in model.graph.initializer}
+    types: dict[str, int] = {}
+    inferred = onnx.shape_inference.infer_shapes(model).graph  # types of the Pad outputs feeding the nodes
+    for value in list(inferred.input) + list(inferred.value_info) + list(inferred.output):
+        types[value.name] = value.type.tensor_type.elem_type
+    for t in model.graph.initializer:
+        types[t.name] = t.data_type
+    problems = []
+    indices = _nodes(model.graph, MS_DOMAIN)
+    if not indices:
+        return ["no com.microsoft::LongformerAttention node"]
+    for i in indices:
+        node = model.graph.node[i]
+        where = f"node {node.name!r}"
+        if len(node.input) != len(schema.inputs) or len(node.output) != len(schema.outputs):
+            problems.append(f"{where}: {len(node.input)} inputs / {len(node.output)} outputs, schema has {len(schema.inputs)} / {len(schema.outputs)}")
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        for name, attr in schema.attributes.items():
+            if attr.required and (name not in attrs or attrs[name].type != onnx.AttributeProto.INT):
+                problems.append(f"{where}: required int attribute {name!r} missing")
+        extra = set(attrs) - set(schema.attributes)
+        if extra:
+            problems.append(f"{where}: attributes {sorted(extra)} not in the schema")
+        bound: dict[str, int] = {}
+        for formal, actual in zip(schema.inputs, node.input):
+            elem = types.get(actual)
+            if elem is None:
+                problems.append(f"{where}: the type of input {formal.name} ({actual!r}) cannot be inferred")
+                continue
+            name = f"tensor({helper.tensor_dtype_to_string(elem).split('.')[-1].lower()})"
+            if name not in allowed[formal.typeStr]:
+                problems.append(f"{where}: input {formal.name} is {name}, schema allows {sorted(allowed[formal.typeStr])}")
+            if bound.setdefault(formal.typeStr, elem) != elem:
+                problems.append(f"{where}: input {formal.name} breaks the type binding of {formal.typeStr}")
+        weight, bias, gweight, gbias = (inits.get(node.input[k]) for k in (1, 2, 4, 5))
+        if None in (weight, bias, gweight, gbias):
+            problems.append(f"{where}: weights and biases must be initializers")
+            continue
+        hidden = weight.dims[0]
+        for tensor, want in ((weight, [hidden, 3 * hidden]), (gweight, [hidden, 3 * hidden]), (bias, [3 * hidden]), (gbias, [3 * hidden])):
+            if list(tensor.dims) != want:
+                problems.append(f"{where}: {tensor.name} has shape {list(tensor.dims)}, the kernel wants {want}")
+        heads = helper.get_attribute_value(attrs["num_heads"]) if "num_heads" in attrs else 0
+        if heads <= 0 or hidden % heads:
+            problems.append(f"{where}: num_heads={heads} does not divide the hidden size {hidden}")
+        if "window" in attrs and helper.get_attribute_value(attrs["window"]) <= 0:
+            problems.append(f"{where}: window must be positive")
+    return problems
