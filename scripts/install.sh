@@ -42,6 +42,7 @@ make_venv .venv
     -e . \
     -e 'plugins/bert_pt[realweights]' \
     -e plugins/gpt2 \
+    -e examples/vit \
     pytest sympy
 
 if [ "${TFOPT_SKIP_TF:-0}" != "1" ]; then
