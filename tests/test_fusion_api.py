@@ -206,3 +206,15 @@ def test_an_extension_adds_a_rule_to_the_default_fuse_by_wrapping_export(fresh_f
     outcome = check_adapter("export_only", pm=pm, work_dir=tmp_path)
     assert outcome.report["fuse"]["rule_counts"]["UnsqueezeFirst"] == 1
     assert "rules" not in outcome.report["export"]["info"]
+
+
+def test_a_tracer_sees_why_a_family_rule_did_not_match(capsys):
+    from onnxscript.rewriter.pattern import MatchingTracer
+
+    tracer = MatchingTracer()
+    group = FusionRules("double_neg", [_double_negation()])
+    proto = _toy()
+    proto.graph.node[1].op_type = "Relu"  # Neg(Relu(x)): no double negation left to match
+    fuse_model(ir.serde.deserialize_model(proto), ModelInfo("toy", expected={}), extra_rules=[group], tracer=tracer)
+    tracer.report()
+    assert "DoubleNeg" in capsys.readouterr().out

@@ -199,6 +199,7 @@ def fuse_model(
     skip_rules: Iterable[str] = (),
     extra_rules: Iterable[FusionRules] = (),
     expected: dict[str, int] | None = None,
+    tracer: Any = None,
 ) -> FusionStats:
     """Rewrite ``model`` in place into ONNX Runtime contrib ops; say what fired and what did not.
 
@@ -208,6 +209,8 @@ def fuse_model(
     ``extra_rules``: :class:`FusionRules` groups run inside the shared plan, after those of
     ``info.rules``. ``expected``: the fused-op counts to check, overriding ``info.expected``
     and the model type's built-in counts. When nothing is expected, ``missing`` says so.
+    ``tracer``: an onnxscript ``MatchingTracer`` that records why each rule did or did not
+    match (``tracer.report()`` prints it): how to debug a rule inside the real plan.
     """
     if target not in TARGETS:
         raise TfoptError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
@@ -228,7 +231,7 @@ def fuse_model(
             if rule.name in skip_rules:
                 rule_counts.setdefault(rule.name, 0)
                 continue
-            applied = RewriteRuleSet([rule]).apply_to_model(model)
+            applied = RewriteRuleSet([rule]).apply_to_model(model, tracer=tracer)
             rule_counts[rule.name] = rule_counts.get(rule.name, 0) + applied
         # Rules that keep matched nodes leave them dead; dead readers would block later matches.
         remove_unused_nodes(model)
