@@ -539,3 +539,27 @@ def report_command(run_dirs, output):
     written = write_report_page(list(run_dirs), output)
     click.echo(f"written: {written} ({written.stat().st_size / 1024:.0f} KB, {len(run_dirs)} run{'s' if len(run_dirs) > 1 else ''})")
 
+
+
+NEW_PLUGIN_HELP = """Start a model-family adapter: write the distribution tfopt-NAME into DIR.
+
+It installs (`pip install -e DIR/tfopt-NAME`) and passes its tests as written: a tiny PyTorch
+block built from a fixed seed, exported on both torch exporters, fused and checked against
+stated counts, verified and benchmarked against torch, and a conformance test
+(tfopt.testing). Replace the stand-in model with yours; docs/plugins.md is the guide.
+
+\b
+Examples:
+  tfopt new-plugin my_family --dir plugins-src
+"""
+
+
+@main.command("new-plugin", help=NEW_PLUGIN_HELP)
+@click.argument("name")
+@click.option("--dir", "directory", default=".", show_default=True, type=click.Path(path_type=Path),
+              help="Where to create the tfopt-NAME folder.")
+def new_plugin_command(name, directory):
+    from .new_plugin import new_plugin
+
+    target = new_plugin(name, directory)
+    click.echo(f"written: {target} (pip install -e {target}; then tfopt run --plugin {name} --output out/)")

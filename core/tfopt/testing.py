@@ -52,9 +52,20 @@ from .results import (
 QUICK_OPTIONS = {"bench_repeat": 2, "bench_warmup": 1, "bench_batch_sizes": [1]}
 
 
-def isolated_plugin_manager(work_dir: str | Path | None = None) -> TfoptPluginManager:
-    """Every installed plugin, ignoring this machine's TFOPT_PLUGINS and tfopt.toml."""
-    return build_plugin_manager(environ={}, cwd=work_dir or tempfile.gettempdir())
+def isolated_plugin_manager(
+    work_dir: str | Path | None = None, *, plugins: dict[str, object] | None = None
+) -> TfoptPluginManager:
+    """Every installed plugin, ignoring this machine's TFOPT_PLUGINS and tfopt.toml.
+
+    ``plugins``: {name: module or object} registered by hand when no installed plugin has
+    that name, so a package's tests also run before it is pip-installed (its entry point
+    then does the same registration).
+    """
+    pm = build_plugin_manager(environ={}, cwd=work_dir or tempfile.gettempdir())
+    for name, plugin in (plugins or {}).items():
+        if pm.get_plugin(name) is None:
+            pm.register(plugin, name=name)
+    return pm
 
 
 @pytest.fixture
