@@ -233,6 +233,19 @@ def to_function(model: onnx.ModelProto) -> int:
     return count
 
 
+def _element_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type per value name: as recorded in the graph, then through Pad (the inputs to_contrib pads)."""
+    graph = model.graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    for value in list(graph.input) + list(graph.value_info) + list(graph.output):
+        if value.type.tensor_type.elem_type:
+            types[value.name] = value.type.tensor_type.elem_type
+    for node in graph.node:  # topological order: a Pad's input is typed before its output is needed
+        if node.op_type == "Pad" and node.domain in ("", "ai.onnx") and node.input[0] in types:
+            types.setdefault(node.output[0], types[node.input[0]])
+    return types
+
+
 def schema_problems(model: onnx.ModelProto) -> list[str]:
     """Every way a ``com.microsoft::LongformerAttention`` node departs from ONNX Runtime's schema.
 
@@ -245,12 +258,7 @@ def schema_problems(model: onnx.ModelProto) -> list[str]:
     schema = next(s for s in ort_c.get_all_operator_schema() if s.name == OP_TYPE and s.domain == MS_DOMAIN)
     allowed = {t.type_param_str: set(t.allowed_type_strs) for t in schema.type_constraints}
     inits = {t.name: t for t in model.graph.initializer}
-    types: dict[str, int] = {}
-    inferred = onnx.shape_inference.infer_shapes(model).graph  # types of the Pad outputs feeding the nodes
-    for value in list(inferred.input) + list(inferred.value_info) + list(inferred.output):
-        types[value.name] = value.type.tensor_type.elem_type
-    for t in model.graph.initializer:
-        types[t.name] = t.data_type
+    types = _element_types(model)
     problems = []
     indices = _nodes(model.graph, MS_DOMAIN)
     if not indices:
