@@ -218,3 +218,17 @@ def test_a_tracer_sees_why_a_family_rule_did_not_match(capsys):
     fuse_model(ir.serde.deserialize_model(proto), ModelInfo("toy", expected={}), extra_rules=[group], tracer=tracer)
     tracer.report()
     assert "DoubleNeg" in capsys.readouterr().out
+
+
+def test_default_fuse_takes_disabled_names_as_a_comma_string(tmp_path):
+    """`--option disabled=double_neg` reaches the default fuse as a string, not a list of letters."""
+    from tfopt import default_plugin
+    from tfopt.results import RunContext
+
+    source = tmp_path / "toy.onnx"
+    _toy(source)
+    info = ModelInfo("toy", expected={}, rules=[FusionRules("double_neg", [_double_negation()])])
+    exported = ExportResult(model_path=source, io=IOSpec(inputs={"x": "float32"}, outputs=["y"]), info=info)
+    ctx = RunContext(family="toy", source=None, work_dir=tmp_path, options={"disabled": "double_neg"})
+    fused = default_plugin.fuse(ctx, exported)
+    assert fused.op_counts["Neg"] == 2 and "DoubleNeg" not in fused.rule_counts

@@ -76,9 +76,12 @@ def test_named_axes_are_sized_by_axis_sizes(audio_model, tmp_path):
     ]
     with pytest.raises(TfoptError, match=r"axis_sizes names \['height'\], which the model has not"):
         dummy_feeds(audio_model, axis_sizes={"height": (4,)})
-    ctx = RunContext(family="toy", source=None, work_dir=tmp_path, options={"batch_sizes": [2], "axis_sizes": "samples=50,60"})
+    ctx = RunContext(family="toy", source=None, work_dir=tmp_path, options={"batch_sizes": [2], "axis_sizes": {"samples": [50, 60]}})
     feeds = default_plugin.make_dummy_inputs(ctx, _exported(audio_model))
     assert [feed["input_values"].shape for feed in feeds] == [(2, 50), (2, 60)]
+    ctx.options["axis_sizes"] = "samples=50"
+    with pytest.raises(TfoptError, match="axis_sizes must map axis names to sizes"):
+        default_plugin.make_dummy_inputs(ctx, _exported(audio_model))
 
 
 def test_default_verify_and_benchmark_key_by_the_input_shape(image_model, tmp_path):

@@ -42,12 +42,17 @@ def fuse(ctx: RunContext, exported: ExportResult) -> FuseResult:
         exported.model_path,
         Path(ctx.work_dir) / OPTIMIZED_FILE,
         exported.info,
-        disabled=ctx.option("disabled", ()),
+        disabled=_names(ctx.option("disabled", ())),
         input_int32=bool(ctx.option("input_int32", False)),
         target=ctx.option("target", "cpu"),
         validate=bool(ctx.option("validate", True)),
         progress=ctx.progress,
     )
+
+
+def _names(value) -> list[str]:
+    """A list of names from an option: ["a", "b"], or "a,b" as ``--option disabled=a,b`` may leave it."""
+    return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else list(value)
 
 
 @hookimpl(trylast=True)
@@ -79,18 +84,13 @@ def make_dummy_inputs(ctx: RunContext, exported: ExportResult) -> list[dict[str,
 
 
 def _axis_sizes(ctx: RunContext, option: str) -> dict[str, tuple[int, ...]] | None:
-    """``axis_sizes``: {axis name: sizes} (a dict, or "height=224,384;width=224" from --option)."""
+    """``axis_sizes``: {axis name: sizes}; from the command line as JSON: --option 'axis_sizes={"samples": [400, 800]}'."""
     value = ctx.option(option)
     if value is None:
         return None
-    if isinstance(value, str):
-        try:
-            value = dict(part.split("=", 1) for part in value.split(";") if part.strip())
-        except ValueError:
-            raise TfoptError(f"{option} must look like 'height=224,384;width=224', got {value!r}") from None
     if not isinstance(value, dict):
-        raise TfoptError(f"{option} must map axis names to sizes, got {value!r}")
-    return {str(name).strip(): feeds_module.int_tuple(sizes, f"{option}[{name}]") for name, sizes in value.items()}
+        raise TfoptError(f"{option} must map axis names to sizes, e.g. --option '{option}={{\"samples\": [400, 800]}}', got {value!r}")
+    return {str(name): feeds_module.int_tuple(sizes, f"{option}[{name}]") for name, sizes in value.items()}
 
 
 def sequence_size(shape: dict[str, int]) -> int:
