@@ -42,8 +42,13 @@ make_venv .venv
     -e . \
     -e 'plugins/bert_pt[realweights]' \
     -e plugins/gpt2 \
+    -e plugins/longformer \
     -e examples/vit \
     pytest sympy
+
+# Compile the longformer adapter's C++ attention extension now (~30-60 s, cached under ~/.cache/tfopt),
+# so the first `tfopt run --plugin longformer` does not pay for it.
+.venv/bin/python -m tfopt_longformer.extension
 
 if [ "${TFOPT_SKIP_TF:-0}" != "1" ]; then
     make_venv .venv-tf

@@ -143,3 +143,18 @@ def attention(
     return torch.ops.tfopt_longformer.attention(
         hidden, weight, bias, mask, global_weight, global_bias, is_global, num_heads, window, IMPLS[impl]
     )
+
+
+def main() -> int:
+    """``python -m tfopt_longformer.extension``: build (or find) the extension; one line either way."""
+    try:
+        load(lambda message: print(f"tfopt-longformer: {message}", flush=True))
+    except TfoptError as exc:
+        print(f"tfopt-longformer: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"tfopt-longformer: attention extension ready in {cache_dir()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
