@@ -3,7 +3,19 @@
 fp16 uses ONNX Runtime's own converter (it knows which contrib-op inputs must stay
 fp32, e.g. masks and ids) with inputs and outputs kept fp32, so callers feed the same
 arrays. int8 is ONNX Runtime's dynamic quantization: int8 weights, activations
-quantized on the fly, for MatMul and the packed Attention op.
+quantized on the fly, for MatMul and the packed Attention op. int4 is weight-only:
+ONNX Runtime's block-wise MatMulNBits (4-bit weights, one fp32 scale per block of
+:data:`INT4_BLOCK_SIZE` along K, symmetric; ``accuracy_level`` 4 lets its CPU kernel
+quantize activations to int8 and use the VNNI/AMX integer dot products).
+
+Both integer precisions also quantize the LM head (a MatMul computing a model output)
+unless ``lm_head="fp32"``. GPT-2 ties its head to the embedding table: the export reads it
+as MatMul(x, Transpose(table)), which no quantizer touches (its weight is not a constant),
+so :func:`untie_transposed_weights` gives that MatMul its own transposed copy first. At
+GPT-2 small's shape the head is 154 MB of the 494 MB a decode step reads.
+
+Measured (GPT-2 small shape, decode b=1 past 128, docs/benchmark-gpt2.md): MatMulNBits
+with 8 bits was slower than dynamic int8 on this CPU, so int8 stays dynamic.
 
 On the CPU: fp16 is a GPU format. ONNX Runtime 1.32 does run the fp16 contrib ops
 this project emits on its CPU provider (measured: EmbedLayerNormalization, Attention,
@@ -40,7 +52,10 @@ from .graph import io as graph_io
 from .graph.io import load_model, save_model, uses_external_data
 from .results import PrecisionResult
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+LM_HEAD_PRECISIONS = ("quantized", "fp32")  # what int8/int4 do with the LM head (``lm_head=``)
+INT4_BLOCK_SIZE = 32  # MatMulNBits block along K; see docs/benchmark-gpt2.md for the 32-vs-128 trade
+INT4_ACCURACY_LEVEL = 4  # int8 activations in MatMulNBits' CPU kernel (VNNI/AMX); 0 = fp32 compute
 
 # Kept in fp32 on top of ONNX Runtime's default block list, because their own fp16 result
 # overflows 65504: the square of a LayerNorm that was not fused ((x - mean)^2 passes it once
@@ -355,22 +370,101 @@ def _quiet_quantizer():
         root.removeFilter(not_the_tip)
 
 
-def to_int8(input_path: str | Path, output_path: str | Path) -> PrecisionResult:
-    """Dynamic quantization of a staged copy in a temp dir beside the output, then renamed into place.
+def untie_transposed_weights(model: ir.Model) -> int:
+    """MatMul(x, Transpose(W)) with a constant 2-D fp32 W -> MatMul(x, W') with W' = W^T its own
+    initializer, in place; returns how many. W stays for its other readers (GPT-2's embedding
+    Gather), so a tied LM head becomes a constant weight the quantizers can take."""
+    graph = model.graph
+    rewritten = 0
+    for node in list(graph):
+        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+            continue
+        transpose = node.inputs[1].producer() if node.inputs[1] is not None else None
+        if transpose is None or transpose.op_type != "Transpose" or transpose.domain not in ("", "ai.onnx"):
+            continue
+        weight = transpose.inputs[0]
+        perm = transpose.attributes.get("perm")
+        if weight is None or not weight.is_initializer() or weight.const_value is None or weight.const_value.dtype != ir.DataType.FLOAT:
+            continue
+        if len(weight.const_value.shape) != 2 or (perm is not None and list(perm.value) != [1, 0]):
+            continue
+        copy = _new_initializer(graph, f"{weight.name}.transposed", np.ascontiguousarray(weight.const_value.numpy().T))
+        node.replace_input_with(1, copy)
+        if not transpose.outputs[0].uses() and not transpose.outputs[0].is_graph_output():
+            graph.remove(transpose, safe=True)
+        rewritten += 1
+    return rewritten
 
-    The copy (Gemm linears rewritten as MatMul) keeps its weights as external data when the
-    output will, so ONNX Runtime's quantizer infers shapes by path and writes
-    ``<output>.data`` itself: nothing is serialized whole, and its scratch files land in
-    the temp dir, not beside the input.
-    """
+
+def head_node_names(model: ir.Model) -> list[str]:
+    """Names of the MatMul/Gemm nodes that compute a model output (GPT-2's LM head), naming unnamed ones."""
+    outputs = set(model.graph.outputs)
+    names = []
+    for index, node in enumerate(model.graph):
+        if node.op_type in _HEAD_OPS and outputs.intersection(node.outputs):
+            node.name = node.name or f"{node.op_type}_head_{index}"
+            names.append(node.name)
+    return names
+
+
+def check_lm_head(lm_head: str) -> str:
+    if lm_head not in LM_HEAD_PRECISIONS:
+        raise TfoptError(f"lm_head_precision must be one of {', '.join(LM_HEAD_PRECISIONS)}, got {lm_head!r}")
+    return lm_head
+
+
+def _quantize_dynamic_int8(staged: Path, produced: Path, external: bool, exclude: list[str]) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    start = time.perf_counter()
+    quantize_dynamic(
+        staged,
+        produced,
+        op_types_to_quantize=list(INT8_OP_TYPES),
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=exclude,
+        use_external_data_format=external,
+        # MatMuls fed by contrib ops (fused attention) have no type onnx can infer; every
+        # float in an fp32 model is fp32.
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+
+
+def _quantize_nbits(bits: int, block_size: int):
+    def quantize(staged: Path, produced: Path, external: bool, exclude: list[str]) -> None:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        quantizer = MatMulNBitsQuantizer(
+            str(staged), bits=bits, block_size=block_size, is_symmetric=True,
+            accuracy_level=INT4_ACCURACY_LEVEL or None, nodes_to_exclude=exclude, op_types_to_quantize=("MatMul",),
+        )
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(produced), use_external_data_format=external)
+
+    return quantize
+
+
+def _quantized(input_path, output_path, precision: str, quantize, lm_head: str) -> tuple[Path, list[str]]:
+    """Quantize a staged copy in a temp dir beside the output, then rename it into place.
+
+    The copy (Gemm linears rewritten as MatMul, a tied head untied unless it stays fp32)
+    keeps its weights as external data when the output will, so ONNX Runtime's quantizer
+    infers shapes by path and writes ``<output>.data`` itself: nothing is serialized whole,
+    and its scratch files land in the temp dir, not beside the input.
+    """
     input_path, output_path = Path(input_path), Path(output_path)
+    check_lm_head(lm_head)
     model = load_model(input_path)  # one-line errors for missing/corrupt input before ORT's own
     _refuse_input_files(input_path, output_path)
     external = _external_output(model)
+    notes = []
     gemms = gemms_to_matmuls(model)
+    if gemms:
+        notes.append(f"{gemms} Gemm linear(s) rewritten as MatMul + Add to be quantized")
+    exclude = head_node_names(model) if lm_head == "fp32" else []
+    if exclude:
+        notes.append(f"LM head kept fp32 ({', '.join(exclude)}; lm_head_precision=fp32)")
+    elif untie_transposed_weights(model):
+        notes.append("tied LM head given its own transposed weight so that it is quantized (lm_head_precision=quantized)")
     output_path.parent.mkdir(parents=True, exist_ok=True)
     data_name = output_path.name + ".data"
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.", dir=output_path.parent))
@@ -384,18 +478,9 @@ def to_int8(input_path: str | Path, output_path: str | Path) -> PrecisionResult:
         produced = tmp_dir / output_path.name
         try:
             with _quiet_quantizer():
-                quantize_dynamic(
-                    staged,
-                    produced,
-                    op_types_to_quantize=list(INT8_OP_TYPES),
-                    weight_type=QuantType.QInt8,
-                    use_external_data_format=external,
-                    # MatMuls fed by contrib ops (fused attention) have no type onnx can infer; every
-                    # float in an fp32 model is fp32.
-                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-                )
+                quantize(staged, produced, external, exclude)
         except Exception as exc:
-            raise TfoptError(f"int8 quantization failed ({first_line(exc)})") from None
+            raise TfoptError(f"{precision} quantization failed ({first_line(exc)})") from None
         if (tmp_dir / data_name).exists():
             # onnx writes external data owner-only; give it the model file's permissions
             os.chmod(tmp_dir / data_name, produced.stat().st_mode & 0o777)
@@ -405,17 +490,47 @@ def to_int8(input_path: str | Path, output_path: str | Path) -> PrecisionResult:
         os.replace(produced, output_path)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    notes = [f"dynamic quantization: int8 weights for {', '.join(INT8_OP_TYPES)}, activations quantized at run time"]
-    if gemms:
-        notes.append(f"{gemms} Gemm linear(s) rewritten as MatMul + Add to be quantized")
-    return PrecisionResult(model_path=output_path, precision="int8", seconds=time.perf_counter() - start, notes=notes)
+    return output_path, notes
 
 
-def convert(input_path: str | Path, precision: str, output_path: str | Path | None = None) -> PrecisionResult:
-    """fp32 returns the input as is; fp16/int8 write ``<stem>.<precision>.onnx`` beside it."""
+def to_int8(input_path: str | Path, output_path: str | Path, *, lm_head: str = "quantized") -> PrecisionResult:
+    """ONNX Runtime's dynamic quantization (int8 weights, activations quantized at run time)."""
+    start = time.perf_counter()
+    path, notes = _quantized(input_path, output_path, "int8", _quantize_dynamic_int8, lm_head)
+    notes.insert(0, f"dynamic quantization: int8 weights for {', '.join(INT8_OP_TYPES)}, activations quantized at run time")
+    return PrecisionResult(model_path=path, precision="int8", seconds=time.perf_counter() - start, notes=notes)
+
+
+def to_int4(
+    input_path: str | Path, output_path: str | Path, *, lm_head: str = "quantized", block_size: int = INT4_BLOCK_SIZE
+) -> PrecisionResult:
+    """Weight-only 4-bit MatMuls (ONNX Runtime's MatMulNBits, block-wise symmetric)."""
+    if block_size < 16 or block_size & (block_size - 1):
+        raise TfoptError(f"int4 block size must be a power of two >= 16, got {block_size}")
+    start = time.perf_counter()
+    path, notes = _quantized(input_path, output_path, "int4", _quantize_nbits(4, block_size), lm_head)
+    notes.insert(
+        0,
+        f"weight-only int4: MatMulNBits, blocks of {block_size} along K, symmetric, accuracy_level {INT4_ACCURACY_LEVEL}"
+        " (activations int8 inside the kernel); other ops fp32",
+    )
+    return PrecisionResult(model_path=path, precision="int4", seconds=time.perf_counter() - start, notes=notes)
+
+
+def convert(
+    input_path: str | Path, precision: str, output_path: str | Path | None = None, *, lm_head: str = "quantized"
+) -> PrecisionResult:
+    """fp32 returns the input as is; fp16/int8/int4 write ``<stem>.<precision>.onnx`` beside it.
+
+    ``lm_head`` ("quantized" or "fp32") is what int8/int4 do with the MatMul computing a
+    model output; fp16 always keeps it fp32 (the logits' overflow).
+    """
     if precision not in PRECISIONS:
         raise TfoptError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+    check_lm_head(lm_head)
     if precision == "fp32":
         return PrecisionResult(model_path=Path(input_path), precision="fp32")
     output_path = output_path_for(input_path, precision) if output_path is None else output_path
-    return (to_fp16 if precision == "fp16" else to_int8)(input_path, output_path)
+    if precision == "fp16":
+        return to_fp16(input_path, output_path)
+    return (to_int8 if precision == "int8" else to_int4)(input_path, output_path, lm_head=lm_head)

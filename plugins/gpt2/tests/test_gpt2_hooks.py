@@ -16,14 +16,15 @@ def test_entry_point_names_the_package():
     assert entry.value == "tfopt_gpt2" and entry.load() is tfopt_gpt2
 
 
-def test_registers_its_four_hooks():
+def test_registers_its_five_hooks():
     import tfopt_gpt2.export  # noqa: F401  (rebinds the package's `export` attribute to the submodule)
+    import tfopt_gpt2.precision  # noqa: F401  (a submodule named like no hook: nothing is hidden)
 
     manager = pluggy.PluginManager("tfopt")
     manager.add_hookspecs(tfopt.hookspecs)
     manager.register(tfopt_gpt2, name="gpt2")
     hooks = {caller.name for caller in manager.get_hookcallers(tfopt_gpt2)}
-    assert hooks == {"export", "make_dummy_inputs", "verify", "benchmark"}
+    assert hooks == {"export", "convert_precision", "make_dummy_inputs", "verify", "benchmark"}
 
 
 def test_whole_run_through_the_host(tmp_path):

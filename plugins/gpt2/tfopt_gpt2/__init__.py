@@ -3,7 +3,8 @@
 Registered with the tfopt host under the entry point ``gpt2``; the hooks live in
 :mod:`tfopt_gpt2.hooks`. Sources: ``tiny-gpt2`` (the default), ``tiny-gpt2-base``
 (GPT2Model), ``tiny-distilgpt2`` and ``gpt2-small-random`` (GPT-2 small's shape), all with
-random weights -- no real GPT-2 weights can be had offline --, a Hugging Face model
+random weights -- no real GPT-2 weights can be had offline --, ``stdlib-gpt2`` (a small
+byte-level GPT-2 trained here on the standard library's docstrings, :mod:`tfopt_gpt2.textmodel`), a Hugging Face model
 directory, or a hub id (online only).
 
 The exported graph is one decoding step: ``input_ids``, ``attention_mask`` (past + new),
@@ -13,11 +14,11 @@ The exported graph is one decoding step: ``input_ids``, ``attention_mask`` (past
 
 Options read from ``ctx.options``: exporter, opset, attn_implementation, lm_head, cases,
 seed, batch_sizes, past_lengths, sequence_lengths, max_batch_size, max_past_length,
-max_sequence_length, input_int32, precision, tolerance, verify_cases, threads,
+max_sequence_length, input_int32, precision (fp32, fp16, int8, int4), lm_head_precision, tolerance, verify_cases, threads,
 bench_batch_sizes, bench_past_lengths, bench_prompt_lengths, bench_repeat, bench_warmup,
 bench_generate_tokens, bench_generate_batch_size, bench_generate_prompt_length.
 """
 
-from .hooks import benchmark_hook, export_hook, make_dummy_inputs_hook, verify_hook
+from .hooks import benchmark_hook, convert_precision_hook, export_hook, make_dummy_inputs_hook, verify_hook
 
-__all__ = ["benchmark_hook", "export_hook", "make_dummy_inputs_hook", "verify_hook"]
+__all__ = ["benchmark_hook", "convert_precision_hook", "export_hook", "make_dummy_inputs_hook", "verify_hook"]

@@ -42,6 +42,8 @@ def source_model(ctx: RunContext) -> SourceModel:
 
     def load() -> SourceModel:
         ctx.progress(f"loading {ctx.source or DEFAULT_SOURCE + ' (the default: random weights)'} ...")
-        return load_source(ctx.source, attn_implementation=attn_implementation(ctx), lm_head=lm_head_option(ctx))
+        return load_source(
+            ctx.source, attn_implementation=attn_implementation(ctx), lm_head=lm_head_option(ctx), progress=ctx.progress
+        )
 
     return _MODELS.get(ctx, _key(ctx), load)

@@ -8,9 +8,10 @@ from any plugin manager that registers the package afterwards.
 torch and transformers are imported inside the hooks, so listing plugins
 (``tfopt plugins``) does not pay for them.
 
-``fuse`` and ``convert_precision`` are not implemented here: the host's default plugin
-calls ``tfopt.graph.fuse_file`` with ``exported.info`` (model_type "gpt2"), which is all
-this family needs.
+``fuse`` is not implemented here: the host's default plugin calls ``tfopt.graph.fuse_file``
+with ``exported.info`` (model_type "gpt2"), which is all this family needs.
+``convert_precision`` is the host's conversion plus one decoder choice: the LM head's
+precision under int8/int4 (``--option lm_head_precision=quantized|fp32``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tfopt import hookimpl
-from tfopt.results import BenchResult, ExportResult, RunContext, VerifyResult
+from tfopt.results import BenchResult, ExportResult, FuseResult, PrecisionResult, RunContext, VerifyResult
 
 
 @hookimpl(specname="export")
@@ -28,6 +29,13 @@ def export_hook(ctx: RunContext) -> ExportResult:
     from .export import export_source
 
     return export_source(ctx)
+
+
+@hookimpl(specname="convert_precision")
+def convert_precision_hook(ctx: RunContext, fused: FuseResult) -> PrecisionResult:
+    from .precision import convert_decoder
+
+    return convert_decoder(ctx, fused)
 
 
 @hookimpl(specname="make_dummy_inputs")

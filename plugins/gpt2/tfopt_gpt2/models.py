@@ -102,7 +102,9 @@ def random_model(
     return model.eval()
 
 
-def load_source(source: str | None, *, attn_implementation: str = "sdpa", lm_head: bool | None = None) -> SourceModel:
+def load_source(
+    source: str | None, *, attn_implementation: str = "sdpa", lm_head: bool | None = None, progress=None
+) -> SourceModel:
     """Load what ``source`` names (None: ``tiny-gpt2``); every failure is a one-line :class:`TfoptError`.
 
     ``lm_head`` picks GPT2LMHeadModel (True) or GPT2Model (False) for directories and hub
@@ -114,12 +116,20 @@ def load_source(source: str | None, *, attn_implementation: str = "sdpa", lm_hea
         builtin = BUILTIN_MODELS[name]
         head = builtin.lm_head if lm_head is None else lm_head
         return describe(random_model(builtin.config(), lm_head=head, attn_implementation=attn_implementation), name)
+    from .textmodel import TEXT_MODELS, trained_model
+
+    if name in TEXT_MODELS:  # trained here on real text (minutes once, then cached)
+        if lm_head is False:
+            raise TfoptError(f"{name}: a trained language model; it has an LM head (lm_head=false is for GPT2Model sources)")
+        return describe(trained_model(name, attn_implementation=attn_implementation, progress=progress), name)
     path = Path(name).expanduser()
     if path.exists():
         return _from_directory(path, attn_implementation, lm_head)
     if looks_like_hub_id(name):
         return _from_hub(name, attn_implementation, lm_head)
-    raise TfoptError(f"{name}: no such model directory (or use a hub id, or one of: {', '.join(BUILTIN_MODELS)})")
+    raise TfoptError(
+        f"{name}: no such model directory (or use a hub id, or one of: {', '.join([*BUILTIN_MODELS, *TEXT_MODELS])})"
+    )
 
 
 def describe(model: PreTrainedModel, name: str) -> SourceModel:

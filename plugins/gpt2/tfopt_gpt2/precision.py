@@ -1,0 +1,28 @@
+"""The ``convert_precision`` hook: the host's conversion with the decoder's one choice, the LM head.
+
+int8 (dynamic) and int4 (weight-only MatMulNBits) quantize the LM head by default: at GPT-2
+small's shape it is 154 MB of the 494 MB each decode step reads, so keeping it fp32 costs
+most of the gain (docs/benchmark-gpt2.md). ``lm_head_precision=fp32`` keeps it, for a
+vocabulary whose logits need it.
+"""
+
+from __future__ import annotations
+
+from tfopt import precision as host_precision
+from tfopt.results import FuseResult, PrecisionResult, RunContext
+
+LM_HEAD_OPTION = "lm_head_precision"
+
+
+def convert_decoder(ctx: RunContext, fused: FuseResult) -> PrecisionResult:
+    precision = ctx.option("precision", "fp32")
+    lm_head = str(ctx.option(LM_HEAD_OPTION, "quantized"))
+    host_precision.check_lm_head(lm_head)
+    if precision != "fp32":
+        ctx.progress(f"converting to {precision} (LM head: {lm_head if precision in ('int8', 'int4') else 'fp32'}) ...")
+    converted = host_precision.convert(fused.model_path, precision, lm_head=lm_head)
+    if precision != "fp32" and ctx.option("validate", True):
+        from tfopt.graph.validate import validate_written
+
+        converted.validation = validate_written(converted.model_path, fused.model_path, precision)
+    return converted
