@@ -28,6 +28,12 @@
 #include <limits>
 #include <vector>
 
+#ifdef TFOPT_WITH_CUDA
+// longformer_attention_cuda.cu: the local + global-key part on the GPU (untested: no GPU in this project)
+at::Tensor tfopt_local_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& key_ok,
+                            const at::Tensor& gidx, const at::Tensor& gval, int64_t w);
+#endif
+
 namespace {
 
 using at::Tensor;
@@ -41,7 +47,7 @@ struct Globals {
 };
 
 Globals find_globals(const Tensor& is_global) {
-  auto flags = is_global.to(at::kBool).contiguous();
+  auto flags = is_global.to(at::kCPU).to(at::kBool).contiguous();  // (B, S): small, read on the host
   const int64_t B = flags.size(0), S = flags.size(1);
   const bool* p = flags.data_ptr<bool>();
   std::vector<std::vector<int64_t>> rows(B);
@@ -64,6 +70,8 @@ Globals find_globals(const Tensor& is_global) {
       out.flat_slot.push_back(b * G + g);
     }
   }
+  out.index = out.index.to(is_global.device());
+  out.valid = out.valid.to(is_global.device());
   return out;
 }
 
@@ -101,8 +109,8 @@ Tensor local_aten(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   auto vwin = vp.as_strided({B, H, nc, 3 * w, D}, {H * L * D, L * D, w * D, D, 1});
   auto scores = at::matmul(qc, kwin.transpose(-1, -2));  // (B, H, nc, w, 3w)
   // key j = c*w - w + t is in query i = c*w + r's window iff r <= t <= r + 2w
-  auto r = at::arange(w, at::kLong).view({w, 1});
-  auto t = at::arange(3 * w, at::kLong).view({1, 3 * w});
+  auto r = at::arange(w, q.options().dtype(at::kLong)).view({w, 1});
+  auto t = at::arange(3 * w, q.options().dtype(at::kLong)).view({1, 3 * w});
   auto band = t.ge(r).logical_and(t.le(r + 2 * w));  // (w, 3w)
   auto okp = at::constant_pad_nd(key_ok.to(at::kFloat), {w, Sp - S + w}).to(at::kBool);  // (B, L)
   auto okwin = okp.as_strided({B, nc, 3 * w}, {L, w, 1});
@@ -230,7 +238,12 @@ Tensor attention_cpu(const Tensor& input, const Tensor& weight, const Tensor& bi
   auto is_global = global.ne(0).logical_and(padded.logical_not());
   auto key_ok = padded.logical_or(is_global).logical_not();  // keys of the sliding window
   Globals g = find_globals(is_global);
-  auto local = impl == 0 ? local_aten(q, k, v, key_ok, g, window) : local_loops(q, k, v, key_ok, g, window);
+  Tensor local;
+#ifdef TFOPT_WITH_CUDA
+  if (x.is_cuda()) local = tfopt_local_cuda(q, k, v, key_ok, g.index, g.valid, window);
+#endif
+  if (!local.defined())
+    local = impl == 0 || x.is_cuda() ? local_aten(q, k, v, key_ok, g, window) : local_loops(q, k, v, key_ok, g, window);
   // padding queries get zeros (HF masks their probabilities to 0)
   local = local.masked_fill(padded.view({B, 1, S, 1}), 0.0);
   auto out = local.permute({0, 2, 1, 3}).reshape({B, S, E}).contiguous();
@@ -244,7 +257,7 @@ Tensor attention_cpu(const Tensor& input, const Tensor& weight, const Tensor& bi
     auto sc = at::matmul(gq, gk.transpose(-1, -2));  // (B, H, G, S)
     sc.masked_fill_(padded.view({B, 1, 1, S}), std::numeric_limits<float>::lowest());
     auto res = at::matmul(at::softmax(sc, -1), gv).permute({0, 2, 1, 3}).reshape({B * G, E});
-    auto pos = at::tensor(g.flat_pos, at::kLong), slot = at::tensor(g.flat_slot, at::kLong);
+    auto pos = at::tensor(g.flat_pos, at::kLong).to(x.device()), slot = at::tensor(g.flat_slot, at::kLong).to(x.device());
     out.view({B * S, E}).index_copy_(0, pos, res.index_select(0, slot));
   }
   return out.to(dtype);
@@ -261,3 +274,9 @@ TORCH_LIBRARY(tfopt_longformer, m) {
 TORCH_LIBRARY_IMPL(tfopt_longformer, CPU, m) {
   m.impl("attention", &attention_cpu);
 }
+
+#ifdef TFOPT_WITH_CUDA
+TORCH_LIBRARY_IMPL(tfopt_longformer, CUDA, m) {
+  m.impl("attention", &attention_cpu);  // the same driver: ATen ops run on the device, the local part in the .cu kernel
+}
+#endif
