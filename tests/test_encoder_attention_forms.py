@@ -237,6 +237,7 @@ FORMS = {
     "no_mask": dict(mask="none"),
     "always_true_range_mask": dict(mask="all_true_range"),
     "always_true_constant_mask": dict(mask="all_true_const", projection="tensordot_nobias"),
+    "always_true_constant_mask_linear": dict(mask="all_true_const"),  # ViT's dynamo export: Where(Expand(True), 0, -3.4e38)
 }
 
 

@@ -52,7 +52,11 @@ def test_every_layer_fused_and_matches_torch(tmp_path, exporter, attn):
     assert all(row["shape"] == {"batch": 1} and row["p50_ms"] > 0 for row in rows)
     if exporter == "dynamo":  # torch writes an all-true mask; the shared rule fuses it as no mask
         exported = onnx.load(run_dir / "exported.onnx").graph
-        assert any(node.op_type == "Where" for node in exported.node)
+        producer = {output: node for node in exported.node for output in node.output}
+        masks = [producer.get(name) for softmax in exported.node if softmax.op_type == "Softmax"
+                 for name in producer[softmax.input[0]].input]  # Softmax(Add(scores, mask))
+        wheres = [node for node in masks if node is not None and node.op_type == "Where"]
+        assert len(wheres) == LAYERS and all(producer[node.input[0]].op_type == "Expand" for node in wheres)
         fused = onnx.load(run_dir / "optimized.onnx").graph
         assert all(len(node.input) <= 4 or not node.input[4] for node in fused.node if node.op_type == "MultiHeadAttention")
 
