@@ -94,3 +94,11 @@ def test_directory_source_loads(tmp_path, tiny):
         a = tiny.model(input_ids=torch.from_numpy(ids)).last_hidden_state
         b = loaded.model(input_ids=torch.from_numpy(ids)).last_hidden_state
     assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["cpu", "cuda"])
+def test_longformer_conforms_at_4096(tmp_path, target):
+    """Lengths up to the model's 4096 positions, padded batch, both targets (~40 s each here)."""
+    options = {"target": target, "sequence_lengths": (1, 4095, 4096), "batch_sizes": (2,), "benchmark": False}
+    assert check_adapter("longformer", options=options, work_dir=tmp_path).passed
