@@ -50,7 +50,9 @@ def fuse(ctx: RunContext, exported: ExportResult) -> FuseResult | None:
 
     Called after ``export``. Writes the fused model under ``ctx.work_dir`` and
     returns fused-op counts, per-rule counts, the counts the family expects and
-    the list of expected fusions that did not happen.
+    the list of expected fusions that did not happen. The default applies the
+    shared rules plus ``exported.info.rules`` and checks ``exported.info.expected``
+    (or the model type's built-in counts), so most adapters need no ``fuse``.
     """
 
 
@@ -66,9 +68,10 @@ def convert_precision(ctx: RunContext, fused: FuseResult) -> PrecisionResult | N
 def make_dummy_inputs(ctx: RunContext, exported: ExportResult) -> list[dict[str, np.ndarray]] | None:
     """Return input feeds for verification and benchmarking.
 
-    Several batch sizes and sequence lengths, with realistic values (ids inside
-    the vocabulary, padding masks of varied lengths). ``ctx.options`` may carry
-    ``batch_sizes`` / ``sequence_lengths`` to ask for a specific grid.
+    Several input shapes, with realistic values (ids inside the vocabulary, padding
+    masks of varied lengths). ``ctx.options`` may carry ``batch_sizes``,
+    ``sequence_lengths`` (for a model with a sequence axis; refuse it otherwise) and
+    ``axis_sizes`` ({axis name: sizes}) to ask for a specific grid.
     """
 
 
@@ -88,7 +91,8 @@ def benchmark(ctx: RunContext, exported: ExportResult, models: dict[str, Path]) 
     """Measure latency of the source framework and of each ONNX model in ``models``.
 
     ``models`` maps an engine label (``"ort:raw"``, ``"ort:tfopt"``) to a model
-    path. Called last; returns one row per engine and input shape.
+    path. Called last; returns one row per engine and input shape
+    (``LatencyRow.shape``: the input's axes by name).
     """
 
 
