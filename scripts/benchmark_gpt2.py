@@ -1,86 +1,167 @@
-"""GPT-2 decoding benchmark: PyTorch eager vs ORT on the raw export vs ORT on tfopt's output, one run.
+"""GPT-2 decoding: ORT on the raw export vs tfopt fp32 / int8 / int4, against the machine's limits, one run.
 
-Exports a random-weight GPT-2 (GPT-2 small's shape by default) through the gpt2 adapter,
-fuses it with tfopt, and times the decode step (sequence 1) over batch sizes x past
-lengths plus the prompt step, and a greedy generation whose tokens must equal PyTorch's.
-Prints markdown tables (and writes them with --markdown).
+Speed: a random-weight GPT-2 (GPT-2 small's shape by default) exported by the gpt2 adapter,
+fused by tfopt and quantized (int8: dynamic; int4: weight-only MatMulNBits; LM head
+quantized, plus int4 with the head kept fp32). The decode step (one new token, past P) is
+timed through IO binding, engines interleaved round by round, with an A/A control (a second
+session of the raw export). Each engine's bytes per step (weights streamed + KV cache
+read) over its latency is compared with the DRAM bandwidth measured in the same run.
+
+Quality (random logits are flat, so on a trained model): stdlib-gpt2, trained here on the
+standard library's docstrings (cached), fused and quantized the same way; next-token top-1
+agreement with fp32, perplexity change and greedy generation over 32 tokens on held-out text.
 
 Usage: python scripts/benchmark_gpt2.py [--model gpt2-small-random] [--exporter dynamo]
-       [--batch 1,8,32,128] [--past 4,8,32,128] [--prompt 32] [--repeat 20] [--markdown FILE]
+       [--batch 1,8] [--past 128] [--rounds 7] [--per-round 5] [--quality-model stdlib-gpt2]
+       [--no-quality] [--markdown docs/benchmark-gpt2.md]
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
+
+import _machine_limits as limits
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def build(model: str, exporter: str, work: Path, *, head_fp32_int4: bool = True):
+    """(source, {label: model path}) for the raw export, tfopt fp32, int8 and int4."""
+    from tfopt.graph import fuse_file
+    from tfopt.precision import convert
+    from tfopt.results import RunContext
+    from tfopt_gpt2.cache import source_model
+    from tfopt_gpt2.export import export_source
+
+    ctx = RunContext(family="gpt2", source=model, work_dir=work, options={"exporter": exporter}, progress=_say)
+    exported = export_source(ctx)
+    fused = fuse_file(exported.model_path, work / "optimized.onnx", exported.info)
+    _say(f"fused {model}: {dict(sorted(fused.op_counts.items()))}")
+    models = {"ort:raw": exported.model_path, "ort:tfopt fp32": fused.model_path}
+    for precision in ("int8", "int4"):
+        _say(f"quantizing to {precision} ...")
+        models[f"ort:tfopt {precision}"] = convert(fused.model_path, precision).model_path
+    if head_fp32_int4:
+        models["ort:tfopt int4, head fp32"] = convert(fused.model_path, "int4", work / "optimized.int4-headfp32.onnx", lm_head="fp32").model_path
+    return source_model(ctx), models
+
+
+def speed(args, machine) -> list[str]:
+    from tfopt.bench import ort_session
+    from tfopt.feeds import session_feed
+    from tfopt_gpt2.decoder import output_names
+    from tfopt_gpt2.inputs import StepShape, feeds_for_shapes
+    from tfopt_gpt2.sessions import bound_call
+
+    work = Path(tempfile.mkdtemp(prefix="tfopt-gpt2-bench-"))
+    source, models = build(args.model, args.exporter, work)
+    engines = {"ort:raw": models["ort:raw"], "ort:raw (A/A)": models["ort:raw"], **{k: v for k, v in models.items() if k != "ort:raw"}}
+    sessions = {label: ort_session(path) for label, path in engines.items()}
+    weights = {label: limits.streamed_weight_bytes(path) for label, path in engines.items()}
+    names = output_names(source)
+    lines = [
+        f"## Decode step, {args.model} ({args.exporter} export): latency, ratio to ORT raw, fraction of DRAM bandwidth",
+        "",
+        f"{args.rounds} rounds x {args.per_round} calls, engines interleaved in each round; ratio = median over rounds of the "
+        "within-round ratio [lowest, highest]; bytes/step = weights streamed + KV cache read; GB/s = bytes/step / latency.",
+        "",
+        "| batch | past | engine | ms | vs ORT raw [spread] | MB/step | GB/s | of DRAM BW |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for batch in args.batch:
+        for past in args.past:
+            _say(f"timing decode b={batch} past={past} ...")
+            (feed,) = feeds_for_shapes(source, [StepShape(batch, past, 1)], seed=0, padded=False)
+            calls = {label: bound_call(s, session_feed(s, feed), names, label) for label, s in sessions.items()}
+            summary = limits.ratios(limits.rounds(calls, rounds=args.rounds, per_round=args.per_round), "ort:raw")
+            kv = 2 * source.num_layers * batch * past * source.info.hidden_size * 4
+            for label, row in summary.items():
+                moved = weights[label] + kv
+                rate = moved / (row.median_ms / 1e3) / 1e9
+                lines.append(
+                    f"| {batch} | {past} | {label} | {row.median_ms:.2f} | {row.ratio:.3f}x [{row.low:.3f}, {row.high:.3f}] | "
+                    f"{moved / 1e6:.1f} | {rate:.1f} | {rate / machine.bandwidth_gbs:.0%} |"
+                )
+    return lines
+
+
+def quality(args) -> list[str]:
+    from tfopt.bench import ort_session
+    from tfopt_gpt2.quality import compare
+    from tfopt_gpt2.textmodel import TEXT_MODELS, heldout_bytes
+
+    work = Path(tempfile.mkdtemp(prefix="tfopt-gpt2-quality-"))
+    source, models = build(args.quality_model, args.exporter, work)
+    text = heldout_bytes()
+    reference = ort_session(models["ort:tfopt fp32"])
+    spec = TEXT_MODELS.get(args.quality_model)
+    lines = [
+        f"## Quality on held-out text: {args.quality_model} "
+        + (f"({spec.n_layer} layers, hidden {spec.n_embd}, byte vocabulary, {spec.steps} training steps) " if spec else "")
+        + "against tfopt fp32",
+        "",
+        "16 windows of 128 tokens (top-1 agreement over all 2048 positions, perplexity per byte); greedy generation: "
+        "16 prompts of 32 tokens, 32 new tokens each.",
+        "",
+        "| model | top-1 agreement | perplexity (fp32 -> this) | change | greedy rows identical | greedy tokens agreeing |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, path in models.items():
+        if label == "ort:tfopt fp32":
+            continue
+        _say(f"quality of {label} ...")
+        q = compare(reference, ort_session(path), text, window_count=16, prompt_count=16, new_tokens=32)
+        lines.append(
+            f"| {label} | {q.top1_agreement:.2%} | {q.reference_perplexity:.3f} -> {q.perplexity:.3f} | {q.perplexity_change:+.2%} | "
+            f"{q.generation_rows_identical}/{q.generation_rows} | {q.generation_token_agreement:.1%} |"
+        )
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gpt2-small-random")
     parser.add_argument("--exporter", default="dynamo", choices=["dynamo", "legacy"])
-    parser.add_argument("--batch", default="1,8,32,128")
-    parser.add_argument("--past", default="4,8,32,128")
-    parser.add_argument("--prompt", default="32")
-    parser.add_argument("--repeat", type=int, default=20)
-    parser.add_argument("--generate", type=int, default=16, help="greedy tokens to generate (0: skip)")
+    parser.add_argument("--batch", default="1,8", type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--past", default="128", type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--per-round", type=int, default=5)
+    parser.add_argument("--quality-model", default="stdlib-gpt2")
+    parser.add_argument("--no-quality", action="store_true")
+    parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
 
     import onnxruntime as ort
     import torch
 
-    from tfopt.graph import fuse_file
-    from tfopt.results import RunContext
-    from tfopt_gpt2.benchmark import benchmark_models
-    from tfopt_gpt2.export import export_source
-
-    work = Path(tempfile.mkdtemp(prefix="tfopt-gpt2-bench-"))
-    ctx = RunContext(
-        family="gpt2",
-        source=args.model,
-        work_dir=work,
-        options={
-            "exporter": args.exporter,
-            "bench_batch_sizes": args.batch,
-            "bench_past_lengths": args.past,
-            "bench_prompt_lengths": args.prompt,
-            "bench_repeat": args.repeat,
-            "bench_generate_tokens": args.generate,
-        },
-        progress=lambda message: print(message, flush=True),
-    )
-    exported = export_source(ctx)
-    fused = fuse_file(exported.model_path, work / "optimized.onnx", exported.info)
-    print(f"fused in {fused.seconds:.2f} s: {fused.op_counts}; missing: {fused.missing or 'none'}", flush=True)
-    result = benchmark_models(ctx, exported, {"ort:raw": exported.model_path, "ort:tfopt": fused.model_path})
-
-    raw = {(r.step, r.batch_size, r.past_length, r.sequence_length): r.p50_ms for r in result.rows if r.engine == "ort:raw"}
+    _say("measuring the machine's sgemm rate and DRAM bandwidth ...")
+    machine = limits.measure()
     lines = [
-        f"# GPT-2 benchmark ({time.strftime('%Y-%m-%d')}, {args.model}, {args.exporter} export, fp32, "
-        f"CPU x{os.cpu_count()}, onnxruntime {ort.__version__}, torch {torch.__version__})",
+        f"# GPT-2 benchmark ({time.strftime('%Y-%m-%d %H:%M')}, onnxruntime {ort.__version__}, torch {torch.__version__}, "
+        f"CPU x{os.cpu_count()}; measured while other work shared the machine)",
         "",
-        "| step | batch | past | seq | engine | p50 ms | p90 ms | p99 ms | tokens/s | vs ORT raw |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        limits.MachineLimits.line(machine),
+        "",
     ]
-    for r in result.rows:
-        ratio = r.p50_ms / raw[(r.step, r.batch_size, r.past_length, r.sequence_length)]
-        lines.append(
-            f"| {r.step} | {r.batch_size} | {r.past_length} | {r.sequence_length} | {r.engine} | {r.p50_ms:.2f} | "
-            f"{r.p90_ms:.2f} | {r.p99_ms:.2f} | {r.tokens_per_second:.0f} | {ratio:.3f}x |"
-        )
-    if result.generation:
-        lines += ["", "| greedy generation | batch | prompt | new tokens | seconds | tokens/s | same tokens as torch |", "|---|---|---|---|---|---|---|"]
-        for g in result.generation:
-            same = "-" if g.matches_torch is None else ("yes" if g.matches_torch else "NO")
-            lines.append(f"| {g.engine} | {g.batch_size} | {g.prompt_length} | {g.new_tokens} | {g.seconds:.2f} | {g.tokens_per_second:.0f} | {same} |")
+    if not args.no_speed:
+        lines += speed(args, machine) + [""]
+    if not args.no_quality:
+        lines += quality(args) + [""]
     text = "\n".join(lines)
     print(text)
     if args.markdown:
-        args.markdown.write_text(text + "\n")
+        args.markdown.write_text(text)
 
 
 if __name__ == "__main__":

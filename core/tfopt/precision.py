@@ -4,9 +4,9 @@ fp16 uses ONNX Runtime's own converter (it knows which contrib-op inputs must st
 fp32, e.g. masks and ids) with inputs and outputs kept fp32, so callers feed the same
 arrays. int8 is ONNX Runtime's dynamic quantization: int8 weights, activations
 quantized on the fly, for MatMul and the packed Attention op. int4 is weight-only:
-ONNX Runtime's block-wise MatMulNBits (4-bit weights, one fp32 scale per block of
-:data:`INT4_BLOCK_SIZE` along K, symmetric; ``accuracy_level`` 4 lets its CPU kernel
-quantize activations to int8 and use the VNNI/AMX integer dot products).
+ONNX Runtime's block-wise MatMulNBits (4-bit weights, one fp32 scale and a 4-bit zero
+point per block of :data:`INT4_BLOCK_SIZE` along K; ``accuracy_level`` 4 lets its CPU kernel
+quantize activations to int8 (blocks of K) and use integer dot products).
 
 Both integer precisions also quantize the LM head (a MatMul computing a model output)
 unless ``lm_head="fp32"``. GPT-2 ties its head to the embedding table: the export reads it
@@ -54,8 +54,10 @@ from .results import PrecisionResult
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 LM_HEAD_PRECISIONS = ("quantized", "fp32")  # what int8/int4 do with the LM head (``lm_head=``)
-INT4_BLOCK_SIZE = 32  # MatMulNBits block along K; see docs/benchmark-gpt2.md for the 32-vs-128 trade
-INT4_ACCURACY_LEVEL = 4  # int8 activations in MatMulNBits' CPU kernel (VNNI/AMX); 0 = fp32 compute
+INT4_BLOCK_SIZE = 32  # MatMulNBits block along K: 128 is faster but loses 2-3 points of top-1 (docs/benchmark-gpt2.md)
+# Asymmetric (zero point per block): top-1 92.7% vs 91.4% symmetric on stdlib-gpt2, same speed (docs/benchmark-gpt2.md).
+INT4_SYMMETRIC = False
+INT4_ACCURACY_LEVEL = 4  # int8 activations in MatMulNBits' CPU kernel; 0 = fp32 compute (same quality, slower here)
 
 # Kept in fp32 on top of ONNX Runtime's default block list, because their own fp16 result
 # overflows 65504: the square of a LayerNorm that was not fused ((x - mean)^2 passes it once
@@ -421,6 +423,9 @@ def _quantize_dynamic_int8(staged: Path, produced: Path, external: bool, exclude
         produced,
         op_types_to_quantize=list(INT8_OP_TYPES),
         weight_type=QuantType.QInt8,
+        # one scale per output column: per-tensor weights moved all-MiniLM-L6-v2's pooled
+        # embeddings to cosine 0.94 on real sentences, per-column to 0.986 (docs/qat.md)
+        per_channel=True,
         nodes_to_exclude=exclude,
         use_external_data_format=external,
         # MatMuls fed by contrib ops (fused attention) have no type onnx can infer; every
@@ -434,7 +439,7 @@ def _quantize_nbits(bits: int, block_size: int):
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
         quantizer = MatMulNBitsQuantizer(
-            str(staged), bits=bits, block_size=block_size, is_symmetric=True,
+            str(staged), bits=bits, block_size=block_size, is_symmetric=INT4_SYMMETRIC,
             accuracy_level=INT4_ACCURACY_LEVEL or None, nodes_to_exclude=exclude, op_types_to_quantize=("MatMul",),
         )
         quantizer.process()
@@ -511,7 +516,8 @@ def to_int4(
     path, notes = _quantized(input_path, output_path, "int4", _quantize_nbits(4, block_size), lm_head)
     notes.insert(
         0,
-        f"weight-only int4: MatMulNBits, blocks of {block_size} along K, symmetric, accuracy_level {INT4_ACCURACY_LEVEL}"
+        f"weight-only int4: MatMulNBits, blocks of {block_size} along K, {'symmetric' if INT4_SYMMETRIC else 'with zero points'},"
+        f" accuracy_level {INT4_ACCURACY_LEVEL}"
         " (activations int8 inside the kernel); other ops fp32",
     )
     return PrecisionResult(model_path=path, precision="int4", seconds=time.perf_counter() - start, notes=notes)
