@@ -2,15 +2,23 @@
 
 Prints (and with --markdown writes) for a random-weight bert-base model exported by
 torch's default exporter:
-  - latency of PyTorch eager, ORT on the raw export, ORT on ONNX Runtime's own
+  - the machine's fp32 sgemm rate and DRAM bandwidth, measured in this run
+    (scripts/_machine_limits.py), and its ISA;
+  - latency of PyTorch eager, ORT on the raw export (twice: the second session is the
+    A/A control, its spread is the noise), ORT on ONNX Runtime's own
     ``onnxruntime.transformers`` optimizer output, ORT on onnxscript's
-    ``optimize_for_ort`` output and ORT on tfopt's output, with ratios to ORT raw;
+    ``optimize_for_ort`` output, ORT on tfopt's output (MultiHeadAttention, the CPU
+    target; and packed Attention, the CUDA target's op, also run on the CPU), and the
+    int8 (dynamic quantization) of tfopt's and of ORT's optimizer output; engines
+    interleaved round by round, each ratio to ORT raw taken within a round, with its
+    spread over rounds, and each engine's GFLOP/s as a fraction of the measured sgemm
+    rate (int8 can pass 100%: its roof is the integer rate);
   - each optimizer's wall time and peak memory beyond the process before loading
     the model (each runs in a fresh subprocess, so its peak is its own);
   - the fused-op counts each optimizer reached.
 
 Usage: python scripts/benchmark_bert.py [--layers 12 --hidden 768 --heads 12]
-       [--seq 128,512] [--batch 1] [--repeat 30] [--markdown docs/benchmark-bert.md]
+       [--seq 128,512] [--batch 1] [--rounds 7] [--per-round 5] [--markdown docs/benchmark-bert.md]
 Needs the bert_pt adapter and sympy (ONNX Runtime's optimizer imports it).
 """
 
@@ -27,6 +35,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+import _machine_limits as limits
 
 # One optimizer per subprocess: (label, python code that reads SRC/DST/HEADS/HIDDEN from env).
 _OPTIMIZERS = {
@@ -115,6 +125,41 @@ def feeds_for(session, batch: int, seq: int) -> dict:
     return feeds
 
 
+def model_flops(layers: int, hidden: int, batch: int, seq: int) -> float:
+    """MatMul FLOPs of one BERT forward: QKV/output/FFN projections (24 h^2 per token per layer) + scores and context."""
+    tokens = batch * seq
+    return layers * (24.0 * tokens * hidden * hidden + 4.0 * batch * seq * seq * hidden)
+
+
+def variants(work: Path, raw: Path, optimized: dict, args) -> dict:
+    """tfopt with packed Attention (the CUDA target's op) and the int8 versions of tfopt's and ORT's outputs."""
+    from tfopt.graph import fuse_file
+    from tfopt.precision import to_int8
+    from tfopt.results import ModelInfo
+
+    extra = {}
+    try:
+        print("fusing with tfopt for packed Attention (--target cuda) ...", flush=True)
+        packed = fuse_file(raw, work / "tfopt-attention.onnx", ModelInfo("bert", args.heads, args.hidden), target="cuda")
+        extra["ort:tfopt (packed Attention)"] = packed.model_path
+    except Exception as exc:  # reported, not fatal: the other engines still compare
+        print(f"packed Attention variant failed: {exc}", flush=True)
+    if "tfopt" in optimized:
+        print("quantizing tfopt's output to int8 ...", flush=True)
+        extra["ort:tfopt int8"] = to_int8(optimized["tfopt"], work / "tfopt.int8.onnx").model_path
+    if "ort-transformers" in optimized:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        print("quantizing ORT's optimizer output to int8 (its own quantize_dynamic) ...", flush=True)
+        target = work / "ort-transformers.int8.onnx"
+        try:
+            quantize_dynamic(optimized["ort-transformers"], target, weight_type=QuantType.QInt8, use_external_data_format=True)
+            extra["ort:ort-transformers int8"] = target
+        except Exception as exc:
+            print(f"ORT's int8 failed: {exc}", flush=True)
+    return extra
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=12)
@@ -122,7 +167,8 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--seq", default="128,512")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--per-round", type=int, default=5)
     parser.add_argument("--exporter", default="dynamo", choices=["dynamo", "legacy"])
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
@@ -131,8 +177,10 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from tfopt.bench import latency_row, ort_session, time_interleaved
+    from tfopt.bench import ort_session
 
+    print("measuring the machine's sgemm rate and DRAM bandwidth ...", flush=True)
+    machine = limits.measure()
     work = Path(tempfile.mkdtemp(prefix="tfopt-bench-"))
     print(f"exporting a random bert ({args.layers}x{args.hidden}, {args.heads} heads) with {args.exporter}/{args.attn} ...", flush=True)
     raw, torch_model = build_and_export(work, args.layers, args.hidden, args.heads, args.exporter, args.attn)
@@ -145,10 +193,23 @@ def main() -> None:
         if "error" not in build[name]:
             optimized[name] = dst
 
-    engines = {"ort:raw": raw, **{f"ort:{name}": path for name, path in optimized.items()}}
+    engines = {"ort:raw": raw, "ort:raw (A/A)": raw, **{f"ort:{name}": path for name, path in optimized.items()}}
+    engines.update(variants(work, raw, optimized, args))
     sessions = {label: ort_session(path) for label, path in engines.items()}
     torch.set_num_threads(os.cpu_count() or 1)
-    rows = []
+    lines = [
+        f"# BERT benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {args.layers} layers, hidden {args.hidden}, "
+        f"{args.exporter}/{args.attn} export, random weights, CPU x{os.cpu_count()}, onnxruntime {ort.__version__}, "
+        f"torch {torch.__version__}; measured while other work shared the machine)",
+        "",
+        machine.line(),
+        "",
+        f"{args.rounds} rounds x {args.per_round} calls per engine, engines interleaved in each round; ratio = median over "
+        "rounds of the within-round ratio to ORT raw [lowest, highest]; GFLOP/s = the model's matmul FLOPs / latency.",
+        "",
+        "| engine | batch | seq | ms | vs ORT raw [spread] | GFLOP/s | of sgemm |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for seq in (int(s) for s in args.seq.split(",")):
         print(f"timing batch {args.batch}, sequence {seq} (engines interleaved) ...", flush=True)
         feeds = feeds_for(sessions["ort:raw"], args.batch, seq)
@@ -158,20 +219,14 @@ def main() -> None:
             session_feeds = {i.name: feeds[i.name].astype(np.int32 if i.type == "tensor(int32)" else np.int64) for i in session.get_inputs()}
             calls[label] = lambda session=session, session_feeds=session_feeds: session.run(None, session_feeds)
         with torch.inference_mode():
-            times = time_interleaved(calls, repeat=args.repeat)
-        rows += [latency_row(label, args.batch, seq, seconds) for label, seconds in times.items()]
-
-    lines = [
-        f"# BERT benchmark ({time.strftime('%Y-%m-%d')}, {args.layers} layers, hidden {args.hidden}, "
-        f"{args.exporter}/{args.attn} export, fp32, CPU x{os.cpu_count()}, onnxruntime {ort.__version__}, torch {torch.__version__})",
-        "",
-        "| engine | batch | seq | p50 ms | p90 ms | p99 ms | vs ORT raw |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    raw_p50 = {(r.batch_size, r.sequence_length): r.p50_ms for r in rows if r.engine == "ort:raw"}
-    for r in rows:
-        ratio = r.p50_ms / raw_p50[(r.batch_size, r.sequence_length)]
-        lines.append(f"| {r.engine} | {r.batch_size} | {r.sequence_length} | {r.p50_ms:.2f} | {r.p90_ms:.2f} | {r.p99_ms:.2f} | {ratio:.3f}x |")
+            summary = limits.ratios(limits.rounds(calls, rounds=args.rounds, per_round=args.per_round), "ort:raw")
+        flops = model_flops(args.layers, args.hidden, args.batch, seq)
+        for label, row in summary.items():
+            rate = flops / (row.median_ms / 1e3) / 1e9
+            lines.append(
+                f"| {label} | {args.batch} | {seq} | {row.median_ms:.2f} | {row.ratio:.3f}x [{row.low:.3f}, {row.high:.3f}] | "
+                f"{rate:.0f} | {rate / machine.sgemm_gflops:.0%} |"
+            )
     lines += ["", "| optimizer | optimize time s | peak memory MB | fused ops |", "|---|---|---|---|"]
     for name, result in build.items():
         if "error" in result:
