@@ -152,7 +152,7 @@ static inline float exp_approx(float x) {
 }
 
 struct LoopArgs {
-  const float *q, *k, *v;
+  const float *q, *kt, *k, *v;  // kt: keys transposed, (B, H, D, S), so a query's window scores are axpys
   float* out;
   const bool* key_ok;
   const int64_t* gidx;
@@ -161,44 +161,60 @@ struct LoopArgs {
 };
 
 // Rows [begin, end) of (batch, head, query); compiled for AVX-512, AVX2 and plain x86-64, picked at run time.
+// Window scores: for each feature d, score[lo..hi] += q[d] * K^T[d][lo..hi] (contiguous, no horizontal sums).
 __attribute__((target_clones("avx512f", "avx2", "default")))
 static void local_rows(const LoopArgs& a, int64_t begin, int64_t end) {
   const int64_t S = a.S, D = a.D, G = a.G, w = a.w, H = a.H;
-  std::vector<float> score(2 * w + 1 + G);
-  std::vector<int64_t> key(2 * w + 1 + G);
+  const int64_t width = 2 * w + 1;
+  std::vector<float> score(width + G), keep(width + G);
+  std::vector<int64_t> gkey(G);
   for (int64_t row = begin; row < end; ++row) {
     const int64_t b = row / (H * S), h = (row / S) % H, i = row % S;
     const float* qi = a.q + row * D;
+    const float* ktbase = a.kt + (b * H + h) * D * S;
     const float* kbase = a.k + (b * H + h) * S * D;
     const float* vbase = a.v + (b * H + h) * S * D;
-    int64_t n = 0;
-    for (int64_t s = 0; s < G; ++s)
-      if (a.gval[b * G + s]) key[n++] = a.gidx[b * G + s];
-    const int64_t lo = std::max<int64_t>(0, i - w), hi = std::min<int64_t>(S - 1, i + w);
-    for (int64_t j = lo; j <= hi; ++j)
-      if (a.key_ok[b * S + j]) key[n++] = j;
-    if (n == 0) continue;
-    float best = std::numeric_limits<float>::lowest();
-    for (int64_t m = 0; m < n; ++m) {
-      const float* kj = kbase + key[m] * D;
+    const int64_t lo = std::max<int64_t>(0, i - w), hi = std::min<int64_t>(S - 1, i + w), n = hi - lo + 1;
+    float* sc = score.data();
+    float* kp = keep.data();
+    std::fill(sc, sc + n, 0.f);
+    for (int64_t d = 0; d < D; ++d) {
+      const float qd = qi[d];
+      const float* kt = ktbase + d * S + lo;
+#pragma omp simd
+      for (int64_t t = 0; t < n; ++t) sc[t] += qd * kt[t];
+    }
+    int64_t any = 0;
+    for (int64_t t = 0; t < n; ++t) any += (kp[t] = a.key_ok[b * S + lo + t] ? 1.f : 0.f) > 0.f;
+    int64_t ng = 0;
+    for (int64_t s = 0; s < G; ++s) {
+      if (!a.gval[b * G + s]) continue;
+      const float* kj = kbase + a.gidx[b * G + s] * D;
       float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
       for (int64_t d = 0; d < D; ++d) acc += qi[d] * kj[d];
-      score[m] = acc;
-      best = std::max(best, acc);
+      gkey[ng] = a.gidx[b * G + s];
+      sc[n + ng] = acc;
+      kp[n + ng] = 1.f;
+      ++ng;
     }
+    const int64_t total_slots = n + ng;
+    if (any + ng == 0) continue;
+    float best = std::numeric_limits<float>::lowest();
+    for (int64_t m = 0; m < total_slots; ++m)
+      if (kp[m] > 0.f) best = std::max(best, sc[m]);
     float total = 0.f;
-    float* sc = score.data();
 #pragma omp simd reduction(+ : total)
-    for (int64_t m = 0; m < n; ++m) {
-      sc[m] = exp_approx(sc[m] - best);
+    for (int64_t m = 0; m < total_slots; ++m) {
+      sc[m] = exp_approx(sc[m] - best) * kp[m];
       total += sc[m];
     }
     const float inv = 1.f / total;
     float* oi = a.out + row * D;
-    for (int64_t m = 0; m < n; ++m) {
+    for (int64_t m = 0; m < total_slots; ++m) {
       const float p = sc[m] * inv;
-      const float* vj = vbase + key[m] * D;
+      if (p == 0.f) continue;
+      const float* vj = vbase + (m < n ? lo + m : gkey[m - n]) * D;
 #pragma omp simd
       for (int64_t d = 0; d < D; ++d) oi[d] += p * vj[d];
     }
@@ -210,10 +226,11 @@ Tensor local_loops(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
                    const Globals& g, int64_t w) {
   const int64_t B = q.size(0), H = q.size(1), S = q.size(2), D = q.size(3);
   auto out = at::zeros_like(q);
+  auto kt = k.transpose(-1, -2).contiguous();
   auto ok_c = key_ok.to(at::kBool).contiguous();
   auto gidx_c = g.index.contiguous();
   auto gval_c = g.valid.contiguous();
-  LoopArgs args{q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), out.data_ptr<float>(),
+  LoopArgs args{q.data_ptr<float>(), kt.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), out.data_ptr<float>(),
                 ok_c.data_ptr<bool>(), gidx_c.data_ptr<int64_t>(), gval_c.data_ptr<bool>(),
                 B, H, S, D, g.count, w};
   at::parallel_for(0, B * H * S, 64, [&](int64_t begin, int64_t end) { local_rows(args, begin, end); });
