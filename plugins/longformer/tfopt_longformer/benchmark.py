@@ -17,6 +17,7 @@ from tfopt.feeds import int_tuple, session_feed
 from tfopt.results import BenchResult, ExportResult, RunContext
 
 from .cache import source_model
+from .extension import load as load_extension
 from .inputs import checked_lengths, token_feeds
 from .modeling import LongformerForExport
 from .verify import has_contrib_attention
@@ -38,6 +39,7 @@ def benchmark_models(ctx: RunContext, exported: ExportResult, models: dict[str, 
             ctx.progress(f"not timing {label}: com.microsoft::LongformerAttention has no CPU kernel (CUDA target)")
             continue
         sessions[label] = ort_session(path)
+    load_extension(ctx.progress)  # a progress line if it has to be compiled first
     patched = LongformerForExport(source.model).eval()
     rng = np.random.default_rng(0)
     rows = []
