@@ -9,7 +9,7 @@ import numpy as np
 from .results import DiffStats, VerifyResult
 
 # Max abs diff allowed on valid positions, per precision. fp32 is the 1e-4 parity bar.
-TOLERANCES = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.5}
+TOLERANCES = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.5, "int4": 0.5}  # int4: weight-only MatMulNBits (tiny-bert: 9.7e-3)
 
 
 # Bin edges of the difference histogram, log10 |actual - reference|: half decades, fixed so runs compare.
