@@ -73,3 +73,56 @@ def test_refusals_are_one_line_errors(exported_variant):
         greedy_generate_onnx(base.model_path, np.array([[5, 6]]), None, 2)
     with pytest.raises(TfoptError, match="needs a GPT2LMHeadModel"):
         greedy_generate_torch(source_model(base_ctx), np.array([[5, 6]]), None, 2)
+
+
+class _RecordingBinding:
+    """An IOBinding that records how each input was bound."""
+
+    def __init__(self, binding, log):
+        self._binding, self._log = binding, log
+
+    def bind_ortvalue_input(self, name, value):
+        self._log.append(("ortvalue", name, value.data_ptr()))
+        return self._binding.bind_ortvalue_input(name, value)
+
+    def bind_cpu_input(self, name, array):
+        self._log.append(("numpy", name, None))
+        return self._binding.bind_cpu_input(name, array)
+
+    def __getattr__(self, name):
+        return getattr(self._binding, name)
+
+
+class _RecordingSession:
+    def __init__(self, session):
+        self._session, self.log, self.presents = session, [], []
+
+    def io_binding(self):
+        return _RecordingBinding(self._session.io_binding(), self.log)
+
+    def run_with_iobinding(self, binding):
+        self._session.run_with_iobinding(binding._binding)
+        names = [o.name for o in self._session.get_outputs()]
+        self.presents.append({n: v.data_ptr() for n, v in zip(names, binding._binding.get_outputs()) if n.startswith("present")})
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+
+def test_present_is_bound_as_next_past_without_a_copy(exported_variant):
+    """From the second step on, every past input is the previous step's present OrtValue (same buffer)."""
+    from tfopt.bench import ort_session
+
+    ctx, exported = exported_variant("tiny-gpt2", "dynamo")
+    input_ids, attention_mask = example_prompts(source_model(ctx), 2, 6, seed=1)
+    session = _RecordingSession(ort_session(exported.model_path))
+    tokens = greedy_generate_onnx(session, input_ids, attention_mask, 4)
+    np.testing.assert_array_equal(tokens, greedy_generate_torch(source_model(ctx), input_ids, attention_mask, 4))
+    pasts = [entry for entry in session.log if entry[1].startswith("past_key_values.")]
+    layers = source_model(ctx).num_layers
+    assert [kind for kind, _, _ in pasts[: 2 * layers]] == ["numpy"] * (2 * layers)  # the empty first past
+    later = pasts[2 * layers :]
+    assert len(later) == 3 * 2 * layers and all(kind == "ortvalue" for kind, _, _ in later)
+    for step, start in enumerate(range(0, len(later), 2 * layers)):
+        for _, name, pointer in later[start : start + 2 * layers]:
+            assert pointer == session.presents[step][name.replace("past_key_values.", "present.")]
