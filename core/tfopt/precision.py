@@ -14,8 +14,10 @@ as MatMul(x, Transpose(table)), which no quantizer touches (its weight is not a 
 so :func:`untie_transposed_weights` gives that MatMul its own transposed copy first. At
 GPT-2 small's shape the head is 154 MB of the 494 MB a decode step reads.
 
-Measured (GPT-2 small shape, decode b=1 past 128, docs/benchmark-gpt2.md): MatMulNBits
-with 8 bits was slower than dynamic int8 on this CPU, so int8 stays dynamic.
+int8 has two methods (``int8_method``): "dynamic" (the default; int8 activations per
+tensor, MatMulInteger) and "weight_only" (MatMulNBits with 8 bits, blocks like int4's,
+activations quantized per block inside the kernel). On a trained decoder weight-only
+agrees better with fp32 (docs/benchmark-gpt2.md), so the gpt2 adapter picks it.
 
 On the CPU: fp16 is a GPU format. ONNX Runtime 1.32 does run the fp16 contrib ops
 this project emits on its CPU provider (measured: EmbedLayerNormalization, Attention,
@@ -54,6 +56,7 @@ from .results import PrecisionResult
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 LM_HEAD_PRECISIONS = ("quantized", "fp32")  # what int8/int4 do with the LM head (``lm_head=``)
+INT8_METHODS = ("dynamic", "weight_only")
 INT4_BLOCK_SIZE = 32  # MatMulNBits block along K: 128 is faster but loses 2-3 points of top-1 (docs/benchmark-gpt2.md)
 # Asymmetric (zero point per block): top-1 92.7% vs 91.4% symmetric on stdlib-gpt2, same speed (docs/benchmark-gpt2.md).
 INT4_SYMMETRIC = False
@@ -498,11 +501,24 @@ def _quantized(input_path, output_path, precision: str, quantize, lm_head: str) 
     return output_path, notes
 
 
-def to_int8(input_path: str | Path, output_path: str | Path, *, lm_head: str = "quantized") -> PrecisionResult:
-    """ONNX Runtime's dynamic quantization (int8 weights, activations quantized at run time)."""
+def to_int8(
+    input_path: str | Path, output_path: str | Path, *, lm_head: str = "quantized", method: str = "dynamic"
+) -> PrecisionResult:
+    """ONNX Runtime's dynamic quantization (int8 weights, activations quantized at run time), or
+    weight-only 8-bit MatMulNBits (``method="weight_only"``)."""
+    if method not in INT8_METHODS:
+        raise TfoptError(f"int8_method must be one of {', '.join(INT8_METHODS)}, got {method!r}")
     start = time.perf_counter()
-    path, notes = _quantized(input_path, output_path, "int8", _quantize_dynamic_int8, lm_head)
-    notes.insert(0, f"dynamic quantization: int8 weights for {', '.join(INT8_OP_TYPES)}, activations quantized at run time")
+    if method == "weight_only":
+        path, notes = _quantized(input_path, output_path, "int8", _quantize_nbits(8, INT4_BLOCK_SIZE), lm_head)
+        notes.insert(
+            0,
+            f"weight-only int8: MatMulNBits, blocks of {INT4_BLOCK_SIZE} along K, {'symmetric' if INT4_SYMMETRIC else 'with zero points'},"
+            f" accuracy_level {INT4_ACCURACY_LEVEL}",
+        )
+    else:
+        path, notes = _quantized(input_path, output_path, "int8", _quantize_dynamic_int8, lm_head)
+        notes.insert(0, f"dynamic quantization: int8 weights for {', '.join(INT8_OP_TYPES)}, activations quantized at run time")
     return PrecisionResult(model_path=path, precision="int8", seconds=time.perf_counter() - start, notes=notes)
 
 
@@ -524,7 +540,12 @@ def to_int4(
 
 
 def convert(
-    input_path: str | Path, precision: str, output_path: str | Path | None = None, *, lm_head: str = "quantized"
+    input_path: str | Path,
+    precision: str,
+    output_path: str | Path | None = None,
+    *,
+    lm_head: str = "quantized",
+    int8_method: str = "dynamic",
 ) -> PrecisionResult:
     """fp32 returns the input as is; fp16/int8/int4 write ``<stem>.<precision>.onnx`` beside it.
 
@@ -539,4 +560,6 @@ def convert(
     output_path = output_path_for(input_path, precision) if output_path is None else output_path
     if precision == "fp16":
         return to_fp16(input_path, output_path)
-    return (to_int8 if precision == "int8" else to_int4)(input_path, output_path, lm_head=lm_head)
+    if precision == "int8":
+        return to_int8(input_path, output_path, lm_head=lm_head, method=int8_method)
+    return to_int4(input_path, output_path, lm_head=lm_head)

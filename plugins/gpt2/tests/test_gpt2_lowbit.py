@@ -56,11 +56,17 @@ def fused_trained(exported_variant, tmp_path_factory, text_cache):
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
-@pytest.mark.parametrize("precision, quantized_op", [("int8", "MatMulInteger"), ("int4", "MatMulNBits")])
+@pytest.mark.parametrize(
+    "precision, method, quantized_op",
+    [("int8", "weight_only", "MatMulNBits"), ("int8", "dynamic", "MatMulInteger"), ("int4", None, "MatMulNBits")],
+)
 @pytest.mark.parametrize("lm_head", ["quantized", "fp32"])
-def test_quantized_decoder_keeps_fused_attention_and_passes_verify(fused_trained, tmp_path, exporter, precision, quantized_op, lm_head):
+def test_quantized_decoder_keeps_fused_attention_and_passes_verify(fused_trained, tmp_path, exporter, precision, method, quantized_op, lm_head):
     variant_ctx, exported, fused = fused_trained(exporter)
-    ctx = make_ctx(tmp_path, "stdlib-gpt2-tiny", precision=precision, lm_head_precision=lm_head, verify_cases=30)
+    options = dict(precision=precision, lm_head_precision=lm_head, verify_cases=30)
+    if method:
+        options["int8_method"] = method
+    ctx = make_ctx(tmp_path, "stdlib-gpt2-tiny", **options)
     remember(ctx, source_model(variant_ctx))
     converted = convert_precision_hook(ctx, fused)
     assert converted.validation is not None and converted.validation.passed
@@ -126,8 +132,8 @@ def trained_decoders(fused_trained, text_cache):
     """The fused fp32 decoder of stdlib-gpt2-tiny and its int8/int4 versions (LM head quantized)."""
     ctx, _, fused = fused_trained("dynamo")
     models = {"fp32": fused.model_path}
-    for precision in ("int8", "int4"):
-        models[precision] = convert(fused.model_path, precision).model_path
+    for precision in ("int8", "int4"):  # as the gpt2 adapter converts: int8 weight-only
+        models[precision] = convert(fused.model_path, precision, int8_method="weight_only").model_path
     return ctx, text_cache, models
 
 

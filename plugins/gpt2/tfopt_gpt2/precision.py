@@ -1,4 +1,8 @@
-"""The ``convert_precision`` hook: the host's conversion with the decoder's one choice, the LM head.
+"""The ``convert_precision`` hook: the host's conversion with the decoder's choices.
+
+int8 is weight-only here (``int8_method=weight_only``, MatMulNBits with 8 bits): on the trained
+stdlib-gpt2 it agrees with fp32 better than dynamic int8 (per-tensor activations) at a
+similar speed (docs/benchmark-gpt2.md); ``--option int8_method=dynamic`` picks the other.
 
 int8 (dynamic) and int4 (weight-only MatMulNBits) quantize the LM head by default: at GPT-2
 small's shape it is 154 MB of the 494 MB each decode step reads, so keeping it fp32 costs
@@ -12,6 +16,8 @@ from tfopt import precision as host_precision
 from tfopt.results import FuseResult, PrecisionResult, RunContext
 
 LM_HEAD_OPTION = "lm_head_precision"
+INT8_METHOD_OPTION = "int8_method"
+DEFAULT_INT8_METHOD = "weight_only"
 
 
 def convert_decoder(ctx: RunContext, fused: FuseResult) -> PrecisionResult:
@@ -20,7 +26,8 @@ def convert_decoder(ctx: RunContext, fused: FuseResult) -> PrecisionResult:
     host_precision.check_lm_head(lm_head)
     if precision != "fp32":
         ctx.progress(f"converting to {precision} (LM head: {lm_head if precision in ('int8', 'int4') else 'fp32'}) ...")
-    converted = host_precision.convert(fused.model_path, precision, lm_head=lm_head)
+    method = str(ctx.option(INT8_METHOD_OPTION, DEFAULT_INT8_METHOD))
+    converted = host_precision.convert(fused.model_path, precision, lm_head=lm_head, int8_method=method)
     if precision != "fp32" and ctx.option("validate", True):
         from tfopt.graph.validate import validate_written
 
