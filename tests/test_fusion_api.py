@@ -232,3 +232,25 @@ def test_default_fuse_takes_disabled_names_as_a_comma_string(tmp_path):
     ctx = RunContext(family="toy", source=None, work_dir=tmp_path, options={"disabled": "double_neg"})
     fused = default_plugin.fuse(ctx, exported)
     assert fused.op_counts["Neg"] == 2 and "DoubleNeg" not in fused.rule_counts
+
+
+class _ForgetsExpectations:
+    """Wraps export so the adapter claims a model type nothing is known of, and states no counts."""
+
+    @hookimpl(wrapper=True)
+    def export(self, ctx):
+        exported = yield
+        exported.info = ModelInfo("some-new-family")
+        return exported
+
+
+def test_a_run_warns_when_nothing_is_expected_and_the_kit_fails_it(fresh_fakes, tmp_path):
+    from tfopt.plugins import build_plugin_manager
+    from tfopt.testing import check_adapter
+
+    pm = build_plugin_manager(entry_points=[fresh_fakes.entry_point("export_only", fresh_fakes.FAKE_ENTRY_POINTS["export_only"])])
+    pm.register(_ForgetsExpectations(), name="forgets")
+    outcome = check_adapter("export_only", pm=pm, work_dir=tmp_path / "lenient", expect_full_fusion=False)
+    assert any("no expected fusion counts for model type 'some-new-family'" in w for w in outcome.report["warnings"])
+    with pytest.raises(AssertionError, match="no expected fusion counts for model type 'some-new-family'"):
+        check_adapter("export_only", pm=pm, work_dir=tmp_path / "strict")
