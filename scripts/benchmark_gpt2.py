@@ -50,6 +50,9 @@ def build(model: str, exporter: str, work: Path, *, head_fp32_int4: bool = True)
     models["ort:tfopt int8"] = convert(fused.model_path, "int8", int8_method="weight_only").model_path
     models["ort:tfopt int8 dynamic"] = convert(fused.model_path, "int8", work / "optimized.int8-dynamic.onnx").model_path
     models["ort:tfopt int4"] = convert(fused.model_path, "int4").model_path
+    models["ort:tfopt int4 b16, head int8"] = convert(
+        fused.model_path, "int4", work / "optimized.int4-b16-head8.onnx", lm_head="int8", int4_block_size=16
+    ).model_path
     if head_fp32_int4:
         models["ort:tfopt int4, head fp32"] = convert(fused.model_path, "int4", work / "optimized.int4-headfp32.onnx", lm_head="fp32").model_path
     return source_model(ctx), models

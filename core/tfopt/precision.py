@@ -9,7 +9,7 @@ point per block of :data:`INT4_BLOCK_SIZE` along K; ``accuracy_level`` 4 lets it
 quantize activations to int8 (blocks of K) and use integer dot products).
 
 Both integer precisions also quantize the LM head (a MatMul computing a model output)
-unless ``lm_head="fp32"``. GPT-2 ties its head to the embedding table: the export reads it
+unless ``lm_head="fp32"`` (kept) or ``"int8"`` (8-bit weight-only under int4). GPT-2 ties its head to the embedding table: the export reads it
 as MatMul(x, Transpose(table)), which no quantizer touches (its weight is not a constant),
 so :func:`untie_transposed_weights` gives that MatMul its own transposed copy first. At
 GPT-2 small's shape the head is 154 MB of the 494 MB a decode step reads.
@@ -55,7 +55,8 @@ from .graph.io import load_model, save_model, uses_external_data
 from .results import PrecisionResult
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
-LM_HEAD_PRECISIONS = ("quantized", "fp32")  # what int8/int4 do with the LM head (``lm_head=``)
+# What int8/int4 do with the LM head (``lm_head=``): the model's precision, int8 weight-only, or fp32.
+LM_HEAD_PRECISIONS = ("quantized", "int8", "fp32")
 INT8_METHODS = ("dynamic", "weight_only")
 INT4_BLOCK_SIZE = 32  # MatMulNBits block along K: 128 is faster but loses 2-3 points of top-1 (docs/benchmark-gpt2.md)
 # Asymmetric (zero point per block): top-1 92.7% vs 91.4% symmetric on stdlib-gpt2, same speed (docs/benchmark-gpt2.md).
@@ -468,11 +469,15 @@ def _quantized(input_path, output_path, precision: str, quantize, lm_head: str) 
     gemms = gemms_to_matmuls(model)
     if gemms:
         notes.append(f"{gemms} Gemm linear(s) rewritten as MatMul + Add to be quantized")
-    exclude = head_node_names(model) if lm_head == "fp32" else []
-    if exclude:
+    exclude = head_node_names(model) if lm_head in ("fp32", "int8") else []
+    if exclude and lm_head == "fp32":
         notes.append(f"LM head kept fp32 ({', '.join(exclude)}; lm_head_precision=fp32)")
     elif untie_transposed_weights(model):
-        notes.append("tied LM head given its own transposed weight so that it is quantized (lm_head_precision=quantized)")
+        notes.append(f"tied LM head given its own transposed weight so that it is quantized (lm_head_precision={lm_head})")
+    passes = [(quantize, exclude)]
+    if lm_head == "int8" and exclude:  # a second pass takes the head alone, 8-bit weight-only
+        passes.append((_quantize_nbits(8, INT4_BLOCK_SIZE), []))
+        notes.append(f"LM head int8 weight-only ({', '.join(exclude)}; lm_head_precision=int8)")
     output_path.parent.mkdir(parents=True, exist_ok=True)
     data_name = output_path.name + ".data"
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.", dir=output_path.parent))
@@ -486,7 +491,11 @@ def _quantized(input_path, output_path, precision: str, quantize, lm_head: str) 
         produced = tmp_dir / output_path.name
         try:
             with _quiet_quantizer():
-                quantize(staged, produced, external, exclude)
+                current = staged
+                for index, (step, skip) in enumerate(passes):
+                    written = produced if index == len(passes) - 1 else tmp_dir / f"pass{index}.onnx"
+                    step(current, written, external, skip)
+                    current = written
         except Exception as exc:
             raise TfoptError(f"{precision} quantization failed ({first_line(exc)})") from None
         if (tmp_dir / data_name).exists():
@@ -546,11 +555,12 @@ def convert(
     *,
     lm_head: str = "quantized",
     int8_method: str = "dynamic",
+    int4_block_size: int = INT4_BLOCK_SIZE,
 ) -> PrecisionResult:
     """fp32 returns the input as is; fp16/int8/int4 write ``<stem>.<precision>.onnx`` beside it.
 
-    ``lm_head`` ("quantized" or "fp32") is what int8/int4 do with the MatMul computing a
-    model output; fp16 always keeps it fp32 (the logits' overflow).
+    ``lm_head`` ("quantized", "int8" or "fp32") is what int8/int4 do with the MatMul computing
+    a model output; fp16 always keeps it fp32 (the logits' overflow).
     """
     if precision not in PRECISIONS:
         raise TfoptError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
@@ -562,4 +572,4 @@ def convert(
         return to_fp16(input_path, output_path)
     if precision == "int8":
         return to_int8(input_path, output_path, lm_head=lm_head, method=int8_method)
-    return to_int4(input_path, output_path, lm_head=lm_head)
+    return to_int4(input_path, output_path, lm_head=lm_head, block_size=int4_block_size)

@@ -119,9 +119,25 @@ def test_tied_head_is_untied_and_quantized(tmp_path):
 
 def test_bad_lm_head_choice_is_one_line(tmp_path, fused_trained):
     _, _, fused = fused_trained("dynamo")
-    with pytest.raises(TfoptError, match="lm_head_precision must be one of quantized, fp32"):
+    with pytest.raises(TfoptError, match="lm_head_precision must be one of quantized, int8, fp32"):
         convert(fused.model_path, "int4", tmp_path / "x.onnx", lm_head="int2")
+    with pytest.raises(TfoptError, match="int4 block size must be a power of two >= 16"):
+        convert(fused.model_path, "int4", tmp_path / "x.onnx", int4_block_size=24)
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_int4_with_an_int8_head_and_smaller_blocks(fused_trained, tmp_path):
+    variant_ctx, exported, fused = fused_trained("dynamo")
+    ctx = make_ctx(tmp_path, "stdlib-gpt2-tiny", precision="int4", lm_head_precision="int8", int4_block_size=16, verify_cases=20)
+    remember(ctx, source_model(variant_ctx))
+    converted = convert_precision_hook(ctx, fused)
+    nodes = [node for node in onnx.load(str(converted.model_path), load_external_data=False).graph.node if node.op_type == "MatMulNBits"]
+    settings = [{a.name: a.i for a in node.attribute if a.name in ("bits", "block_size")} for node in nodes]
+    head = [s for node, s in zip(nodes, settings) if node.output[0] == "logits"]
+    assert head == [{"bits": 8, "block_size": 32}]
+    assert all(s == {"bits": 4, "block_size": 16} for node, s in zip(nodes, settings) if node.output[0] != "logits")
+    assert len(nodes) == op_counts(fused.model_path)["MatMul"]
+    assert verify_hook(ctx, exported, converted.model_path, make_dummy_inputs_hook(ctx, exported)).passed
 
 
 # ----------------------------------------------------------------------------- quality on real text
