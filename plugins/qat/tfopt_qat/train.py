@@ -56,6 +56,7 @@ class TrainConfig:
     lr: float = 5e-5
     qat_lr: float = 1e-5
     observer_fraction: float = 0.5  # QAT: ranges follow the data for this share of the steps, then freeze
+    distill: float = 0.5  # QAT: weight of the fp32 model's soft labels (KL) against the true labels' (1 - distill)
     checkpoint_every: int = 100
 
     @classmethod
@@ -78,7 +79,7 @@ class TrainConfig:
         fields = dataclasses.asdict(self)
         fields.pop("checkpoint_every")
         if stage == "fp32":
-            for name in ("qat_epochs", "qat_lr", "observer_fraction"):
+            for name in ("qat_epochs", "qat_lr", "observer_fraction", "distill"):
                 fields.pop(name)
         if self.data:
             stat = Path(self.data).expanduser().stat()
@@ -167,6 +168,7 @@ def _train_stage(
     prepared: Prepared,
     output: Path,
     progress: Callable[[str], None],
+    teacher: nn.Module | None = None,
 ) -> None:
     """One stage (fp32 or qat) over its epochs, resuming from ``<stage>.partial.pt`` when it matches."""
     config, data = prepared.config, prepared.dataset
@@ -214,7 +216,13 @@ def _train_stage(
         # mean over the global batch: each process's sum / global count, so DDP's average of
         # the per-process gradients times N equals one process's gradient on the whole batch
         global_count = min(config.batch_size, count - index * config.batch_size)
-        loss = nn.functional.cross_entropy(logits, labels, reduction="sum") * size / global_count
+        loss = nn.functional.cross_entropy(logits, labels, reduction="sum")
+        if teacher is not None and config.distill > 0:
+            with torch.no_grad():
+                soft = torch.softmax(teacher(**inputs).logits, -1)
+            kl = nn.functional.kl_div(torch.log_softmax(logits, -1), soft, reduction="sum")
+            loss = (1 - config.distill) * loss + config.distill * kl
+        loss = loss * size / global_count
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -286,7 +294,7 @@ def train(config: TrainConfig, output: Path, progress: Callable[[str], None] = l
         progress(f"qat: trained model found in {final_checkpoint(output, 'qat')}")
     else:
         qat.load_state_dict(_as_qat_state(fp32, qat), strict=False)
-        _train_stage("qat", qat, prepared, output, progress)
+        _train_stage("qat", qat, prepared, output, progress, teacher=fp32)
     freeze_observers(qat)
     qat.eval()
     return Trained(prepared, fp32, qat)

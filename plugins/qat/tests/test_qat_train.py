@@ -1,0 +1,93 @@
+"""Training: resuming from a partial checkpoint, fp32-only runs, and torchrun with 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from qat_cases import TINY_OPTIONS, easy_rows, write_csv
+from tfopt_qat import train as train_module
+from tfopt_qat.train import TrainConfig, final_checkpoint, train
+
+
+@pytest.fixture(scope="module")
+def easy_csv(tmp_path_factory) -> Path:
+    return write_csv(tmp_path_factory.mktemp("data") / "easy.csv", easy_rows(240))
+
+
+def _config(data: Path, **changes) -> TrainConfig:
+    return TrainConfig.from_options("tiny-bert", {**TINY_OPTIONS, "data": str(data), "epochs": 1, **changes})
+
+
+def test_an_interrupted_stage_resumes_to_the_same_weights(easy_csv, tmp_path, monkeypatch):
+    config = _config(easy_csv, checkpoint_every=3)
+    reference = train(config, tmp_path / "straight", with_qat=False).fp32.state_dict()
+
+    real_checkpoint = train_module._checkpoint_partial
+
+    def checkpoint_then_stop(*args, **kwargs):
+        real_checkpoint(*args, **kwargs)
+        raise KeyboardInterrupt  # the run dies right after its first partial checkpoint (step 3)
+
+    monkeypatch.setattr(train_module, "_checkpoint_partial", checkpoint_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "resumed", with_qat=False)
+    partial = tmp_path / "resumed" / "qat-checkpoints" / "fp32.partial.pt"
+    assert torch.load(partial, weights_only=False)["step"] == 3
+    monkeypatch.undo()
+    messages = []
+    resumed = train(config, tmp_path / "resumed", messages.append, with_qat=False).fp32.state_dict()
+    assert any("resuming from step 3/" in m for m in messages), messages
+    assert not partial.exists() and final_checkpoint(tmp_path / "resumed", "fp32").is_file()
+    for name, value in reference.items():
+        assert torch.allclose(value, resumed[name], atol=1e-6), name
+
+    messages.clear()  # a finished stage is loaded, not trained again
+    train(config, tmp_path / "resumed", messages.append, with_qat=False)
+    assert any("fine-tuned model found" in m for m in messages)
+    messages.clear()  # other settings: not resumed from that checkpoint
+    train(_config(easy_csv, checkpoint_every=3, lr=1e-3, max_examples=40), tmp_path / "resumed", messages.append, with_qat=False)
+    assert not any("found" in m or "resuming" in m for m in messages)
+
+
+def _train_cli(args: list[str], output: Path, easy_csv: Path, processes: int) -> list[dict]:
+    options = {**TINY_OPTIONS, "data": str(easy_csv)}
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    done = subprocess.run(
+        launcher + ["-m", "tfopt_qat.train", "--model", "tiny-bert", "--output", str(output), *flags, *args],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def test_torchrun_two_processes_match_one(easy_csv, tmp_path):
+    one = _train_cli([], tmp_path / "one", easy_csv, 1)
+    two = _train_cli([], tmp_path / "two", easy_csv, 2)
+    assert [r["world_size"] for r in one + two] == [1, 1, 2, 2]
+    for single, double in zip(one, two):
+        assert single["model"] == double["model"]
+        assert single["accuracy"] >= 0.9  # learned
+        assert abs(single["accuracy"] - double["accuracy"]) <= 0.02, (single, double)  # one example of 60
+    # same global batch, same steps: the fp32 weights agree up to float summation order
+    a = torch.load(final_checkpoint(tmp_path / "one", "fp32"), weights_only=False)["model"]
+    b = torch.load(final_checkpoint(tmp_path / "two", "fp32"), weights_only=False)["model"]
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-3, worst
+
+
+def test_bad_training_options_are_one_line_errors(easy_csv):
+    from tfopt.errors import TfoptError
+
+    with pytest.raises(TfoptError, match="expected int"):
+        TrainConfig.from_options(None, {"epochs": "many"})
+    with pytest.raises(TfoptError, match="batch_size >= 1"):
+        TrainConfig.from_options(None, {"batch_size": 0})
