@@ -220,6 +220,17 @@ def test_a_tracer_sees_why_a_family_rule_did_not_match(capsys):
     assert "DoubleNeg" in capsys.readouterr().out
 
 
+def test_tracing_does_not_change_what_is_fused():
+    """onnxscript rewrites nothing while it traces; fuse_model still fuses the whole plan."""
+    from onnxscript.rewriter.pattern import MatchingTracer
+
+    group = FusionRules("double_neg", [_double_negation()])
+    _, traced = _fuse(ModelInfo("toy", expected={}), extra_rules=[group], tracer=MatchingTracer())
+    _, plain = _fuse(ModelInfo("toy", expected={}), extra_rules=[group])
+    assert traced.rule_counts == plain.rule_counts and traced.rule_counts["DoubleNeg"] == 1
+    assert traced.op_counts == plain.op_counts
+
+
 def test_default_fuse_takes_disabled_names_as_a_comma_string(tmp_path):
     """`--option disabled=double_neg` reaches the default fuse as a string, not a list of letters."""
     from tfopt import default_plugin

@@ -209,8 +209,9 @@ def fuse_model(
     ``extra_rules``: :class:`FusionRules` groups run inside the shared plan, after those of
     ``info.rules``. ``expected``: the fused-op counts to check, overriding ``info.expected``
     and the model type's built-in counts. When nothing is expected, ``missing`` says so.
-    ``tracer``: an onnxscript ``MatchingTracer`` that records why each rule did or did not
-    match (``tracer.report()`` prints it): how to debug a rule inside the real plan.
+    ``tracer``: an onnxscript ``MatchingTracer`` that records, for each rule at its place
+    in the plan, its best match and why it failed (``tracer.report()`` prints it); the
+    fusion itself runs as without it. How to debug a rule inside the real plan.
     """
     if target not in TARGETS:
         raise TfoptError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
@@ -231,7 +232,9 @@ def fuse_model(
             if rule.name in skip_rules:
                 rule_counts.setdefault(rule.name, 0)
                 continue
-            applied = RewriteRuleSet([rule]).apply_to_model(model, tracer=tracer)
+            if tracer is not None:  # onnxscript only records when tracing: record, then apply
+                RewriteRuleSet([rule]).apply_to_model(model, tracer=tracer)
+            applied = RewriteRuleSet([rule]).apply_to_model(model)
             rule_counts[rule.name] = rule_counts.get(rule.name, 0) + applied
         # Rules that keep matched nodes leave them dead; dead readers would block later matches.
         remove_unused_nodes(model)
