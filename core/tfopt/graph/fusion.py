@@ -153,9 +153,8 @@ def missing_fusions(expected: dict[str, int], op_counts: dict[str, int], disable
     return missing
 
 
-def _rule_plan(info: ModelInfo, disabled: set[str], target: str, extra: Sequence[FusionRules]) -> list[tuple[str, list]]:
-    """(fusion name, rules) in the order they must run: LN before SkipLN, EmbedLN before SkipLN;
-    each extra group just before the first shared stage it names (or at the end)."""
+def _rule_plan(info: ModelInfo, disabled: set[str], target: str) -> list[tuple[str, list]]:
+    """(fusion name, rules) in the order they must run: LN before SkipLN, EmbedLN before SkipLN."""
     plan = [
         ("linear", linear.linear_rules()),  # canonical form for the rules below; always on
         ("layer_norm", normalization.layer_norm_rules()),
@@ -168,9 +167,16 @@ def _rule_plan(info: ModelInfo, disabled: set[str], target: str, extra: Sequence
         ("linear", linear.linear_rules()),  # again: attention fusion exposes GPT-2's c_proj Gemm
         ("skip_layer_norm", normalization.skip_layer_norm_rules()),
     ]
-    for group in extra:
+    return [(name, rules) for name, rules in plan if name not in disabled]
+
+
+def _with_groups(plan: list[tuple[str, list]], groups: Sequence[FusionRules], disabled: set[str]) -> list[tuple[str, list]]:
+    """The full plan with each extra group just before the first stage it names (or at the end), then
+    the disabled fusions taken out."""
+    plan = list(plan)
+    for group in groups:
         names = [name for name, _ in plan]
-        at = names.index(group.before) if group.before is not None else len(plan)
+        at = names.index(group.before) if group.before in names else len(plan)
         plan.insert(at, (group.name, list(group.rules)))
     return [(name, rules) for name, rules in plan if name not in disabled]
 
@@ -227,7 +233,7 @@ def fuse_model(
     num_layers = info.num_layers or sum(1 for node in model.graph if node.op_type == "Softmax")
     rule_counts: dict[str, int] = {}
     skip_rules = set(skip_rules)
-    for _, rules in _rule_plan(info, disabled, target, groups):
+    for _, rules in _with_groups(_rule_plan(info, set(), target), groups, disabled):
         for rule in rules:
             if rule.name in skip_rules:
                 rule_counts.setdefault(rule.name, 0)
