@@ -180,3 +180,28 @@ def test_broken_int8_scales_fail_verification(qat_run, trained, tmp_path):
     assert any("below torch fp32" in w for w in ctx.results["warnings"])
     good = verify_task(RunContext(family="qat", source="tiny-bert", work_dir=work, options=dict(options)), trained, None, work / "optimized.onnx", inputs)
     assert good.passed
+
+
+def test_cuda_target_qordered_structure(trained, tmp_path):
+    """QOrdered* has no CPU kernel: ONNX Runtime must resolve the graph and stop only at the missing kernel."""
+    from tfopt.errors import TfoptError
+    from tfopt_qat.qordered import build_qordered, schema_check
+
+    model = build_qordered(trained)
+    ops = Counter(node.op_type for node in model.graph.node)
+    assert ops["QOrderedAttention"] == LAYERS and ops["QOrderedMatMul"] == 3 * LAYERS
+    assert ops["QOrderedLayerNormalization"] == 2 * LAYERS and ops["QOrderedGelu"] == LAYERS
+    assert ops["MatMul"] == 0 and ops["QuantizeWithOrder"] == 1 and ops["DequantizeWithOrder"] == 1
+    inits = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "QOrderedMatMul":
+            assert inits[node.input[2]].dtype == np.int8 and inits[node.input[3]].ndim == 1  # per-channel trained scales
+    path = tmp_path / "qordered.onnx"
+    onnx.save(model, str(path))
+    assert "Could not find an implementation" in schema_check(path)
+    # the check is real: a schema violation (float data where int8 belongs) is refused
+    gelu = next(node for node in model.graph.node if node.op_type == "QOrderedGelu")
+    gelu.input[0] = "embeddings"
+    onnx.save(model, str(path))
+    with pytest.raises(TfoptError, match="refuses the QOrdered graph"):
+        schema_check(path)

@@ -34,7 +34,8 @@ def _engines(ctx: RunContext, model_path: Path) -> dict[str, tuple[str, object]]
     if ctx.option("precision", "fp32") == "int8":
         engines["torch:qat-fakequant"] = ("torch", "qat")
         engines["onnx:int8-qat-export"] = ("onnx", work / QDQ_EXPORT)
-        engines["onnx:int8-qat"] = ("onnx", model_path)
+        if ctx.option("target", "cpu") != "cuda":  # the QOrdered* model has no CPU kernels
+            engines["onnx:int8-qat"] = ("onnx", model_path)
         ptq = work / "optimized.fp32.int8.onnx"
         if ptq.is_file():
             engines["onnx:int8-ptq-dynamic"] = ("onnx", ptq)
@@ -83,7 +84,8 @@ def verify_task(ctx: RunContext, run, exported: ExportResult, model_path: Path, 
     tolerance = float(ctx.option("accuracy_tolerance", DEFAULT_ACCURACY_TOLERANCE))
     rows = accuracy_table(ctx, run, model_path)
     by_engine = {row["engine"]: row for row in rows}
-    final_label = "onnx:int8-qat" if precision == "int8" else "onnx:fp32"
+    cuda = ctx.option("target", "cpu") == "cuda"
+    final_label = ("onnx:int8-qat-export" if cuda else "onnx:int8-qat") if precision == "int8" else "onnx:fp32"
     fp32_accuracy, final_accuracy = by_engine["torch:fp32"]["accuracy"], by_engine[final_label]["accuracy"]
     drop = 100.0 * (fp32_accuracy - final_accuracy)
     passed = drop <= tolerance + 1e-9
@@ -95,7 +97,9 @@ def verify_task(ctx: RunContext, run, exported: ExportResult, model_path: Path, 
     if ptq and ptq["accuracy"] > final_accuracy:
         warnings.append(f"PTQ dynamic int8 is more accurate than QAT int8 here ({100 * ptq['accuracy']:.1f}% vs {100 * final_accuracy:.1f}%)")
     # the final model against its torch parent on the dummy inputs: reported, not decisive for int8
-    session = ort_session(model_path)
+    from .hooks import QDQ_EXPORT
+
+    session = ort_session(Path(ctx.work_dir) / QDQ_EXPORT if cuda and precision == "int8" else model_path)
     parent = run.qat if precision == "int8" else run.fp32
     references, actuals, labels = [], [], []
     import torch
@@ -139,6 +143,8 @@ def benchmark_engines(ctx: RunContext, exported: ExportResult, models: dict[str,
     start = time.perf_counter()
     work = Path(ctx.work_dir)
     engines = dict(models)
+    if ctx.option("target", "cpu") == "cuda" and ctx.option("precision", "fp32") == "int8":
+        engines.pop("ort:tfopt", None)  # QOrdered*: no CPU kernels, nothing to time here
     if Path(models.get("ort:tfopt", "")) != work / FP32_FUSED:
         engines["ort:fp32"] = work / FP32_FUSED
     if (work / "optimized.fp32.int8.onnx").is_file():
