@@ -174,6 +174,8 @@ def main() -> int:
     from tfopt.bench import time_interleaved
 
     lengths = [int(s) for s in args.lengths.split(",")]
+    if any(s <= 0 or s % 512 for s in lengths):
+        parser.error("--lengths must be multiples of 512 (HF's LongformerSelfAttention alone needs multiples of attention_window)")
     print(cpu_line(), flush=True)
     print("1. self-attention alone (one layer, hidden 768, 12 heads, window 512)", flush=True)
     attention = attention_only(lengths, args.repeat)
