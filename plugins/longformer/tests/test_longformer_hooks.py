@@ -102,3 +102,11 @@ def test_longformer_conforms_at_4096(tmp_path, target):
     """Lengths up to the model's 4096 positions, padded batch, both targets (~40 s each here)."""
     options = {"target": target, "sequence_lengths": (1, 4095, 4096), "batch_sizes": (2,), "benchmark": False}
     assert check_adapter("longformer", options=options, work_dir=tmp_path).passed
+
+
+def test_unreachable_hub_id_is_one_line_error():
+    from tfopt_longformer.models import load_source
+
+    with pytest.raises(TfoptError) as info:  # HF_HUB_OFFLINE=1 (conftest): fails at once, nothing cached
+        load_source("allenai/longformer-base-4096")
+    assert "allenai/longformer-base-4096" in str(info.value) and "\n" not in str(info.value)

@@ -103,3 +103,15 @@ def test_cache_key_follows_the_sources(monkeypatch, tmp_path):
     source.write_text(extension.CPU_SOURCE.read_text() + "\n// changed\n")
     monkeypatch.setattr(extension, "CPU_SOURCE", source)
     assert extension.cache_dir() != first
+
+
+def test_failing_build_is_one_line_error_with_log(monkeypatch, tmp_path):
+    broken = tmp_path / "broken.cpp"
+    broken.write_text("#include <torch/library.h>\nthis is not C++;\n")
+    monkeypatch.setattr(extension, "_LOADED", False)
+    monkeypatch.setattr(extension, "CPU_SOURCE", broken)
+    monkeypatch.setenv("TFOPT_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(TfoptError, match="building the Longformer attention extension failed") as info:
+        extension.load()
+    assert "\n" not in str(info.value)
+    assert list((tmp_path / "cache").rglob("build-error.log"))
