@@ -94,7 +94,7 @@ def function_proto(opset: int) -> onnx.FunctionProto:
         pads = b.op("Concat", zeros2, w, zero, zeros2, b.op("Add", extra, w), zero, axis=0)
         chunks = b.op("Reshape", b.op("Pad", t, pads), b.op("Concat", B, H, nc2, w, D, axis=0))
         axis = b.ints(2)
-        parts = [b.op("Slice", chunks, b.op("Add", zero, b.ints(s)), b.op("Add", nc, b.ints(s)), axis) for s in (0, 1, 2)]
+        parts = [b.op("Slice", chunks, b.ints(s), b.op("Add", nc, b.ints(s)), axis) for s in (0, 1, 2)]
         return b.op("Concat", *parts, axis=3)
 
     kwin, vwin = windows(kh), windows(vh)
