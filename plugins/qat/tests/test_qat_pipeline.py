@@ -205,3 +205,18 @@ def test_cuda_target_qordered_structure(trained, tmp_path):
     onnx.save(model, str(path))
     with pytest.raises(TfoptError, match="refuses the QOrdered graph"):
         schema_check(path)
+
+
+def test_benchmark_script_times_the_three_engines(qat_run, tmp_path):
+    import subprocess
+    import sys
+
+    _, run_dir, _ = qat_run
+    script = Path(__file__).resolve().parents[3] / "scripts" / "benchmark_qat.py"
+    done = subprocess.run([sys.executable, str(script), "--run-dir", str(run_dir), "--no-bert-base", "--repeat", "2",
+                           "--markdown", str(tmp_path / "b.md")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in (tmp_path / "b.md").read_text().splitlines() if line.startswith("| qat run")]
+    assert [row.split("|")[2].strip() for row in rows] == ["fp32", "int8 QAT (Q/DQ, trained scales)", "int8 PTQ dynamic"]
+    assert all(float(row.split("|")[3]) > 0 for row in rows)
+    assert "avx" in done.stdout or "none of" in done.stdout  # the CPU's instruction sets are printed
