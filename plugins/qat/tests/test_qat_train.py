@@ -91,3 +91,22 @@ def test_bad_training_options_are_one_line_errors(easy_csv):
         TrainConfig.from_options(None, {"epochs": "many"})
     with pytest.raises(TfoptError, match="batch_size >= 1"):
         TrainConfig.from_options(None, {"batch_size": 0})
+
+
+def test_hugging_face_directory_source(easy_csv, tmp_path):
+    from transformers import AutoTokenizer, BertForSequenceClassification, GPT2Config
+
+    from tfopt.errors import TfoptError
+    from tfopt_qat.model import realweights_dir, resolve_source, tiny_config
+
+    directory = tmp_path / "my-bert"
+    BertForSequenceClassification(tiny_config(3, 30522)).save_pretrained(directory)  # a 3-label head: replaced
+    AutoTokenizer.from_pretrained(realweights_dir()).save_pretrained(directory)
+    run = train(TrainConfig.from_options(str(directory), {**TINY_OPTIONS, "data": str(easy_csv), "epochs": 1, "max_examples": 64}),
+                tmp_path / "out", with_qat=False)
+    assert run.fp32.config.num_labels == 2 and run.prepared.source.name == str(directory)
+    with pytest.raises(TfoptError, match="not a Hugging Face model directory"):
+        resolve_source(str(tmp_path), 2)
+    GPT2Config().save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(TfoptError, match="model type 'gpt2' is not handled by qat"):
+        resolve_source(str(tmp_path / "gpt2"), 2)
