@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -54,3 +56,32 @@ def test_machine_limits_measure_something():
     assert limits.measure_sgemm(m=64, k=64, n=64, seconds=0.05) > 0.1
     assert limits.measure_bandwidth(gib=0.01, seconds=0.05) > 0.1
     assert limits.cpu_isa()
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.mark.slow
+def test_benchmark_scripts_run_at_tiny_size(tmp_path):
+    """Both benchmark scripts end to end at tiny shapes: the limits line, the A/A row, int8/int4 engines, quality."""
+    import subprocess
+
+    env = dict(os.environ, TFOPT_CACHE_DIR=str(tmp_path / "cache"))
+    gpt2 = subprocess.run(
+        [sys.executable, str(SCRIPTS / "benchmark_gpt2.py"), "--model", "tiny-gpt2", "--quality-model", "stdlib-gpt2-tiny",
+         "--batch", "1", "--past", "8", "--rounds", "2", "--per-round", "2", "--markdown", str(tmp_path / "gpt2.md")],
+        capture_output=True, text=True, timeout=1800, env=env,
+    )
+    assert gpt2.returncode == 0, gpt2.stderr[-2000:]
+    text = (tmp_path / "gpt2.md").read_text()
+    for needle in ("GFLOP/s", "GB/s", "ort:raw (A/A)", "ort:tfopt int8 |", "ort:tfopt int4 |", "top-1 agreement", "16/16"):
+        assert needle in text, needle
+    bert = subprocess.run(
+        [sys.executable, str(SCRIPTS / "benchmark_bert.py"), "--layers", "1", "--hidden", "32", "--heads", "2", "--seq", "8",
+         "--rounds", "2", "--per-round", "2", "--markdown", str(tmp_path / "bert.md")],
+        capture_output=True, text=True, timeout=1800, env=env,
+    )
+    assert bert.returncode == 0, bert.stderr[-2000:]
+    text = (tmp_path / "bert.md").read_text()
+    for needle in ("of sgemm", "ort:raw (A/A)", "ort:tfopt int8", "ort:tfopt (packed Attention)", "ort:onnxscript"):
+        assert needle in text, needle
