@@ -157,3 +157,42 @@ def test_the_op_computing_an_output_stays_fp32():
     session = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
     reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {"x": x})[0], reference.run(None, {"x": x})[0], atol=0.05)
+
+
+def _is_sorted(graph) -> bool:
+    seen = {value.name for value in graph.input} | {init.name for init in graph.initializer}
+    for node in graph.node:
+        if any(name and name not in seen for name in node.input):
+            return False
+        seen.update(node.output)
+    return True
+
+
+def test_fp16_of_a_float_input_model_is_topologically_sorted():
+    """The converter appends the Cast of a float graph input after its consumer; the checker refused that."""
+    converted = precision.convert_proto_to_fp16(_layer_norm_after_matmul())
+    assert any(node.input[0] == "x" and node.op_type == "Cast" for node in converted.graph.node)
+    assert _is_sorted(converted.graph)
+    onnx.checker.check_model(converted)
+
+
+def test_sort_nodes_orders_consumers_after_producers_and_keeps_sorted_graphs_as_they_are():
+    nodes = [
+        helper.make_node("Relu", ["b"], ["c"], name="late"),
+        helper.make_node("Neg", ["x"], ["a"], name="first"),
+        helper.make_node("Abs", ["a"], ["b"], name="second"),
+        helper.make_node("Sigmoid", ["x"], ["d"], name="free"),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])], [])
+    precision.sort_nodes(graph)
+    assert [node.name for node in graph.node] == ["first", "second", "late", "free"]
+    precision.sort_nodes(graph)
+    assert [node.name for node in graph.node] == ["first", "second", "late", "free"]
+
+
+def test_first_line_keeps_what_follows_a_newline():
+    from tfopt.errors import first_line
+
+    exc = ValueError("Nodes in a graph must be topologically sorted, however input 'c' of node: \nname: late OpType: Relu\n is not output of any previous nodes.")
+    line = first_line(exc)
+    assert "\n" not in line and "name: late OpType: Relu" in line and line.endswith("previous nodes.")

@@ -2,9 +2,13 @@
 
 
 def first_line(exc: BaseException) -> str:
-    """An exception as one line (at most 300 characters): what TfoptError messages quote."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    """An exception as one line (at most 500 characters): what TfoptError messages quote.
+
+    Lines are joined, not cut at the first newline: the ONNX checker and ONNX Runtime put
+    the node's name on the lines after their sentence.
+    """
+    text = " ".join(str(exc).split())
+    return (text[:497] + "..." if len(text) > 500 else text) or type(exc).__name__
 
 
 class TfoptError(Exception):
