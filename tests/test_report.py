@@ -147,3 +147,10 @@ def test_summary_without_expectations_lists_fused_ops(tmp_path):
     ctx.results["fuse"].expected = {}
     text = report_module.summary_text(_build(ctx))
     assert "fused ops:" in text and "MultiHeadAttention" in text and "Softmax" not in text.split("parity")[0]
+
+
+def test_summary_files_line_names_the_page_written_beside_the_report(tmp_path):
+    """report.html is written by every run, though report.json's outputs do not list it."""
+    (tmp_path / "report.html").write_text("<html></html>")
+    text = report_module.summary_text(_build(_ctx(tmp_path)), run_dir=tmp_path)
+    assert text.splitlines()[-1] == f"files in {tmp_path}: exported.onnx, report.json, report.html"
