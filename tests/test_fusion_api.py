@@ -156,7 +156,10 @@ def test_rules_stay_out_of_the_report():
     info = ModelInfo("toy", expected={"X": 1}, rules=[FusionRules("double_neg", [_double_negation()])])
     exported = ExportResult(model_path="m.onnx", io=IOSpec(inputs={"x": "float32"}, outputs=["y"]), info=info)
     data = to_jsonable(exported)["info"]
-    assert data == {"model_type": "toy", "num_heads": 0, "hidden_size": 0, "num_layers": 0, "expected": {"X": 1}}
+    assert data == {
+        "model_type": "toy", "num_heads": 0, "hidden_size": 0, "num_layers": 0, "expected": {"X": 1},
+        "axis_sizes": None, "parity_not_checked": None,
+    }
     assert ModelInfo(**data) == ModelInfo("toy", expected={"X": 1})
 
 

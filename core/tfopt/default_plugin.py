@@ -13,6 +13,7 @@ There is no generic ``export``: exporting is what makes a plugin an adapter.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def fuse(ctx: RunContext, exported: ExportResult) -> FuseResult:
     return fuse_file(
         exported.model_path,
         Path(ctx.work_dir) / OPTIMIZED_FILE,
-        exported.info,
+        dataclasses.replace(exported.info, axis_sizes=run_axis_sizes(ctx, exported)),
         disabled=_names(ctx.option("disabled", ())),
         input_int32=bool(ctx.option("input_int32", False)),
         target=ctx.option("target", "cpu"),
@@ -64,14 +65,17 @@ def convert_precision(ctx: RunContext, fused: FuseResult) -> PrecisionResult:
     if precision != "fp32" and ctx.option("validate", True):
         from .graph.validate import validate_written
 
-        converted.validation = validate_written(converted.model_path, fused.model_path, precision)
+        exported = ctx.results.get("export")
+        sizes = run_axis_sizes(ctx, exported) if exported is not None else _axis_sizes(ctx, "axis_sizes")
+        converted.validation = validate_written(converted.model_path, fused.model_path, precision, axis_sizes=sizes)
     return converted
 
 
 @hookimpl(trylast=True)
 def make_dummy_inputs(ctx: RunContext, exported: ExportResult) -> list[dict[str, np.ndarray]]:
     specs = feeds_module.graph_inputs(exported.model_path)
-    feeds_module.check_sequence_option(specs, ctx.option("sequence_lengths"), "sequence_lengths")
+    sizes = run_axis_sizes(ctx, exported)
+    feeds_module.check_sequence_option(specs, ctx.option("sequence_lengths"), "sequence_lengths", sized=sizes)
     return feeds_module.dummy_feeds(
         exported.model_path,
         batch_sizes=feeds_module.int_tuple(ctx.option("batch_sizes", feeds_module.DEFAULT_BATCH_SIZES), "batch_sizes"),
@@ -79,8 +83,22 @@ def make_dummy_inputs(ctx: RunContext, exported: ExportResult) -> list[dict[str,
             ctx.option("sequence_lengths", feeds_module.DEFAULT_SEQUENCE_LENGTHS), "sequence_lengths"
         ),
         id_limit=int(ctx.option("id_limit", feeds_module.DEFAULT_ID_LIMIT)),
-        axis_sizes=_axis_sizes(ctx, "axis_sizes"),
+        axis_sizes=sizes,
     )
+
+
+def stated_axis_sizes(info) -> dict[str, tuple[int, ...]] | None:
+    """The adapter's ``ModelInfo.axis_sizes``, checked."""
+    stated = info.axis_sizes or {}
+    if not isinstance(stated, dict):
+        raise TfoptError(f"ModelInfo.axis_sizes must map axis names to sizes, e.g. {{\"samples\": [400, 800]}}, got {stated!r}")
+    return {str(name): feeds_module.int_tuple(sizes, f"ModelInfo.axis_sizes[{name}]") for name, sizes in stated.items()} or None
+
+
+def run_axis_sizes(ctx: RunContext, exported: ExportResult) -> dict[str, tuple[int, ...]] | None:
+    """The run's named-axis sizes: the adapter's ``ModelInfo.axis_sizes``, each overridden by ``--option axis_sizes``."""
+    merged = {**(stated_axis_sizes(exported.info) or {}), **(_axis_sizes(ctx, "axis_sizes") or {})}
+    return merged or None
 
 
 def _axis_sizes(ctx: RunContext, option: str) -> dict[str, tuple[int, ...]] | None:
@@ -150,7 +168,9 @@ def verify(
 def benchmark(ctx: RunContext, exported: ExportResult, models: dict[str, Path]) -> BenchResult:
     start = time.perf_counter()
     specs = feeds_module.graph_inputs(exported.model_path)
-    feeds_module.check_sequence_option(specs, ctx.option("bench_sequence_lengths"), "bench_sequence_lengths")
+    # Named axes: --option bench_axis_sizes, else the adapter's ModelInfo.axis_sizes.
+    bench_sizes = _axis_sizes(ctx, "bench_axis_sizes") or stated_axis_sizes(exported.info)
+    feeds_module.check_sequence_option(specs, ctx.option("bench_sequence_lengths"), "bench_sequence_lengths", sized=bench_sizes)
     batch_sizes = feeds_module.int_tuple(ctx.option("bench_batch_sizes", DEFAULT_BENCH_BATCH_SIZES), "bench_batch_sizes")
     sequence_lengths = feeds_module.int_tuple(
         ctx.option("bench_sequence_lengths", DEFAULT_BENCH_SEQUENCE_LENGTHS), "bench_sequence_lengths"
@@ -164,7 +184,7 @@ def benchmark(ctx: RunContext, exported: ExportResult, models: dict[str, Path]) 
         sequence_lengths=sequence_lengths,
         id_limit=int(ctx.option("id_limit", feeds_module.DEFAULT_ID_LIMIT)),
         padded=False,
-        axis_sizes=_axis_sizes(ctx, "bench_axis_sizes"),
+        axis_sizes=bench_sizes,
     )
     rows = []
     for feed in grid:

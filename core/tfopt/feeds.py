@@ -235,11 +235,26 @@ def dummy_feeds(
     ]
 
 
-def check_sequence_option(specs: list[GraphInput], value: Any, option: str) -> None:
-    """An explicit sequence-length option for a model with no sequence axis is a one-line error, not ignored."""
-    if value is not None and not shape_axes(specs):
+def check_sequence_option(specs: list[GraphInput], value: Any, option: str, *, sized: Iterable[str] | None = None) -> None:
+    """An explicit sequence-length option that would size nothing is a one-line error, not ignored.
+
+    It sizes the dynamic axes besides the batch that ``sized`` (the axes ``axis_sizes``
+    names: ``ModelInfo.axis_sizes`` and ``--option axis_sizes``) leaves; with none left,
+    it does not apply.
+    """
+    if value is None:
+        return
+    axes = shape_axes(specs)
+    if not axes:
         inputs = ", ".join(f"{spec.name}[{', '.join(str(d) if d is not None else (spec.dim_names[i] or '?') for i, d in enumerate(spec.dims))}]" for spec in specs)
         raise TfoptError(f"{option} does not apply: the model has no dynamic axis besides the batch ({inputs})")
+    named = set(sized or ())
+    if not set(axes) - named:
+        example = ", ".join(f'"{axis}": [...]' for axis in axes)
+        raise TfoptError(
+            f"{option} does not apply: the model's axes besides the batch ({', '.join(axes)}) are sized by name; "
+            f"size them with --option 'axis_sizes={{{example}}}'"
+        )
 
 
 def session_feed(session, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

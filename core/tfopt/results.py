@@ -27,6 +27,13 @@ class ModelInfo:
     # The family's own rules (tfopt.graph.FusionRules), run inside the shared plan. Not report
     # material (repr=False keeps them out of report.json); ``tfopt verify DIR`` does not fuse.
     rules: list[Any] = field(default_factory=list, repr=False, compare=False)
+    # Default sizes of the graph's named dynamic axes, {"samples": [400, 800]}: what validation's
+    # generated feeds, the default make_dummy_inputs and ``tfopt profile`` use where the generic
+    # sequence lengths (validation: 7 and 4) do not fit the model (a conv front end). None = those.
+    axis_sizes: dict[str, list[int]] | None = None
+    # Why validation cannot compare this model's numbers (e.g. a CUDA-only op on a CPU machine):
+    # the conformance kit (tfopt.testing.check_adapter) then accepts a model whose parity was not checked.
+    parity_not_checked: str | None = None
 
 
 @dataclass

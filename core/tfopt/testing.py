@@ -105,6 +105,20 @@ def _graph_op_counts(model_path: Path) -> dict[str, int]:
     return dict(Counter(node.op_type for node in graph.node))
 
 
+def _check_parity_was_checked(ctx: RunContext, exported: ExportResult, fused: FuseResult, final: PrecisionResult) -> None:
+    """Validation must have compared numbers, or the adapter must say why it cannot (rule bisection needs them)."""
+    if not ctx.option("validate", True) or exported.info.parity_not_checked:
+        return
+    for stage, result in (("fuse", fused), ("convert_precision", final)):
+        validation = result.validation
+        if validation is not None and not validation.feeds:
+            raise AssertionError(
+                f"{stage}: validation did not compare {Path(result.model_path).name}'s numbers with its input "
+                f"({'; '.join(validation.notes) or 'no feeds'}): give the model's axes sizes that fit in "
+                "ModelInfo.axis_sizes, or say why parity cannot be checked in ModelInfo.parity_not_checked"
+            )
+
+
 def check_adapter(
     name: str,
     source: str | None = None,
@@ -121,7 +135,10 @@ def check_adapter(
     the exported graph; fused-op counts match the fused file; every expected fusion
     happened (unless ``expect_full_fusion=False``); the dummy inputs cover every graph
     input at two or more shapes, with padding when there is an attention mask;
-    verification passes; report.json is complete. Raises AssertionError on the first
+    verification passes; validation compared the written models' numbers with their inputs
+    (``Validation.feeds`` > 0: a model whose axes the generic sizes do not fit needs
+    ``ModelInfo.axis_sizes``; one that cannot run here says why in
+    ``ModelInfo.parity_not_checked``); report.json is complete. Raises AssertionError on the first
     broken promise; returns the run's outcome for further checks.
 
     The libraries the run drives are silenced as in ``tfopt run`` (no torch trace DEBUG
@@ -175,6 +192,8 @@ def check_adapter(
         assert declared <= set(feed), f"make_dummy_inputs: a feed lacks {sorted(declared - set(feed))}"
     if "attention_mask" in declared:
         assert any(not np.all(feed["attention_mask"]) for feed in feeds), "make_dummy_inputs: no padded row in any mask"
+
+    _check_parity_was_checked(ctx, exported, fused, final)
 
     verified = results.get("verify")
     assert isinstance(verified, VerifyResult), f"verify returned {type(verified).__name__}"

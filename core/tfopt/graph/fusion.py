@@ -17,7 +17,7 @@ from ..results import FuseResult, ModelInfo
 from .io import load_model
 from .passes import cleanup, inputs_to_int32, prepare
 from .rules import activation, attention, decoder_forms, embedding, linear, normalization
-from .validate import write_validated
+from .validate import Reference, write_validated
 from .values import MS_DOMAIN
 
 # User-facing fusion names (also the --disable_* flags of `tfopt optimize`).
@@ -332,7 +332,8 @@ def fuse_file(
         )
         return model, stats, fired_rules(stats)
 
-    outcome = write_validated(build, output_path, input_path, refuse=input_path, validate=validate, progress=progress)
+    reference = Reference(input_path, axis_sizes=info.axis_sizes)  # named axes sized as the adapter says
+    outcome = write_validated(build, output_path, reference, refuse=input_path, validate=validate, progress=progress)
     stats = outcome.built
     return FuseResult(
         model_path=Path(output_path),

@@ -111,7 +111,9 @@ def _symbol_sizes(specs: list[GraphInput], batch: int, sequence: int) -> dict[st
     return sizes
 
 
-def validation_feeds(path: Path, *, seed: int = 0) -> list[list[dict[str, np.ndarray]]]:
+def validation_feeds(
+    path: Path, *, seed: int = 0, axis_sizes: dict[str, Any] | None = None
+) -> list[list[dict[str, np.ndarray]]]:
     """Candidate feed sets for a bare ONNX file, most likely first.
 
     Without an adapter nothing says how the inputs relate, so two readings are offered:
@@ -119,6 +121,10 @@ def validation_feeds(path: Path, *, seed: int = 0) -> list[list[dict[str, np.nda
     ``past*``/``total*``/``a + b`` get consistent sizes of their own (decoders with past).
     The first set the reference model runs on is used. Models of
     :data:`LARGE_MODEL_BYTES` and more get the first (padded) shape only.
+
+    ``axis_sizes`` (``ModelInfo.axis_sizes``: ``{"samples": [400, 800]}``) sizes named axes
+    that 7 and 4 do not fit (a conv front end): shape i takes the i-th size (the last when
+    fewer are given).
     """
     from .io import model_files
 
@@ -128,13 +134,24 @@ def validation_feeds(path: Path, *, seed: int = 0) -> list[list[dict[str, np.nda
     for reading in (_batch_sizes, _symbol_sizes):
         rng = np.random.default_rng(seed)
         feeds = []
-        for batch, sequence in VALIDATION_SHAPES[:1] if large else VALIDATION_SHAPES:
+        for index, (batch, sequence) in enumerate(VALIDATION_SHAPES[:1] if large else VALIDATION_SHAPES):
             sizes = _batch_sizes(specs, batch) if reading is _batch_sizes else _symbol_sizes(specs, batch, sequence)
+            sizes.update(_named_sizes(axis_sizes, index))
             feeds.append(feed_for(specs, batch, sequence, rng=rng, dim_sizes=sizes))
         sets.append(feeds)
     if sets[0] and all(_same_feed(a, b) for a, b in zip(*sets)):
         return sets[:1]
     return sets
+
+
+def _named_sizes(axis_sizes: dict[str, Any] | None, index: int) -> dict[str, int]:
+    """The size each named axis takes in validation shape ``index``."""
+    named = {}
+    for name, sizes in (axis_sizes or {}).items():
+        sizes = [sizes] if isinstance(sizes, int) else list(sizes)
+        if sizes:
+            named[str(name)] = int(sizes[min(index, len(sizes) - 1)])
+    return named
 
 
 def _same_feed(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
@@ -213,8 +230,9 @@ class Reference:
     a two-core machine the reference costs almost no wall time.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, axis_sizes: dict[str, Any] | None = None):
         self.path = Path(path)
+        self.axis_sizes = axis_sizes  # sizes of named axes for the generated feeds (validation_feeds)
         self._state: tuple | None = None
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
@@ -255,7 +273,7 @@ class Reference:
                 "form cannot be validated; pass --no-validate to optimize it anyway"
             ) from None
         feeds, outputs, failure = [], [], None
-        for candidate_feeds in validation_feeds(self.path):
+        for candidate_feeds in validation_feeds(self.path, axis_sizes=self.axis_sizes):
             try:
                 names = [o.name for o in session.get_outputs()]
                 outputs = [dict(zip(names, session.run(None, session_feed(session, feed)))) for feed in candidate_feeds]
@@ -264,7 +282,8 @@ class Reference:
             except Exception as exc:
                 failure = first_line(exc)
         if not feeds:
-            notes.append(f"parity not checked: the input does not run on generated inputs ({failure})")
+            hint = "; give its axes sizes that fit with ModelInfo.axis_sizes or --option 'axis_sizes={...}'"
+            notes.append(f"parity not checked: the input does not run on generated inputs ({failure}{hint})")
         return checker, feeds, outputs, notes, computes_in_half(self.path)
 
     def _fails_when_optimized(self) -> bool:
@@ -504,7 +523,9 @@ def validation_line(validation: Validation | None) -> str:
     )
 
 
-def validate_written(candidate: str | Path, reference: str | Path, precision: str) -> Validation:
+def validate_written(
+    candidate: str | Path, reference: str | Path, precision: str, *, axis_sizes: dict[str, Any] | None = None
+) -> Validation:
     """Validate a model a converter already wrote (fp16, int8) against the model it converted.
 
     A model that fails is removed, with its own external data, and the failure raised:
@@ -513,7 +534,7 @@ def validate_written(candidate: str | Path, reference: str | Path, precision: st
     from .io import model_files
 
     candidate = Path(candidate)
-    result = Reference(reference).validate(candidate, precision)
+    result = Reference(reference, axis_sizes=axis_sizes).validate(candidate, precision)
     if not result.passed:
         for path in model_files(candidate) - model_files(reference):
             path.unlink(missing_ok=True)
