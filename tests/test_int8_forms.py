@@ -50,3 +50,25 @@ def test_quantized_linears_feed_the_fused_ops(tmp_path, form, precision, quantiz
         cosine = float(want @ got / np.linalg.norm(want) / np.linalg.norm(got))
         assert cosine > (0.99 if precision == "int8" else 0.95), cosine
         assert np.abs(want - got).max() > 1e-5  # really quantized
+
+
+# TensorFlow families (the .venv-tf deployment): each adapter's real run, int8 and int4 once between them.
+@pytest.mark.parametrize(
+    "plugin, model, precision, quantized_op",
+    [("bert_tf", "tiny-bert-tf", "int8", "MatMulInteger"), ("bert_keras", None, "int4", "MatMulNBits")],
+)
+def test_tensorflow_families_quantize_every_linear(tmp_path, plugin, model, precision, quantized_op):
+    pytest.importorskip(f"tfopt_{plugin}")
+    from click.testing import CliRunner
+
+    from tfopt.cli import main
+
+    args = ["-q", "run", "--plugin", plugin, "--precision", precision, "--no-benchmark", "--output", str(tmp_path)]
+    result = CliRunner().invoke(main, args + (["--model", model] if model else []))
+    assert result.exit_code == 0, result.output
+    fused = Counter(node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx"), load_external_data=False).graph.node)
+    final = Counter(
+        node.op_type for node in onnx.load(str(tmp_path / f"optimized.{precision}.onnx"), load_external_data=False).graph.node
+    )
+    assert fused["MatMul"] > 0 and final[quantized_op] == fused["MatMul"] and final["MatMul"] == 0
+    assert {op: final[op] for op in FUSED_OPS} == {op: fused[op] for op in FUSED_OPS} and final["MultiHeadAttention"] > 0
