@@ -220,3 +220,22 @@ def test_benchmark_script_times_the_three_engines(qat_run, tmp_path):
     assert [row.split("|")[2].strip() for row in rows] == ["fp32", "int8 QAT (Q/DQ, trained scales)", "int8 PTQ dynamic"]
     assert all(float(row.split("|")[3]) > 0 for row in rows)
     assert "avx" in done.stdout or "none of" in done.stdout  # the CPU's instruction sets are printed
+
+
+def test_cuda_target_run_reports_the_qdq_accuracy(qat_run, tmp_path):
+    import json
+
+    from tfopt.pipeline import run_pipeline
+    from tfopt.testing import isolated_plugin_manager
+
+    _, run_dir, options = qat_run
+    work = tmp_path / "cuda"
+    shutil.copytree(run_dir / "qat-checkpoints", work / "qat-checkpoints")  # trained already: nothing to train
+    ctx = RunContext(family="qat", source="tiny-bert", work_dir=work, options={**options, "target": "cuda", "benchmark": False})
+    outcome = run_pipeline(isolated_plugin_manager(tmp_path), "qat", ctx)
+    assert outcome.passed
+    assert _ops(work / "optimized.onnx")["QOrderedAttention"] == LAYERS
+    table = json.loads((work / "qat-accuracy.json").read_text())
+    assert "onnx:int8-qat" not in {row["engine"] for row in table["engines"]}  # no CPU kernel: not claimed
+    assert table["criterion"].startswith("onnx:int8-qat-export")
+    assert any("structurally only" in line for line in outcome.report["warnings"])
