@@ -148,3 +148,40 @@ def test_dummy_feeds_unknown_axis_is_refused(tmp_path):
     with pytest.raises(TfoptError, match="dynamic axes: batch, samples"):
         dummy_feeds(exported, axis_sizes={"frames": (4,)})
     assert np.isfinite(dummy_feeds(exported, batch_sizes=(2,), axis_sizes={"samples": (400,)})[0]["input_values"]).all()
+
+
+def test_profile_of_a_run_dir_uses_the_runs_axis_sizes_and_says_what_it_profiled(tmp_path):
+    from tfopt.profile import profile_lines, profile_run
+    from tfopt.report import export_result_from_report, resolve_output
+    from tfopt.results import RunContext, to_jsonable
+
+    pm = isolated_plugin_manager(tmp_path, plugins={"audio": AudioAdapter(axis_sizes={"samples": SAMPLES})})
+    report = check_adapter("audio", options={"benchmark": False}, work_dir=tmp_path, pm=pm).report
+    run_dir = tmp_path / "run"
+    exported, final = export_result_from_report(report, run_dir), resolve_output(report, run_dir, "final")
+    options = {**report["options"], "profile_samples": 2, "profile_warmup": 0}
+    result = profile_run(pm, "audio", RunContext("audio", None, run_dir, options=options), exported, final)
+    assert result.inputs == {"input_values": [1, max(SAMPLES)]} and result.shape == {"batch": 1, "samples": max(SAMPLES)}
+    assert result.feed == "audio's make_dummy_inputs" and result.sequence_length == 0
+    assert "batch 1, samples 400," in profile_lines(to_jsonable(result))[0]
+    options["profile_sequence_length"] = 32
+    with pytest.raises(TfoptError, match=r"--sequence-length does not apply: .*axis_sizes"):
+        profile_run(pm, "audio", RunContext("audio", None, run_dir, options=options), exported, final)
+
+
+@pytest.mark.parametrize(("command", "option"), [("verify", "axis_sizes"), ("bench", "bench_axis_sizes")])
+def test_onnx_file_commands_say_how_to_size_axes_that_do_not_fit(tmp_path, command, option):
+    from click.testing import CliRunner
+
+    from tfopt.cli import main
+
+    model = tmp_path / "audio.onnx"
+    _export_audio_model(model)
+    args = [command, str(model), *(["--reference", str(model)] if command == "verify" else ["--repeat", "1"])]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code != 0
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("tfopt: error: ONNX Runtime cannot run the model on the generated inputs (input_values [1, 8])")
+    assert error.endswith(f"""size its axes (samples) with --option '{option}={{"samples": [...]}}'""")
+    sized = CliRunner().invoke(main, [*args, "--option", option + '={"samples": [400]}'], catch_exceptions=False)
+    assert sized.exit_code == 0, sized.output

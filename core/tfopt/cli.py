@@ -435,7 +435,9 @@ PROFILE_HELP = """Where ONNX Runtime spends the time: kernel time per op type an
 TARGET is a `tfopt run` output directory (its raw export and its final model are profiled
 with the adapter's dummy inputs of the given shape and compared: what the fusions removed,
 what is left, the share of time in fused contrib ops) or an ONNX file (inputs generated from
-its graph). Prints a table and writes JSON (default RUN_DIR/profile.json, or MODEL.profile.json
+its graph). Axes other than the batch and the sequence (audio samples) take the run's sizes
+(the adapter's ModelInfo.axis_sizes), or --option 'axis_sizes={"samples": [1600]}'; the table
+names the shape profiled. Prints a table and writes JSON (default RUN_DIR/profile.json, or MODEL.profile.json
 beside the file). Times are per run: the mean over the quieter half of --samples runs
 (after --warmup runs), so a run another process preempted is left out.
 
@@ -457,14 +459,15 @@ Examples:
 @click.option("--top", type=click.IntRange(min=1), default=None, help="Slowest nodes to list [default: 10].")
 @click.option("--output", "output", type=click.Path(path_type=Path), default=None, help="Where to write the JSON.")
 @click.option("--keep-trace", is_flag=True, help="Also keep ONNX Runtime's raw trace (profile.<label>.trace.json, for chrome://tracing or Perfetto).")
+@click.option("--option", "extra", multiple=True, metavar="KEY=VALUE", help="A stage option, e.g. axis_sizes={\"samples\": [1600]} (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON instead of the table.")
 @click.pass_context
-def profile_command(ctx, target, batch_size, sequence_length, past_sequence_length, samples, warmup, threads, top, output, keep_trace, as_json):
+def profile_command(ctx, target, batch_size, sequence_length, past_sequence_length, samples, warmup, threads, top, output, keep_trace, extra, as_json):
     from .profile import PROFILE_FILE, file_feed, profile_files, profile_lines, profile_run
     from .report import _portable, resolve_output
 
     settings = _set(
-        {},
+        parse_options(extra),
         profile_batch_size=batch_size,
         profile_sequence_length=sequence_length,
         profile_past_sequence_length=past_sequence_length,
@@ -494,9 +497,15 @@ def profile_command(ctx, target, batch_size, sequence_length, past_sequence_leng
             defaults.DEFAULT_PAST_SEQUENCE_LENGTH if past_sequence_length is None else past_sequence_length,
         )
         output = output or target.with_name(target.name.removesuffix(".onnx") + ".profile.json")
+        from .feeds import int_tuple
+
+        named = settings.get("axis_sizes") or {}
+        if not isinstance(named, dict):
+            raise TfoptError(f"axis_sizes must map axis names to sizes, e.g. --option 'axis_sizes={{\"samples\": [1600]}}', got {named!r}")
+        named = {str(axis): max(int_tuple(sizes, f"axis_sizes[{axis}]")) for axis, sizes in named.items()}
         result = profile_files(
             {target.name: target},
-            file_feed(target, *shape),
+            file_feed(target, *shape, axis_sizes=named),
             batch_size=shape[0],
             sequence_length=shape[1],
             past_sequence_length=shape[2],

@@ -145,8 +145,8 @@ def verify(
     ctx.progress(f"verifying {Path(model_path).name} against the exported model on {len(inputs)} input shapes ...")
     references, actuals, valids, labels = [], [], [], []
     for feed in inputs:
-        expected = reference.run([output_name], feeds_module.session_feed(reference, feed))[0]
-        actual = candidate.run([candidate_name], feeds_module.session_feed(candidate, feed))[0]
+        expected = feeds_module.run_generated(reference, feed, [output_name], specs=specs)[0]
+        actual = feeds_module.run_generated(candidate, feed, [candidate_name], specs=specs)[0]
         references.append(expected)
         actuals.append(actual)
         valids.append(_valid_positions(feed, expected))
@@ -191,6 +191,7 @@ def benchmark(ctx: RunContext, exported: ExportResult, models: dict[str, Path]) 
         shape = feeds_module.feed_shape(specs, feed)
         ctx.progress(f"benchmarking {', '.join(f'{axis} {size}' for axis, size in shape.items())} ...")
         for label, session in sessions.items():
+            feeds_module.run_generated(session, feed, specs=specs, axis_option="bench_axis_sizes")  # a feed the model cannot take: a one-line error
             prepared = feeds_module.session_feed(session, feed)
             seconds = time_calls(lambda: session.run(None, prepared), warmup=warmup, repeat=repeat)
             rows.append(latency_row(label, shape.get("batch", 1), sequence_size(shape), seconds, shape=shape))

@@ -269,6 +269,34 @@ def session_feed(session, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return prepared
 
 
+def sizing_hint(specs: list[GraphInput], axis_option: str = "axis_sizes") -> str:
+    """How a user sizes the generated inputs of a model with these inputs (for one-line errors)."""
+    axes = shape_axes(specs)
+    named = [axis for axis in axes if axis != "sequence"]
+    if not axes:
+        return "the model takes no dynamic axis besides the batch; --batch-sizes sizes it"
+    example = ", ".join(f'"{axis}": [...]' for axis in (named or axes))
+    ways = f"--option '{axis_option}={{" + example + "}'"
+    return f"size its axes ({', '.join(axes)}) with " + (f"--sequence-lengths or {ways}" if "sequence" in axes else ways)
+
+
+def run_generated(
+    session, feed: dict[str, np.ndarray], output_names: list[str] | None = None, *,
+    specs: list[GraphInput] | None = None, axis_option: str = "axis_sizes",
+) -> list:
+    """``session.run`` on a generated feed; a feed the model cannot take is a one-line error that says how to size it."""
+    try:
+        return session.run(output_names, session_feed(session, feed))
+    except TfoptError:
+        raise
+    except Exception as exc:  # ONNX Runtime's errors have no common base class
+        from .errors import first_line
+
+        shapes = ", ".join(f"{name} {list(value.shape)}" for name, value in feed.items())
+        hint = sizing_hint(specs, axis_option) if specs is not None else f"size its axes with --sequence-lengths or --option '{axis_option}={{...}}'"
+        raise TfoptError(f"ONNX Runtime cannot run the model on the generated inputs ({shapes}): {first_line(exc)}; {hint}") from None
+
+
 def describe_feeds(feeds: list[dict[str, np.ndarray]]) -> list[dict[str, dict[str, Any]]]:
     """Shapes and types of each feed: what the report keeps instead of the arrays."""
     return [

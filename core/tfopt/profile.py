@@ -118,6 +118,9 @@ class ProfileResult:
     profiles: list[ModelProfile]
     comparison: ProfileComparison | None = None  # raw vs optimized, for a run directory
     seconds: float = 0.0
+    # The feed's dynamic axes by name, {"batch": 1, "samples": 800}: what was profiled (sequence_length
+    # is 0 when no axis was sized by it). Absent from older profiles.
+    shape: dict[str, int] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- reading a trace
@@ -355,13 +358,17 @@ def compare_profiles(raw: ModelProfile, optimized: ModelProfile) -> ProfileCompa
 # ----------------------------------------------------------------------------- feeds
 
 
-def file_feed(model_path: str | Path, batch_size: int, sequence_length: int, past_sequence_length: int, *, seed: int = 0) -> dict[str, np.ndarray]:
+def file_feed(
+    model_path: str | Path, batch_size: int, sequence_length: int, past_sequence_length: int, *, seed: int = 0,
+    axis_sizes: dict[str, int] | None = None,
+) -> dict[str, np.ndarray]:
     """A feed read off a bare ONNX file's inputs, as ONNX Runtime's profiler builds one.
 
     Axis 0 is the batch. ``past_*`` inputs (GPT-2 style ``(batch, heads, past, head_size)``)
     get ``past_sequence_length`` on their other dynamic axes, and when such inputs exist a
     2-D ``attention_mask`` covers past + new tokens and ``position_ids`` continue after the
-    past; every other dynamic axis is the sequence. Full-length rows, no padding.
+    past; axes named in ``axis_sizes`` get that size; every other dynamic axis is the
+    sequence. Full-length rows, no padding.
     """
     from .feeds import feed_for, graph_inputs
 
@@ -369,7 +376,7 @@ def file_feed(model_path: str | Path, batch_size: int, sequence_length: int, pas
     specs = graph_inputs(model_path)
     past_specs = [spec for spec in specs if spec.name.startswith("past")]  # past 0: empty tensors (the first step)
     rng = np.random.default_rng(seed)
-    feed = feed_for([spec for spec in specs if spec not in past_specs], batch_size, sequence_length, rng=rng, padded=False)
+    feed = feed_for([spec for spec in specs if spec not in past_specs], batch_size, sequence_length, rng=rng, padded=False, dim_sizes=axis_sizes)
     if past_specs:
         total = past_sequence_length + sequence_length
         for name, value in list(feed.items()):
@@ -383,16 +390,25 @@ def file_feed(model_path: str | Path, batch_size: int, sequence_length: int, pas
     return feed
 
 
-def adapter_feed(pm, adapter: str | None, ctx, exported, batch_size: int, sequence_length: int, past_sequence_length: int) -> dict[str, np.ndarray]:
+def adapter_feed(
+    pm, adapter: str | None, ctx, exported, batch_size: int, sequence_length: int | None, past_sequence_length: int,
+    axis_sizes: dict[str, int] | None = None,
+) -> dict[str, np.ndarray]:
     """One feed of the given shape from the adapter's ``make_dummy_inputs`` (the generic one when ``adapter`` is None).
 
     The hook is called on a copy of ``ctx`` whose options ask for that one shape, so the
-    run's own verification inputs are left as they are.
+    run's own verification inputs are left as they are. ``sequence_length`` None: the
+    model has no axis for it (every one is sized by name in ``axis_sizes``).
     """
     from .pipeline import StageRunner
 
     options = dict(ctx.options)
-    options.update(batch_sizes=[batch_size], sequence_lengths=[sequence_length], past_lengths=[past_sequence_length])
+    options.update(batch_sizes=[batch_size], past_lengths=[past_sequence_length])
+    options.pop("sequence_lengths", None)
+    if sequence_length is not None:
+        options["sequence_lengths"] = [sequence_length]
+    if axis_sizes:
+        options["axis_sizes"] = {name: [size] for name, size in axis_sizes.items()}
     shape_ctx = dataclasses.replace(ctx, options=options, results={}, progress=lambda message: None)
     feeds = StageRunner(pm, adapter, shape_ctx)("make_dummy_inputs", exported=exported)
     return feeds[0]
@@ -436,6 +452,7 @@ def profile_files(
         profiles=profiles,
         comparison=comparison,
         seconds=round(time.perf_counter() - start, 3),
+        shape=_feed_shape(next(iter(models.values())), feed) if models else {},
     )
 
 
@@ -451,14 +468,19 @@ def profile_run(pm, adapter: str | None, ctx, exported, final_model: Path) -> Pr
     past = int(ctx.option("profile_past_sequence_length", DEFAULT_PAST_SEQUENCE_LENGTH))
     if batch_size < 1 or sequence_length < 1 or past < 0:
         raise TfoptError(f"profile shape must be batch >= 1, sequence >= 1, past >= 0 (got {batch_size}, {sequence_length}, {past})")
+    named, length = _profile_axes(ctx, exported)
+    if length is None:
+        sequence_length = 0
     try:
-        feed = adapter_feed(pm, adapter, ctx, exported, batch_size, sequence_length, past)
+        feed = adapter_feed(pm, adapter, ctx, exported, batch_size, length, past, named)
         origin = f"{adapter or 'default'}'s make_dummy_inputs"
     except TfoptError as exc:  # e.g. a moved run dir whose source model is gone: the graph still says what it takes
         ctx.progress(f"the adapter cannot make the profile's inputs ({exc}); generating them from the graph's inputs")
-        feed = file_feed(exported.model_path, batch_size, sequence_length, past)
+        feed = file_feed(exported.model_path, batch_size, sequence_length, past, axis_sizes=named)
         origin = f"generated from the graph's inputs ({adapter or 'default'}'s make_dummy_inputs failed: {exc})"
-    return profile_files(
+    shape = _feed_shape(exported.model_path, feed)
+    ctx.progress(f"profiling at {_shape_text(shape, past)} ({origin})")
+    result = profile_files(
         {"raw": Path(exported.model_path), "optimized": Path(final_model)},
         feed,
         batch_size=batch_size,
@@ -472,6 +494,42 @@ def profile_run(pm, adapter: str | None, ctx, exported, final_model: Path) -> Pr
         progress=ctx.progress,
         feed_origin=origin,
     )
+    return result
+
+
+def _profile_axes(ctx, exported) -> tuple[dict[str, int], int | None]:
+    """(size per named axis, the sequence length or None when no axis is left for it).
+
+    Named axes take the largest of the run's sizes (``ModelInfo.axis_sizes``, ``--option
+    axis_sizes``); the sequence length sizes the other dynamic axes, and an explicit
+    ``--sequence-length`` for a model with none left is a one-line error.
+    """
+    from .default_plugin import run_axis_sizes
+    from .feeds import graph_inputs, shape_axes
+
+    sizes = run_axis_sizes(ctx, exported) or {}
+    axes = shape_axes(graph_inputs(exported.model_path))
+    named = {name: max(values) for name, values in sizes.items() if name in axes}
+    if axes and not set(axes) - set(named):
+        if ctx.options.get("profile_sequence_length") is not None:
+            example = ", ".join(f'"{axis}": [...]' for axis in axes)
+            raise TfoptError(
+                f"--sequence-length does not apply: the model's axes besides the batch ({', '.join(axes)}) are sized "
+                f"by name; size them with --option 'axis_sizes={{{example}}}'"
+            )
+        return named, None
+    return named, int(ctx.option("profile_sequence_length", DEFAULT_SEQUENCE_LENGTH))
+
+
+def _feed_shape(model_path: Path, feed: dict[str, np.ndarray]) -> dict[str, int]:
+    from .feeds import feed_shape, graph_inputs
+
+    return feed_shape(graph_inputs(model_path), feed)
+
+
+def _shape_text(shape: dict[str, int], past: int = 0) -> str:
+    text = ", ".join(f"{axis} {size}" for axis, size in shape.items())
+    return text + (f", past {past}" if past and not any("past" in axis for axis in shape) else "")
 
 
 # ----------------------------------------------------------------------------- text
@@ -493,9 +551,12 @@ def profile_lines(result: dict[str, Any], top: int = DEFAULT_TOP) -> list[str]:
     if not profiles:
         return []
     first = profiles[0]
-    shape = f"batch {result['batch_size']}, sequence {result['sequence_length']}"
-    if result.get("past_sequence_length"):
-        shape += f", past {result['past_sequence_length']}"
+    if result.get("shape"):  # the feed's own axes (an audio model: batch, samples)
+        shape = _shape_text(result["shape"], result.get("past_sequence_length") or 0)
+    else:
+        shape = f"batch {result['batch_size']}, sequence {result['sequence_length']}"
+        if result.get("past_sequence_length"):
+            shape += f", past {result['past_sequence_length']}"
     threads = first["threads"] or "default"
     lines = [
         f"profile: ONNX Runtime {first['provider'].replace('ExecutionProvider', '')}, {shape}, "
