@@ -82,16 +82,25 @@ def count_ops(model: ir.Model) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def encoder_counts(num_layers: int, *, embed_layer_norm: bool = True) -> dict[str, int]:
+def encoder_counts(
+    num_layers: int, *, embed_layer_norm: bool = True, extra_skip_layer_norms: int = 0, extra_gelus: int = 0
+) -> dict[str, int]:
     """A fully fused post-LN encoder (BERT's layout) with ``num_layers`` layers.
 
     ``embed_layer_norm=False`` for encoders whose input is not looked up in a token table
     (image patches, audio frames): there is no EmbedLayerNormalization to expect. A pre-LN
     encoder (ViT) has the same counts: its 2L LayerNorms after residual Adds become
     SkipLayerNormalization, the first layer's LayerNorm of the embeddings stays one.
+    ``extra_skip_layer_norms``: LayerNorms after an Add outside the layers (a final LayerNorm
+    after the last residual, as Wav2Vec2's pre-LN layout has: 1). ``extra_gelus``: Gelus
+    outside the feed-forwards (a conv front end's, a positional conv's).
     """
     counts = {"EmbedLayerNormalization": 1} if embed_layer_norm else {}
-    counts.update({ATTENTION_KEY: num_layers, "SkipLayerNormalization": 2 * num_layers, GELU_KEY: num_layers})
+    counts.update({
+        ATTENTION_KEY: num_layers,
+        "SkipLayerNormalization": 2 * num_layers + extra_skip_layer_norms,
+        GELU_KEY: num_layers + extra_gelus,
+    })
     return counts
 
 
