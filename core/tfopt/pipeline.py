@@ -354,6 +354,8 @@ def _profile_stage(pm, adapter, ctx: RunContext, runner: StageRunner, exported: 
 def verification_message(verified: VerifyResult, report_path: Path | None = None) -> str:
     overall = verified.overall
     kept = f"; report kept at {report_path}" if report_path else ""
+    if verified.failure:
+        return f"verification failed ({verified.precision}): {verified.failure}{kept}"
     return (
         f"verification failed: max abs diff {overall.max_abs:.3g} vs tolerance {verified.tolerance:g}"
         f" ({verified.precision}), {overall.nan_count} NaN{kept}"

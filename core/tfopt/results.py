@@ -126,6 +126,7 @@ class VerifyResult:
     top1_agreement: float | None = None  # for LM logits
     seconds: float = 0.0
     histogram: dict[str, Any] | None = None  # abs differences per log10 bin (tfopt.verify.diff_histogram); None = not kept
+    failure: str | None = None  # why it failed when the criterion is not max abs diff (int8 embeddings, accuracy)
 
 
 @dataclass

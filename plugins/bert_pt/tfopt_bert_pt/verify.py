@@ -67,4 +67,6 @@ def _judge_int8(ctx: RunContext, result, references, actuals, valids) -> None:
     result.reference = "torch (int8: mean-pooled embeddings, min cosine and rank correlation)"
     result.cases.append({"criterion": "pooled embeddings", **agreement})
     if problem:
-        ctx.results.setdefault("warnings", []).append(f"int8 verification: {problem}")
+        result.failure = problem
+    elif result.overall.nan_count:
+        result.failure = f"{result.overall.nan_count} NaN in the int8 model's outputs"

@@ -178,6 +178,7 @@ def test_broken_int8_scales_fail_verification(qat_run, trained, tmp_path):
     result = verify_task(ctx, trained, outcome.report and None, work / "broken.onnx", inputs)
     assert not result.passed
     assert any("below torch fp32" in w for w in ctx.results["warnings"])
+    assert "below torch fp32" in result.failure  # the run's verdict names the accuracy drop, not a max abs diff
     good = verify_task(RunContext(family="qat", source="tiny-bert", work_dir=work, options=dict(options)), trained, None, work / "optimized.onnx", inputs)
     assert good.passed
 

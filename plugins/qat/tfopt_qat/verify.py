@@ -90,8 +90,9 @@ def verify_task(ctx: RunContext, run, exported: ExportResult, model_path: Path, 
     drop = 100.0 * (fp32_accuracy - final_accuracy)
     passed = drop <= tolerance + 1e-9
     warnings = ctx.results.setdefault("warnings", [])
+    failures = []  # why it failed, for the run's one-line verdict (also kept as warnings)
     if not passed:
-        warnings.append(f"{final_label} accuracy {100 * final_accuracy:.1f}% is {drop:.1f} points below torch fp32's "
+        failures.append(f"{final_label} accuracy {100 * final_accuracy:.1f}% is {drop:.1f} points below torch fp32's "
                         f"{100 * fp32_accuracy:.1f}% (tolerance {tolerance:g})")
     ptq = by_engine.get("onnx:int8-ptq-dynamic")
     if ptq and ptq["accuracy"] > final_accuracy:
@@ -113,7 +114,8 @@ def verify_task(ctx: RunContext, run, exported: ExportResult, model_path: Path, 
                                  reference_name="torch", tolerance=float("inf") if precision == "int8" else TOLERANCES["fp32"])
     if precision == "fp32" and not logits_check.passed:
         passed = False
-        warnings.append(f"onnx:fp32 logits differ from torch's by {logits_check.overall.max_abs:.2g} (> {TOLERANCES['fp32']:g})")
+        failures.append(f"onnx:fp32 logits differ from torch's by {logits_check.overall.max_abs:.2g} (> {TOLERANCES['fp32']:g})")
+    warnings.extend(failures)
     table = {
         "dataset": run.prepared.dataset.describe(),
         "criterion": f"{final_label} accuracy within {tolerance:g} points of torch:fp32",
@@ -133,6 +135,7 @@ def verify_task(ctx: RunContext, run, exported: ExportResult, model_path: Path, 
         cases=rows + logits_check.cases,
         seconds=time.perf_counter() - start,
         histogram=logits_check.histogram,
+        failure="; ".join(failures) or None,
     )
 
 
