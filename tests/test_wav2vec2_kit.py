@@ -17,6 +17,9 @@ from tfopt.graph import encoder_counts, read_io_spec
 from tfopt.results import ExportResult, ModelInfo
 from tfopt.testing import check_adapter, isolated_plugin_manager
 
+pytest.importorskip("torch")  # absent from the TensorFlow deployment
+pytest.importorskip("transformers")
+
 LAYERS = 2
 CONV_LAYERS = 2
 
