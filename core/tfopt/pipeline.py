@@ -279,6 +279,8 @@ def _export_or_clean_up(runner: "StageRunner", ctx: RunContext, created: bool) -
     try:
         exported = runner("export")
         _require_file("export", exported.model_path)
+        if ctx.option("precision") is None:  # the export hook may set its family's default (qat: int8)
+            ctx.options["precision"] = "fp32"
     except BaseException:
         if created:
             shutil.rmtree(ctx.work_dir, ignore_errors=True)

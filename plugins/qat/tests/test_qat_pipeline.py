@@ -240,3 +240,26 @@ def test_cuda_target_run_reports_the_qdq_accuracy(qat_run, tmp_path):
     assert "onnx:int8-qat" not in {row["engine"] for row in table["engines"]}  # no CPU kernel: not claimed
     assert table["criterion"].startswith("onnx:int8-qat-export")
     assert any("structurally only" in line for line in outcome.report["warnings"])
+
+
+def test_tfopt_run_without_precision_ships_int8(qat_run, tmp_path):
+    """`tfopt run --plugin qat` with no --precision is a QAT run: every stage sees int8."""
+    import json
+
+    from click.testing import CliRunner
+
+    from tfopt.cli import main
+
+    _, run_dir, options = qat_run
+    work = tmp_path / "default"
+    shutil.copytree(run_dir / "qat-checkpoints", work / "qat-checkpoints")  # trained already: nothing to train
+    args = ["-q", "run", "--plugin", "qat", "--model", "tiny-bert", "--no-benchmark", "--output", str(work)]
+    for key, value in options.items():
+        if key != "precision":
+            args += ["--option", f"{key}={value}"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((work / "report.json").read_text())
+    assert report["options"]["precision"] == "int8"
+    assert report["convert_precision"]["precision"] == "int8" and report["verify"]["precision"] == "int8"
+    assert _ops(work / "optimized.onnx")["DequantizeLinear"] >= QUANTIZED_PER_LAYER * LAYERS  # the Q/DQ int8 model

@@ -35,8 +35,13 @@ ACCURACY_FILE = "qat-accuracy.json"
 DEFAULT_ACCURACY_TOLERANCE = 1.0  # points of accuracy int8 may lose against fp32
 
 
+DEFAULT_PRECISION = "int8"  # what the adapter is for; --precision fp32 stops after the fp32 fine-tune
+
+
 def _precision(ctx: RunContext) -> str:
-    precision = ctx.option("precision", "fp32")
+    if ctx.option("precision") is None:  # no --precision: the run (every later stage) is int8
+        ctx.options["precision"] = DEFAULT_PRECISION
+    precision = ctx.options["precision"]
     if precision not in ("fp32", "int8"):
         raise TfoptError(f"the qat adapter writes int8 (QAT) or fp32 (fine-tuned only) models, not {precision}")
     return precision
