@@ -117,6 +117,15 @@ def int_tuple(value: Any, name: str) -> tuple[int, ...]:
     return numbers
 
 
+def lengths_within(value: Any, option: str, maximum: int, model_name: str) -> tuple[int, ...]:
+    """The lengths option as ints, if the model's position table covers them all (a one-line error, not an index error)."""
+    lengths = int_tuple(value, option)
+    too_long = [length for length in lengths if length > maximum]
+    if too_long:
+        raise TfoptError(f"sequence length {too_long[0]} exceeds {model_name}'s maximum of {maximum}")
+    return lengths
+
+
 def valid_lengths(batch_size: int, sequence_length: int) -> np.ndarray:
     """Row i keeps ``S - i*S//B`` tokens: row 0 full, later rows shorter, never empty."""
     rows = np.arange(batch_size)

@@ -10,8 +10,7 @@ from typing import Iterable
 
 import numpy as np
 
-from tfopt.errors import TfoptError
-from tfopt.feeds import DEFAULT_BATCH_SIZES, DEFAULT_SEQUENCE_LENGTHS, int_tuple, valid_lengths
+from tfopt.feeds import DEFAULT_BATCH_SIZES, DEFAULT_SEQUENCE_LENGTHS, int_tuple, lengths_within, valid_lengths
 from tfopt.results import ExportResult, RunContext
 
 from .cache import source_model
@@ -68,12 +67,8 @@ def dummy_inputs(
 
 
 def checked_lengths(source: SourceModel, sequence_lengths, option: str) -> tuple[int, ...]:
-    """The lengths option, if the model's position table covers them all (a clear error, not an index error)."""
-    lengths = int_tuple(sequence_lengths, option)
-    too_long = [s for s in lengths if s > source.max_sequence_length]
-    if too_long:
-        raise TfoptError(f"sequence length {too_long[0]} exceeds {source.name}'s maximum of {source.max_sequence_length}")
-    return lengths
+    """The lengths option, if the model's position table covers them all."""
+    return lengths_within(sequence_lengths, option, source.max_sequence_length, source.name)
 
 
 def dummy_inputs_for(ctx: RunContext, exported: ExportResult) -> list[dict[str, np.ndarray]]:

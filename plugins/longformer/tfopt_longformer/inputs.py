@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfopt.errors import TfoptError
-from tfopt.feeds import int_tuple, valid_lengths
+from tfopt.feeds import int_tuple, lengths_within, valid_lengths
 from tfopt.results import ExportResult, RunContext
 
 from .cache import source_model
@@ -48,11 +47,8 @@ def token_feeds(
 
 
 def checked_lengths(source: SourceModel, lengths, option: str) -> tuple[int, ...]:
-    lengths = int_tuple(lengths, option)
-    too_long = [s for s in lengths if s > source.max_sequence_length]
-    if too_long:
-        raise TfoptError(f"sequence length {too_long[0]} exceeds {source.name}'s maximum of {source.max_sequence_length}")
-    return lengths
+    """The lengths option, if the model's position table covers them all."""
+    return lengths_within(lengths, option, source.max_sequence_length, source.name)
 
 
 def dummy_inputs_for(ctx: RunContext, exported: ExportResult) -> list[dict[str, np.ndarray]]:
