@@ -46,6 +46,9 @@ class GraphInput:
 
 # Ops that pass ids through unchanged on their way to a lookup (GPT-2 reshapes input_ids first).
 _ID_PRESERVING_OPS = ("Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+# Ops that compute an index from ids: tf2onnx writes a Keras lookup's negative-id wrap
+# (``ids + (ids < 0) * rows``) as Less, Cast, Mul and Add before the Gather.
+_ID_WRAPPING_OPS = ("Add", "Sub", "Mul", "Where", "Less", "Greater", "Max", "Min", "Mod", "Abs")
 # com.microsoft.EmbedLayerNormalization: (ids input index, table input index) pairs.
 _EMBED_LOOKUPS = ((0, 2), (1, 4))
 
@@ -62,6 +65,8 @@ def _lookup_table_rows(graph: onnx.GraphProto) -> dict[str, int]:
     for node in graph.node:  # nodes are topologically sorted
         if node.op_type in _ID_PRESERVING_OPS and node.input and node.input[0] in source:
             source[node.output[0]] = source[node.input[0]]
+        elif node.op_type in _ID_WRAPPING_OPS and node.output and any(name in source for name in node.input):
+            source[node.output[0]] = next(source[name] for name in node.input if name in source)
     limits: dict[str, int] = {}
     for node in graph.node:
         if node.op_type == "Gather" and node.domain in ("", "ai.onnx"):
