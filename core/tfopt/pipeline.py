@@ -235,6 +235,7 @@ def _outputs(ctx: RunContext) -> dict[str, Path | None]:
         "optimized": fused.model_path if fused else None,
         "final": final.model_path if final else None,
         "report": Path(ctx.work_dir) / REPORT_FILE,
+        **results.get("extra_outputs", {}),  # RunContext.add_output
     }
 
 

@@ -177,6 +177,14 @@ class RunContext:
         value = self.options.get(name)
         return default if value is None else value
 
+    def add_output(self, label: str, path: str | Path) -> None:
+        """Name a file a stage wrote beside the stage results (an intermediate model, a table).
+
+        report.json's ``outputs`` lists it, so the run directory holds only files its report
+        names, and the next run into the directory removes it as one of this run's outputs.
+        """
+        self.results.setdefault("extra_outputs", {})[label] = Path(path)
+
 
 def to_jsonable(obj: Any) -> Any:
     """Dataclasses/Paths/tuples -> plain JSON types."""

@@ -96,9 +96,11 @@ def export_hook(ctx: RunContext) -> ExportResult:
     ctx.progress("exporting the fine-tuned fp32 classifier ...")
     names = export_logits(run.fp32, work / FP32_EXPORT)
     path = work / FP32_EXPORT
+    ctx.add_output("exported_fp32", path)
     if run.qat is not None:
         ctx.progress("exporting the QAT model with its trained Q/DQ ...")
         export_logits(strip_qat(run.qat), work / QAT_FLOAT_EXPORT)
+        ctx.add_output("exported_qat_float", work / QAT_FLOAT_EXPORT)
         _write_qdq(work / QAT_FLOAT_EXPORT, work / QDQ_EXPORT, _quants(run), work / QAT_FLOAT_EXPORT, ctx)
         path = work / QDQ_EXPORT
     dynamic = {name: {0: "batch", 1: "sequence"} for name in names}
@@ -123,6 +125,7 @@ def fuse_hook(ctx: RunContext, exported: ExportResult) -> FuseResult:
                    progress=ctx.progress)
     ctx.progress(f"fusing the fp32 model ({target}) ...")
     fp32 = fuse_file(work / FP32_EXPORT, work / FP32_FUSED, exported.info, **options)
+    ctx.add_output("optimized_fp32", fp32.model_path)
     if _precision(ctx) == "fp32":
         return fp32
     if target == "cuda":
@@ -133,6 +136,7 @@ def fuse_hook(ctx: RunContext, exported: ExportResult) -> FuseResult:
     ctx.progress("fusing the QAT model and putting its trained Q/DQ on the fused MatMuls ...")
     start = time.perf_counter()
     fused = fuse_file(work / QAT_FLOAT_EXPORT, work / QAT_FLOAT_FUSED, exported.info, **options)
+    ctx.add_output("optimized_qat_float", fused.model_path)
     outcome = _write_qdq(work / QAT_FLOAT_FUSED, work / FINAL, _quants(trained(ctx)), work / QDQ_EXPORT, ctx)
     fused.model_path = work / FINAL
     fused.op_counts = count_ops(load_model(work / FINAL))
@@ -151,6 +155,7 @@ def convert_precision_hook(ctx: RunContext, fused: FuseResult) -> PrecisionResul
     if ctx.option("target", "cpu") == "cpu":
         ctx.progress("post-training dynamic quantization of the fp32 model, for comparison ...")
         ptq = precision_module.convert(Path(ctx.work_dir) / FP32_FUSED, "int8")
+        ctx.add_output("ptq_dynamic_int8", ptq.model_path)
         notes.append(f"PTQ dynamic comparison: {ptq.model_path.name}")
     return PrecisionResult(model_path=fused.model_path, precision="int8", notes=notes)  # validated when fused
 

@@ -123,6 +123,7 @@ def verify_task(ctx: RunContext, run, exported: ExportResult, model_path: Path, 
         "engines": rows,
     }
     _write_json(table, Path(ctx.work_dir) / ACCURACY_FILE)
+    ctx.add_output("accuracy", Path(ctx.work_dir) / ACCURACY_FILE)
     for row in rows:
         ctx.progress(f"  {row['engine']:<24} accuracy {100 * row['accuracy']:5.1f}%  macro F1 {100 * row['macro_f1']:5.1f}  "
                      f"agreement with fp32 {100 * row['agreement_with_fp32']:5.1f}%")
