@@ -31,11 +31,13 @@ class MachineLimits:
     isa: str
     l3: str
     cores: int
+    load_average: float = 0.0  # 1-minute load at the start: above ~0.5 per core, other work shared the run
 
     def line(self) -> str:
         return (
             f"machine (measured in this run): fp32 sgemm {self.sgemm_gflops:.0f} GFLOP/s, DRAM read "
-            f"{self.bandwidth_gbs:.1f} GB/s, {self.cores} cores, ISA {self.isa}, L3 {self.l3}"
+            f"{self.bandwidth_gbs:.1f} GB/s, {self.cores} cores, ISA {self.isa}, L3 {self.l3}, "
+            f"load average {self.load_average:.2f} at the start"
         )
 
 
@@ -116,6 +118,7 @@ def measure(threads: int = 0) -> MachineLimits:
         isa=cpu_isa(),
         l3=l3_size(),
         cores=os.cpu_count() or 1,
+        load_average=os.getloadavg()[0],
     )
 
 

@@ -200,7 +200,7 @@ def main() -> None:
     lines = [
         f"# BERT benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {args.layers} layers, hidden {args.hidden}, "
         f"{args.exporter}/{args.attn} export, random weights, CPU x{os.cpu_count()}, onnxruntime {ort.__version__}, "
-        f"torch {torch.__version__}; measured while other work shared the machine)",
+        f"torch {torch.__version__})",
         "",
         machine.line(),
         "",

@@ -153,7 +153,7 @@ def main() -> None:
     machine = limits.measure()
     lines = [
         f"# GPT-2 benchmark ({time.strftime('%Y-%m-%d %H:%M')}, onnxruntime {ort.__version__}, torch {torch.__version__}, "
-        f"CPU x{os.cpu_count()}; measured while other work shared the machine)",
+        f"CPU x{os.cpu_count()})",
         "",
         limits.MachineLimits.line(machine),
         "",
