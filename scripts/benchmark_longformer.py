@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+LOAD_AT_START = os.getloadavg()[0]
+
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +71,10 @@ def build(work: Path, layers: int) -> None:
     config.num_hidden_layers = layers
     config.attention_window = [512] * layers
     source = describe(random_model(config), "longformer-base-random")
-    source.model.save_pretrained(work / "hf")
+    from tfopt.torch_kit import no_progress_bar
+
+    with no_progress_bar():
+        source.model.save_pretrained(work / "hf")
     ctx = RunContext(family="longformer", source=None, work_dir=work, options={}, progress=lambda m: print(f"  {m}", flush=True))
     exported = export_model(ctx, source)
     fuse_file(exported.model_path, work / "optimized.onnx", exported.info, progress=ctx.progress)
@@ -218,7 +223,7 @@ def report(attention, end_to_end, memory, args) -> str:
         "# Longformer on the CPU: HF eager vs the C++ extension vs ONNX Runtime",
         "",
         f"Machine: {cpu_line()}. torch threads: {__import__('torch').get_num_threads()}; ONNX Runtime: default threads.",
-        "Measured while other engineers used the same 2-core machine: absolute times are noisy, the ratios",
+        f"Load average {LOAD_AT_START:.2f} at the start (more than ~1 on 2 cores: other work shared the run). The ratios",
         "come from engines timed interleaved in one run (median of "
         f"{args.repeat} calls after a warm-up call). Random weights at longformer-base shape ({args.layers} layers,",
         "hidden 768, 12 heads, attention_window 512), batch 1, full-length rows, one global (CLS) token.",
