@@ -97,9 +97,23 @@ def test_stated_axis_sizes_size_validation_dummy_inputs_and_benchmark(tmp_path, 
 
 
 def test_option_axis_sizes_override_the_stated_ones(tmp_path):
-    report = _check(tmp_path, AudioAdapter(axis_sizes={"samples": SAMPLES}), axis_sizes={"samples": [300, 500]}).report
+    options = {"axis_sizes": {"samples": [300, 500]}, "benchmark": True, "bench_repeat": 2, "bench_warmup": 1}
+    report = _check(tmp_path, AudioAdapter(axis_sizes={"samples": SAMPLES}), **options).report
     assert sorted({feed["input_values"]["shape"][1] for feed in report["make_dummy_inputs"]}) == [300, 500]
     assert report["fuse"]["validation"]["feeds"] == 2
+    # the benchmark times what verify checked: --option axis_sizes reaches it too (bench_axis_sizes unset)
+    assert {row["shape"]["samples"] for row in report["benchmark"]["rows"]} == {300, 500}
+
+
+def test_an_adapter_without_sizes_benchmarks_at_the_option_sizes(tmp_path):
+    options = {"axis_sizes": {"samples": [400]}, "benchmark": True, "bench_repeat": 2, "bench_warmup": 1}
+    pm = isolated_plugin_manager(tmp_path, plugins={"audio": AudioAdapterOwnInputs()})
+    from tfopt.pipeline import run_pipeline
+    from tfopt.results import RunContext
+
+    ctx = RunContext(family="audio", source=None, work_dir=tmp_path / "run", options=options)
+    report = run_pipeline(pm, "audio", ctx).report
+    assert {row["shape"]["samples"] for row in report["benchmark"]["rows"]} == {400}
 
 
 def test_an_adapter_may_say_why_parity_cannot_be_checked(tmp_path):

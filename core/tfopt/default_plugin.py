@@ -168,8 +168,8 @@ def verify(
 def benchmark(ctx: RunContext, exported: ExportResult, models: dict[str, Path]) -> BenchResult:
     start = time.perf_counter()
     specs = feeds_module.graph_inputs(exported.model_path)
-    # Named axes: --option bench_axis_sizes, else the adapter's ModelInfo.axis_sizes.
-    bench_sizes = _axis_sizes(ctx, "bench_axis_sizes") or stated_axis_sizes(exported.info)
+    # Named axes, axis by axis: --option bench_axis_sizes over the run's (ModelInfo.axis_sizes, --option axis_sizes).
+    bench_sizes = {**(run_axis_sizes(ctx, exported) or {}), **(_axis_sizes(ctx, "bench_axis_sizes") or {})} or None
     feeds_module.check_sequence_option(specs, ctx.option("bench_sequence_lengths"), "bench_sequence_lengths", sized=bench_sizes)
     batch_sizes = feeds_module.int_tuple(ctx.option("bench_batch_sizes", DEFAULT_BENCH_BATCH_SIZES), "bench_batch_sizes")
     sequence_lengths = feeds_module.int_tuple(

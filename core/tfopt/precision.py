@@ -574,7 +574,7 @@ def to_int8(
 def to_int4(
     input_path: str | Path, output_path: str | Path, *, lm_head: str = "quantized", block_size: int = INT4_BLOCK_SIZE
 ) -> PrecisionResult:
-    """Weight-only 4-bit MatMuls (ONNX Runtime's MatMulNBits, block-wise symmetric)."""
+    """Weight-only 4-bit MatMuls (ONNX Runtime's MatMulNBits, block-wise, a zero point per block)."""
     if block_size < 16 or block_size & (block_size - 1):
         raise TfoptError(f"int4 block size must be a power of two >= 16, got {block_size}")
     start = time.perf_counter()

@@ -266,7 +266,10 @@ def summary_text(report: dict[str, Any], run_dir: str | os.PathLike | None = Non
         lines.append(f"error: {report['error']}")
     files = [value for value in (report.get("outputs") or {}).values() if value]
     # Written beside report.json but not among its outputs: the page, a --profile summary.
-    files += [name for name in ("report.html", "profile.json") if run_dir is not None and (Path(run_dir) / name).is_file()]
+    from .html_report import PAGE_FILE
+    from .profile import PROFILE_FILE
+
+    files += [name for name in (PAGE_FILE, PROFILE_FILE) if run_dir is not None and (Path(run_dir) / name).is_file()]
     if files:
         where = f" in {run_dir}" if run_dir is not None else ""
         lines.append(f"files{where}: " + ", ".join(dict.fromkeys(files)))

@@ -162,7 +162,7 @@ def missing_fusions(expected: dict[str, int], op_counts: dict[str, int], disable
     return missing
 
 
-def _rule_plan(info: ModelInfo, disabled: set[str], target: str) -> list[tuple[str, list]]:
+def _rule_plan(info: ModelInfo, target: str) -> list[tuple[str, list]]:
     """(fusion name, rules) in the order they must run: LN before SkipLN, EmbedLN before SkipLN."""
     plan = [
         ("linear", linear.linear_rules()),  # canonical form for the rules below; always on
@@ -176,7 +176,7 @@ def _rule_plan(info: ModelInfo, disabled: set[str], target: str) -> list[tuple[s
         ("linear", linear.linear_rules()),  # again: attention fusion exposes GPT-2's c_proj Gemm
         ("skip_layer_norm", normalization.skip_layer_norm_rules()),
     ]
-    return [(name, rules) for name, rules in plan if name not in disabled]
+    return plan  # --disable filters in _with_groups, the adapters' groups included
 
 
 def _with_groups(plan: list[tuple[str, list]], groups: Sequence[FusionRules], disabled: set[str]) -> list[tuple[str, list]]:
@@ -242,7 +242,7 @@ def fuse_model(
     num_layers = info.num_layers or sum(1 for node in model.graph if node.op_type == "Softmax")
     rule_counts: dict[str, int] = {}
     skip_rules = set(skip_rules)
-    for _, rules in _with_groups(_rule_plan(info, set(), target), groups, disabled):
+    for _, rules in _with_groups(_rule_plan(info, target), groups, disabled):
         for rule in rules:
             if rule.name in skip_rules:
                 rule_counts.setdefault(rule.name, 0)
