@@ -134,9 +134,11 @@ Tensor local_aten(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
 
 // exp for the softmax, vectorizable (std::exp is not without -ffast-math): Cody-Waite range
 // reduction and a degree-6 polynomial, relative error ~2e-7 over the range softmax uses (x <= 0).
+// x is clamped to [-87, 0]: a masked slot (padding) may score above the row's best unmasked one,
+// and exp of that would overflow to inf, and inf * 0 (its mask weight) to NaN.
 #pragma omp declare simd
 static inline float exp_approx(float x) {
-  x = std::max(x, -87.0f);
+  x = std::min(std::max(x, -87.0f), 0.0f);
   const float n = std::nearbyint(x * 1.44269504088896341f);
   const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;

@@ -73,6 +73,27 @@ def test_fake_kernel_lets_torch_export_trace_the_op(tiny):
         assert out.shape == (4, 1000, 32)
 
 
+@pytest.mark.parametrize("score", [178.0, 533.0])
+def test_a_padded_key_scoring_far_above_the_rest_stays_out(score):
+    """A masked slot whose score exceeds the best unmasked one by > 88 once made exp overflow: inf * 0 = NaN."""
+    E = 4
+    identity = torch.eye(E)
+    weight, bias = torch.cat([identity, identity, identity], 1), torch.zeros(3 * E)
+    hidden = torch.zeros(1, 6, E)
+    hidden[0, :, 1] = 1.0
+    hidden[0, 0, 0], hidden[0, 1, 0] = 1.0, score  # query 0 scores score/2 against the padded key 1
+    mask = torch.zeros(1, 6)
+    mask[0, 1] = -10000.0
+    glob = torch.zeros(1, 6, dtype=torch.int32)
+    loops, aten = (extension.attention(hidden, weight, bias, mask, weight, bias, glob, 1, 2, impl=impl)
+                   for impl in ("loops", "aten"))
+    assert torch.isfinite(loops).all()
+    # query 0 sees keys 0 and 2 (key 1 is padding): scores x0·x0/2 = 1 and x0·x2/2 = 0.5
+    p0, p2 = torch.softmax(torch.tensor([1.0, 0.5]), 0)
+    assert torch.allclose(loops[0, 0], p0 * hidden[0, 0] + p2 * hidden[0, 2], atol=1e-6)
+    assert torch.allclose(loops, aten, atol=1e-5)
+
+
 def test_bad_arguments_are_clear_errors():
     hidden = torch.randn(1, 10, 32)
     w, b = torch.randn(32, 96), torch.randn(96)
