@@ -14,6 +14,7 @@ Every 10th docstring is held out: :func:`heldout_bytes` is the text quality is m
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import os
@@ -74,6 +75,7 @@ def _docstrings() -> list[str]:
     return texts
 
 
+@functools.cache  # parsing the standard library's sources takes seconds; training and held-out text both ask
 def corpus() -> tuple[bytes, bytes]:
     """(training bytes, held-out bytes): docstrings joined by blank lines, every 10th held out."""
     texts = _docstrings()

@@ -119,7 +119,7 @@ def _register_fake() -> None:
     """Shapes without computing, so torch.export / dynamo trace through the op."""
 
     @torch.library.register_fake("tfopt_longformer::attention")
-    def _(input, weight, bias, mask, global_weight, global_bias, global_, num_heads, window, impl=0):
+    def _(input, weight, bias, mask, global_weight, global_bias, global_, num_heads, window, impl=1):
         torch._check(input.dim() == 3)
         return torch.empty_like(input)
 

