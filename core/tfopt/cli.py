@@ -20,9 +20,10 @@ from .errors import TfoptError
 from .plugins import parse_block_options
 from .results import RunContext, to_jsonable
 
-# Imported inside the commands that use them, so that `tfopt --help`, `tfopt plugins` and
-# each command's --help start without onnx, onnxscript, ONNX Runtime, torch or TensorFlow:
-# tfopt.pipeline, tfopt.report, tfopt.precision, tfopt.graph.fusion, tfopt.optimizer.
+# Imported inside the commands that use them, so that `tfopt --help` and `tfopt plugins` start
+# without ONNX Runtime, torch or TensorFlow (tests/test_startup.py): tfopt.pipeline, tfopt.report,
+# tfopt.precision, tfopt.graph.fusion, tfopt.optimizer. A command's own --help still loads what
+# its choices name (`run --help` lists the precisions and fusions) and ONNX Runtime's log setup.
 
 
 class LazyChoice(click.Choice):
