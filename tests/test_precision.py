@@ -177,6 +177,8 @@ def test_fp16_of_a_float_input_model_is_topologically_sorted():
 
 
 def test_sort_nodes_orders_consumers_after_producers_and_keeps_sorted_graphs_as_they_are():
+    from tfopt.graph.input_checks import sort_nodes
+
     nodes = [
         helper.make_node("Relu", ["b"], ["c"], name="late"),
         helper.make_node("Neg", ["x"], ["a"], name="first"),
@@ -184,10 +186,10 @@ def test_sort_nodes_orders_consumers_after_producers_and_keeps_sorted_graphs_as_
         helper.make_node("Sigmoid", ["x"], ["d"], name="free"),
     ]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])], [])
-    precision.sort_nodes(graph)
-    assert [node.name for node in graph.node] == ["first", "second", "late", "free"]
-    precision.sort_nodes(graph)
-    assert [node.name for node in graph.node] == ["first", "second", "late", "free"]
+    sort_nodes(graph)  # the loader's sort: by depth, then file position
+    assert [node.name for node in graph.node] == ["first", "free", "second", "late"]
+    sort_nodes(graph)
+    assert [node.name for node in graph.node] == ["first", "free", "second", "late"]
 
 
 def test_first_line_keeps_what_follows_a_newline():

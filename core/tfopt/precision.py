@@ -37,7 +37,6 @@ large; the input's files are only read.
 from __future__ import annotations
 
 import contextlib
-import heapq
 import logging
 import os
 import shutil
@@ -52,6 +51,7 @@ import onnx_ir as ir
 
 from .errors import TfoptError, first_line
 from .graph import io as graph_io
+from .graph.input_checks import sort_nodes
 from .graph.io import load_model, save_model, uses_external_data
 from .results import PrecisionResult
 
@@ -116,44 +116,6 @@ def convert_proto_to_fp16(
         return converted
     except Exception as exc:
         raise TfoptError(f"fp16 conversion failed ({first_line(exc)})") from None
-
-
-def _names_read(node: onnx.NodeProto) -> list[str]:
-    """What ``node`` reads, its subgraphs' outer-scope values included (If/Loop bodies)."""
-    names = list(node.input)
-    for attr in node.attribute:
-        for graph in [attr.g] if attr.HasField("g") else list(attr.graphs):
-            names += [name for inner in graph.node for name in _names_read(inner)]
-    return names
-
-
-def sort_nodes(graph: onnx.GraphProto) -> None:
-    """Order ``graph``'s nodes so that each follows the producers of what it reads (stable otherwise)."""
-    producer = {output: index for index, node in enumerate(graph.node) for output in node.output if output}
-    waiting_on = [{producer[name] for name in _names_read(node) if name in producer} - {index} for index, node in enumerate(graph.node)]
-    if all(max(deps, default=-1) < index for index, deps in enumerate(waiting_on)):
-        return  # already sorted
-    readers: dict[int, list[int]] = {}
-    for index, deps in enumerate(waiting_on):
-        for dep in deps:
-            readers.setdefault(dep, []).append(index)
-    ready = [index for index, deps in enumerate(waiting_on) if not deps]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        index = heapq.heappop(ready)
-        order.append(index)
-        for reader in readers.get(index, []):
-            waiting_on[reader].discard(index)
-            if not waiting_on[reader]:
-                heapq.heappush(ready, reader)
-    if len(order) != len(graph.node):
-        raise TfoptError("the converted graph has a cycle: its nodes cannot be ordered")
-    nodes = [onnx.NodeProto() for _ in order]
-    for node, index in zip(nodes, order):
-        node.CopyFrom(graph.node[index])
-    del graph.node[:]
-    graph.node.extend(nodes)
 
 
 def load_external_weights(model: onnx.ModelProto, base_dir: str | Path | None) -> None:

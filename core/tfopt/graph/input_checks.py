@@ -71,7 +71,7 @@ def check_model_proto(model: onnx.ModelProto, folder: Path) -> None:
         raise TfoptError(f"IR version {model.ir_version} is not one onnx {onnx.__version__} knows (up to {onnx.IR_VERSION})")
     opsets = _normalized_opsets(model)
     _check_names(graph)
-    _sort_nodes(graph)
+    sort_nodes(graph)
     _check_nodes(graph, model.ir_version, opsets)
     _check_value_types(graph)
     for tensor in _tensors(graph):
@@ -170,7 +170,7 @@ def _outer_names(graph: onnx.GraphProto) -> set[str]:
     return read - local
 
 
-def _sort_nodes(graph: onnx.GraphProto) -> None:
+def sort_nodes(graph: onnx.GraphProto) -> None:
     """Put the nodes in topological order (ONNX requires it, ONNX Runtime does not); refuse a cycle."""
     producer = {name: index for index, node in enumerate(graph.node) for name in node.output if name}
     depends: list[set[int]] = []
