@@ -31,3 +31,18 @@ def test_remembered_value_is_used_and_dropped_with_the_run(tmp_path):
     del ctx
     gc.collect()
     assert cache._items == {}
+
+
+def test_cache_root_prefers_tfopt_then_xdg_then_home(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from tfopt.run_cache import cache_root
+
+    monkeypatch.delenv("TFOPT_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == Path(tmp_path / "home" / ".cache" / "tfopt")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "tfopt"
+    monkeypatch.setenv("TFOPT_CACHE_DIR", str(tmp_path / "mine"))
+    assert cache_root() == tmp_path / "mine"

@@ -1,4 +1,5 @@
-"""One loaded source model per run, shared by an adapter's stages (export, verify, benchmark).
+"""One loaded source model per run, shared by an adapter's stages (export, verify, benchmark);
+and :func:`cache_root`, where adapters keep what outlives a run (a compiled extension, a trained model).
 
 Keyed by the run's context object (by identity: ``RunContext`` is an unhashable dataclass)
 plus what names the model, and dropped when the context is garbage-collected. Not kept in
@@ -7,13 +8,22 @@ plus what names the model, and dropped when the context is garbage-collected. No
 
 from __future__ import annotations
 
+import os
 import weakref
 import types
+from pathlib import Path
 from typing import Callable, Hashable, TypeVar
 
 from .results import RunContext
 
 T = TypeVar("T")
+
+
+def cache_root() -> Path:
+    """tfopt's persistent cache: ``$TFOPT_CACHE_DIR``, else ``$XDG_CACHE_HOME/tfopt``, else ``~/.cache/tfopt``."""
+    if os.environ.get("TFOPT_CACHE_DIR"):
+        return Path(os.environ["TFOPT_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tfopt"
 
 
 class PerRun:

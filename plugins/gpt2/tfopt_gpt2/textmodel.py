@@ -5,7 +5,7 @@ flat (next-token agreement on it means nothing). So this module trains a byte-le
 (vocabulary: the 256 byte values) on the docstrings of Python's standard library, which
 every machine running tfopt has. Training is deterministic by seed (same corpus, same
 batches, same initial weights; float summation order can differ across thread counts)
-and cached under ``$TFOPT_CACHE_DIR`` (default ``~/.cache/tfopt``) keyed by the spec and
+and cached under ``tfopt.run_cache.cache_root()`` ($TFOPT_CACHE_DIR, default ``~/.cache/tfopt``) keyed by the spec and
 the corpus's hash, so a second run loads it in a second.
 
 Every 10th docstring is held out: :func:`heldout_bytes` is the text quality is measured on.
@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from tfopt.errors import TfoptError
+from tfopt.run_cache import cache_root
 
 HOLDOUT_EVERY = 10  # docstring i is held out when i % HOLDOUT_EVERY == 0
 
@@ -90,7 +91,7 @@ def heldout_bytes() -> np.ndarray:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("TFOPT_CACHE_DIR") or Path.home() / ".cache" / "tfopt") / "gpt2-text"
+    return cache_root() / "gpt2-text"
 
 
 def _key(spec: TextModelSpec, train: bytes) -> str:

@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from tfopt.errors import TfoptError, first_line
+from tfopt.run_cache import cache_root
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 CPU_SOURCE = CSRC / "longformer_attention.cpp"
@@ -46,7 +47,7 @@ def with_cuda() -> bool:
 
 
 def cache_dir() -> Path:
-    root = Path(os.environ.get("TFOPT_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tfopt")
+    root = cache_root()
     digest = hashlib.sha256()
     for path in _packaged_sources() + ([CUDA_SOURCE] if with_cuda() else []):
         digest.update(path.read_bytes())
