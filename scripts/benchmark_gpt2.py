@@ -8,8 +8,10 @@ session of the raw export). Each engine's bytes per step (weights streamed + KV 
 read) over its latency is compared with the DRAM bandwidth measured in the same run.
 
 Quality (random logits are flat, so on a trained model): stdlib-gpt2, trained here on the
-standard library's docstrings (cached), fused and quantized the same way; next-token top-1
-agreement with fp32, perplexity change and greedy generation over 32 tokens on held-out text.
+standard library's docstrings (cached), fused and quantized the same way, its weight-only
+models rounded by GPTQ calibrated on training text (as the gpt2 adapter does; round-to-nearest
+rows beside them); next-token top-1 agreement with fp32, perplexity change and greedy
+generation over 32 tokens on held-out text.
 
 Usage: python scripts/benchmark_gpt2.py [--model gpt2-small-random] [--exporter dynamo]
        [--batch 1,8] [--past 128] [--rounds 7] [--per-round 5] [--quality-model stdlib-gpt2]
@@ -34,27 +36,41 @@ def _say(message: str) -> None:
 
 
 def build(model: str, exporter: str, work: Path, *, head_fp32_int4: bool = True):
-    """(source, {label: model path}) for the raw export, tfopt fp32, int8 and int4."""
+    """(source, {label: model path}) for the raw export, tfopt fp32, int8 and int4.
+
+    Weight-only models are rounded as the gpt2 adapter rounds them: GPTQ calibrated on training
+    text for the trained text models (plus round-to-nearest rows to compare), nearest otherwise.
+    """
     from tfopt.graph import fuse_file
     from tfopt.precision import convert
     from tfopt.results import RunContext
     from tfopt_gpt2.cache import source_model
     from tfopt_gpt2.export import export_source
+    from tfopt_gpt2.precision import calibration_for
 
     ctx = RunContext(family="gpt2", source=model, work_dir=work, options={"exporter": exporter}, progress=_say)
     exported = export_source(ctx)
     fused = fuse_file(exported.model_path, work / "optimized.onnx", exported.info)
     _say(f"fused {model}: {dict(sorted(fused.op_counts.items()))}")
     models = {"ort:raw": exported.model_path, "ort:tfopt fp32": fused.model_path}
-    _say("quantizing: int8 weight-only (the gpt2 adapter's int8), int8 dynamic, int4 ...")
-    models["ort:tfopt int8"] = convert(fused.model_path, "int8", int8_method="weight_only").model_path
+    calibration = calibration_for(ctx, "int4", "weight_only")
+    _say(f"quantizing ({'GPTQ' if calibration else 'round-to-nearest'}): int8 weight-only (the gpt2 adapter's int8), int8 dynamic, int4 ...")
+    models["ort:tfopt int8"] = convert(fused.model_path, "int8", int8_method="weight_only", calibration=calibration).model_path
     models["ort:tfopt int8 dynamic"] = convert(fused.model_path, "int8", work / "optimized.int8-dynamic.onnx").model_path
-    models["ort:tfopt int4"] = convert(fused.model_path, "int4").model_path
+    models["ort:tfopt int4"] = convert(fused.model_path, "int4", calibration=calibration).model_path
     models["ort:tfopt int4 b16, head int8"] = convert(
-        fused.model_path, "int4", work / "optimized.int4-b16-head8.onnx", lm_head="int8", int4_block_size=16
+        fused.model_path, "int4", work / "optimized.int4-b16-head8.onnx", lm_head="int8", int4_block_size=16, calibration=calibration
     ).model_path
     if head_fp32_int4:
-        models["ort:tfopt int4, head fp32"] = convert(fused.model_path, "int4", work / "optimized.int4-headfp32.onnx", lm_head="fp32").model_path
+        models["ort:tfopt int4, head fp32"] = convert(
+            fused.model_path, "int4", work / "optimized.int4-headfp32.onnx", lm_head="fp32", calibration=calibration
+        ).model_path
+    if calibration is not None:
+        _say("quantizing the same with round-to-nearest, to compare ...")
+        models["ort:tfopt int8, nearest"] = convert(
+            fused.model_path, "int8", work / "optimized.int8-nearest.onnx", int8_method="weight_only"
+        ).model_path
+        models["ort:tfopt int4, nearest"] = convert(fused.model_path, "int4", work / "optimized.int4-nearest.onnx").model_path
     return source_model(ctx), models
 
 
@@ -99,7 +115,9 @@ def speed(args, machine) -> list[str]:
 
 def quality(args) -> list[str]:
     from tfopt.bench import ort_session
-    from tfopt_gpt2.quality import compare
+    import numpy as np
+
+    from tfopt_gpt2.quality import compare, window_logits, windows
     from tfopt_gpt2.textmodel import TEXT_MODELS, heldout_bytes
 
     work = Path(tempfile.mkdtemp(prefix="tfopt-gpt2-quality-"))
@@ -113,10 +131,18 @@ def quality(args) -> list[str]:
         + "against tfopt fp32",
         "",
         "16 windows of 128 tokens (top-1 agreement over all 2048 positions, perplexity per byte); greedy generation: "
-        "16 prompts of 32 tokens, 32 new tokens each.",
+        "16 prompts of 32 tokens, 32 new tokens each; for each row that parts from fp32's, fp32's own top-1 minus "
+        "top-2 logit at that step (its median over the windows' positions is printed below the table).",
         "",
-        "| model | top-1 agreement | perplexity (fp32 -> this) | change | greedy rows identical | greedy tokens agreeing |",
-        "|---|---|---|---|---|---|",
+        "| model | top-1 agreement | perplexity (fp32 -> this) | change | greedy rows identical | greedy tokens agreeing "
+        "| fp32 top-1 gap where rows part |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    gaps = np.diff(np.sort(window_logits(reference, windows(text, 16, 128)), axis=-1)[..., -2:], axis=-1)
+    footer = [
+        "",
+        f"fp32's own top-1 minus top-2 logit over the windows' positions: median {np.median(gaps):.3f}, "
+        f"5th percentile {np.percentile(gaps, 5):.3f}, 1st percentile {np.percentile(gaps, 1):.3f}.",
     ]
     for label, path in models.items():
         if label == "ort:tfopt fp32":
@@ -125,9 +151,11 @@ def quality(args) -> list[str]:
         q = compare(reference, ort_session(path), text, window_count=16, prompt_count=16, new_tokens=32)
         lines.append(
             f"| {label} | {q.top1_agreement:.2%} | {q.reference_perplexity:.3f} -> {q.perplexity:.3f} | {q.perplexity_change:+.2%} | "
-            f"{q.generation_rows_identical}/{q.generation_rows} | {q.generation_token_agreement:.1%} |"
+            f"{q.generation_rows_identical}/{q.generation_rows} | {q.generation_token_agreement:.1%} | "
+            + (", ".join(f"{gap:.3f}" for gap in sorted(q.divergence_gaps)) or "-")
+            + " |"
         )
-    return lines
+    return lines + footer
 
 
 def main() -> None:

@@ -199,7 +199,7 @@ Examples:
 
 @main.command("run", help=RUN_HELP)
 @source_options
-@click.option("--precision", type=LazyChoice("tfopt.precision", "PRECISIONS"), default=None, help="Precision of the final model [default: the adapter's own (qat: int8), else fp32]. int8: dynamic quantization (an adapter may pick weight-only, as gpt2 does); int4: weight-only 4-bit MatMulNBits. Adapters' own settings go through --option (gpt2: lm_head_precision, int8_method, int4_block_size).")
+@click.option("--precision", type=LazyChoice("tfopt.precision", "PRECISIONS"), default=None, help="Precision of the final model [default: the adapter's own (qat: int8), else fp32]. int8: dynamic quantization (an adapter may pick weight-only, as gpt2 does); int4: weight-only 4-bit MatMulNBits. Adapters' own settings go through --option (gpt2: lm_head_precision, int8_method, int4_block_size, weight_rounding).")
 @click.option("--input-int32", "input_int32", is_flag=True, default=None, help="Make int64 inputs int32 in the optimized model.")
 @click.option("--benchmark/--no-benchmark", default=None, help="Measure latency after verification [default: on].")
 @click.option("--validate/--no-validate", default=None,

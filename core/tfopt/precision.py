@@ -19,6 +19,10 @@ tensor, MatMulInteger) and "weight_only" (MatMulNBits with 8 bits, blocks like i
 activations quantized per block inside the kernel). On a trained decoder weight-only
 agrees better with fp32 (docs/benchmark-gpt2.md), so the gpt2 adapter picks it.
 
+Weight-only MatMulNBits weights are rounded to nearest by ONNX Runtime's quantizer, or, given
+``calibration`` feeds, by GPTQ (:mod:`tfopt.gptq`), which replaces the data of the nodes it
+wrote: same file format and speed, less change in the model's outputs.
+
 On the CPU: fp16 is a GPU format. ONNX Runtime 1.32 does run the fp16 contrib ops
 this project emits on its CPU provider (measured: EmbedLayerNormalization, Attention,
 MultiHeadAttention, SkipLayerNormalization, BiasGelu), but slower than fp32 and not
@@ -42,6 +46,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +58,7 @@ from .errors import TfoptError, first_line
 from .graph import io as graph_io
 from .graph.input_checks import sort_nodes
 from .graph.io import load_model, save_model, uses_external_data
+from .gptq import Calibration
 from .results import PrecisionResult
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
@@ -440,7 +446,60 @@ def _quantize_dynamic_int8(staged: Path, produced: Path, external: bool, exclude
     )
 
 
-def _quantize_nbits(bits: int, block_size: int):
+@dataclass
+class _Calibrated:
+    """What GPTQ needs for each weight: the fp32 model holding it, the activation it multiplies, ``X^T X`` of that."""
+
+    source: Path
+    weight_inputs: dict[str, str]
+    moments: dict[str, np.ndarray]
+    rows: int
+
+
+def _weight_inputs(model_path: Path) -> dict[str, str]:
+    """{constant 2-D MatMul weight: the activation it multiplies}, for weights read by one MatMul only."""
+    proto = onnx.load(str(model_path), load_external_data=False)
+    matrices = {t.name for t in proto.graph.initializer if len(t.dims) == 2}
+    readers: dict[str, list[str]] = {}
+    for node in proto.graph.node:
+        if node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and len(node.input) == 2 and node.input[1] in matrices:
+            readers.setdefault(node.input[1], []).append(node.input[0])
+    return {weight: activations[0] for weight, activations in readers.items() if len(activations) == 1}
+
+
+def _calibrate(staged: Path, calibration) -> _Calibrated:
+    from .gptq import second_moments
+
+    weight_inputs = _weight_inputs(staged)
+    moments, rows = second_moments(staged, sorted(set(weight_inputs.values())), calibration)
+    return _Calibrated(staged, weight_inputs, moments, rows)
+
+
+def _round_with_calibration(proto: onnx.ModelProto, calibrated: _Calibrated, bits: int, block_size: int) -> int:
+    """Replace the data of the MatMulNBits nodes ONNX Runtime's quantizer wrote (round-to-nearest)
+    with GPTQ's rounding of the same weights; returns how many weights."""
+    from .gptq import pack_matmul_nbits, round_weight
+
+    tensors = {t.name: t for t in proto.graph.initializer}
+    source = ir.load(calibrated.source)  # fp32 weights, read lazily from external data
+    rounded = 0
+    for weight, activation in calibrated.weight_inputs.items():
+        names = (f"{weight}_Q{bits}", f"{weight}_scales", f"{weight}_zero_points")
+        if not all(name in tensors for name in names):
+            continue  # not quantized in this pass (excluded, or not 2-D)
+        array = source.graph.initializers[weight].const_value.numpy()
+        parts = pack_matmul_nbits(
+            *round_weight(array, calibrated.moments[activation], bits=bits, block_size=block_size), bits=bits, block_size=block_size
+        )
+        for name, part in zip(names, parts):
+            if tuple(tensors[name].dims) != part.shape or tensors[name].data_type != onnx.helper.np_dtype_to_tensor_dtype(part.dtype):
+                raise TfoptError(f"MatMulNBits layout of {name} is not the one tfopt packs ({list(tensors[name].dims)})")
+            tensors[name].CopyFrom(onnx.numpy_helper.from_array(part, name))
+        rounded += 1
+    return rounded
+
+
+def _quantize_nbits(bits: int, block_size: int, calibrated: _Calibrated | None = None):
     def quantize(staged: Path, produced: Path, external: bool, exclude: list[str]) -> None:
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -449,18 +508,22 @@ def _quantize_nbits(bits: int, block_size: int):
             accuracy_level=INT4_ACCURACY_LEVEL or None, nodes_to_exclude=exclude, op_types_to_quantize=("MatMul",),
         )
         quantizer.process()
+        if calibrated is not None:
+            _round_with_calibration(quantizer.model.model, calibrated, bits, block_size)
         quantizer.model.save_model_to_file(str(produced), use_external_data_format=external)
 
     return quantize
 
 
-def _quantized(input_path, output_path, precision: str, quantize, lm_head: str) -> tuple[Path, list[str]]:
+def _quantized(input_path, output_path, precision: str, quantizer_for, lm_head: str, calibration=None) -> tuple[Path, list[str]]:
     """Quantize a staged copy in a temp dir beside the output, then rename it into place.
 
     The copy (Gemm linears rewritten as MatMul, a tied head untied unless it stays fp32)
     keeps its weights as external data when the output will, so ONNX Runtime's quantizer
     infers shapes by path and writes ``<output>.data`` itself: nothing is serialized whole,
-    and its scratch files land in the temp dir, not beside the input.
+    and its scratch files land in the temp dir, not beside the input. ``quantizer_for(calibrated)``
+    gives the quantization step; ``calibrated`` holds the staged copy's activation statistics
+    when ``calibration`` feeds were given (GPTQ rounding for MatMulNBits), else None.
     """
     input_path, output_path = Path(input_path), Path(output_path)
     check_lm_head(lm_head)
@@ -476,10 +539,6 @@ def _quantized(input_path, output_path, precision: str, quantize, lm_head: str) 
         notes.append(f"LM head kept fp32 ({', '.join(exclude)}; lm_head_precision=fp32)")
     elif untie_transposed_weights(model):
         notes.append(f"tied LM head given its own transposed weight so that it is quantized (lm_head_precision={lm_head})")
-    passes = [(quantize, exclude)]
-    if lm_head == "int8" and exclude:  # a second pass takes the head alone, 8-bit weight-only
-        passes.append((_quantize_nbits(8, INT4_BLOCK_SIZE), []))
-        notes.append(f"LM head int8 weight-only ({', '.join(exclude)}; lm_head_precision=int8)")
     output_path.parent.mkdir(parents=True, exist_ok=True)
     data_name = output_path.name + ".data"
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.", dir=output_path.parent))
@@ -490,6 +549,19 @@ def _quantized(input_path, output_path, precision: str, quantize, lm_head: str) 
         except OSError as exc:
             raise TfoptError(f"{output_path.parent}: cannot write ({exc.strerror or exc})") from None
         del model
+        calibrated = None
+        if calibration is not None:
+            try:
+                calibrated = _calibrate(staged, calibration)
+            except TfoptError:
+                raise
+            except Exception as exc:
+                raise TfoptError(f"{precision} calibration failed ({first_line(exc)})") from None
+            notes.append(f"weights rounded by GPTQ, calibrated on {calibrated.rows} activation rows (weight_rounding=gptq)")
+        passes = [(quantizer_for(calibrated), exclude)]
+        if lm_head == "int8" and exclude:  # a second pass takes the head alone, 8-bit weight-only
+            passes.append((_quantize_nbits(8, INT4_BLOCK_SIZE, calibrated), []))
+            notes.append(f"LM head int8 weight-only ({', '.join(exclude)}; lm_head_precision=int8)")
         produced = tmp_dir / output_path.name
         try:
             with _quiet_quantizer():
@@ -513,34 +585,43 @@ def _quantized(input_path, output_path, precision: str, quantize, lm_head: str) 
 
 
 def to_int8(
-    input_path: str | Path, output_path: str | Path, *, lm_head: str = "quantized", method: str = "dynamic"
+    input_path: str | Path, output_path: str | Path, *, lm_head: str = "quantized", method: str = "dynamic",
+    calibration: Calibration | None = None,
 ) -> PrecisionResult:
     """ONNX Runtime's dynamic quantization (int8 weights, activations quantized at run time), or
-    weight-only 8-bit MatMulNBits (``method="weight_only"``)."""
+    weight-only 8-bit MatMulNBits (``method="weight_only"``; GPTQ-rounded when ``calibration`` is given)."""
     if method not in INT8_METHODS:
         raise TfoptError(f"int8_method must be one of {', '.join(INT8_METHODS)}, got {method!r}")
+    if calibration is not None and method != "weight_only":
+        raise TfoptError("calibrated rounding (GPTQ) is for weight-only int8 and int4, not dynamic int8")
     start = time.perf_counter()
     if method == "weight_only":
-        path, notes = _quantized(input_path, output_path, "int8", _quantize_nbits(8, INT4_BLOCK_SIZE), lm_head)
+        path, notes = _quantized(
+            input_path, output_path, "int8", lambda calibrated: _quantize_nbits(8, INT4_BLOCK_SIZE, calibrated), lm_head, calibration
+        )
         notes.insert(
             0,
             f"weight-only int8: MatMulNBits, blocks of {INT4_BLOCK_SIZE} along K, {'symmetric' if INT4_SYMMETRIC else 'with zero points'},"
             f" accuracy_level {INT4_ACCURACY_LEVEL}",
         )
     else:
-        path, notes = _quantized(input_path, output_path, "int8", _quantize_dynamic_int8, lm_head)
+        path, notes = _quantized(input_path, output_path, "int8", lambda calibrated: _quantize_dynamic_int8, lm_head)
         notes.insert(0, f"dynamic quantization: int8 weights for {', '.join(INT8_OP_TYPES)}, activations quantized at run time")
     return PrecisionResult(model_path=path, precision="int8", seconds=time.perf_counter() - start, notes=notes)
 
 
 def to_int4(
-    input_path: str | Path, output_path: str | Path, *, lm_head: str = "quantized", block_size: int = INT4_BLOCK_SIZE
+    input_path: str | Path, output_path: str | Path, *, lm_head: str = "quantized", block_size: int = INT4_BLOCK_SIZE,
+    calibration: Calibration | None = None,
 ) -> PrecisionResult:
-    """Weight-only 4-bit MatMuls (ONNX Runtime's MatMulNBits, block-wise, a zero point per block)."""
+    """Weight-only 4-bit MatMuls (ONNX Runtime's MatMulNBits, block-wise, a zero point per block),
+    rounded to nearest, or by GPTQ when ``calibration`` feeds are given."""
     if block_size < 16 or block_size & (block_size - 1):
         raise TfoptError(f"int4 block size must be a power of two >= 16, got {block_size}")
     start = time.perf_counter()
-    path, notes = _quantized(input_path, output_path, "int4", _quantize_nbits(4, block_size), lm_head)
+    path, notes = _quantized(
+        input_path, output_path, "int4", lambda calibrated: _quantize_nbits(4, block_size, calibrated), lm_head, calibration
+    )
     notes.insert(
         0,
         f"weight-only int4: MatMulNBits, blocks of {block_size} along K, {'symmetric' if INT4_SYMMETRIC else 'with zero points'},"
@@ -558,11 +639,14 @@ def convert(
     lm_head: str = "quantized",
     int8_method: str = "dynamic",
     int4_block_size: int = INT4_BLOCK_SIZE,
+    calibration: Calibration | None = None,
 ) -> PrecisionResult:
     """fp32 returns the input as is; fp16/int8/int4 write ``<stem>.<precision>.onnx`` beside it.
 
     ``lm_head`` ("quantized", "int8" or "fp32") is what int8/int4 do with the MatMul computing
-    a model output; fp16 always keeps it fp32 (the logits' overflow).
+    a model output; fp16 always keeps it fp32 (the logits' overflow). ``calibration``, a
+    callable giving the input model's feeds for an ONNX Runtime session of it, makes the
+    weight-only precisions round by GPTQ (:mod:`tfopt.gptq`) instead of to nearest.
     """
     if precision not in PRECISIONS:
         raise TfoptError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
@@ -573,5 +657,5 @@ def convert(
     if precision == "fp16":
         return to_fp16(input_path, output_path)
     if precision == "int8":
-        return to_int8(input_path, output_path, lm_head=lm_head, method=int8_method)
-    return to_int4(input_path, output_path, lm_head=lm_head, block_size=int4_block_size)
+        return to_int8(input_path, output_path, lm_head=lm_head, method=int8_method, calibration=calibration)
+    return to_int4(input_path, output_path, lm_head=lm_head, block_size=int4_block_size, calibration=calibration)

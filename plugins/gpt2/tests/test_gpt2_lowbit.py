@@ -19,6 +19,7 @@ from tfopt.graph import fuse_file
 from tfopt.precision import convert
 from tfopt_gpt2.cache import remember, source_model
 from tfopt_gpt2.hooks import convert_precision_hook, make_dummy_inputs_hook, verify_hook
+from tfopt_gpt2.precision import calibration_for
 
 
 def op_counts(path) -> Counter:
@@ -144,12 +145,18 @@ def test_int4_with_an_int8_head_and_smaller_blocks(fused_trained, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained_decoders(fused_trained, text_cache):
-    """The fused fp32 decoder of stdlib-gpt2-tiny and its int8/int4 versions (LM head quantized)."""
+def trained_decoders(fused_trained, text_cache, tmp_path_factory):
+    """The fused fp32 decoder of stdlib-gpt2-tiny and its int8/int4 versions (LM head quantized),
+    rounded to nearest and, as the gpt2 adapter does for a text model, by GPTQ."""
     ctx, _, fused = fused_trained("dynamo")
     models = {"fp32": fused.model_path}
+    calibration = calibration_for(ctx, "int4", "weight_only")
+    out = tmp_path_factory.mktemp("rounded")
     for precision in ("int8", "int4"):  # as the gpt2 adapter converts: int8 weight-only
-        models[precision] = convert(fused.model_path, precision, int8_method="weight_only").model_path
+        models[precision] = convert(fused.model_path, precision, out / f"{precision}.onnx", int8_method="weight_only").model_path
+        models[f"{precision} gptq"] = convert(
+            fused.model_path, precision, out / f"{precision}.gptq.onnx", int8_method="weight_only", calibration=calibration
+        ).model_path
     return ctx, text_cache, models
 
 
@@ -180,3 +187,42 @@ def test_quantized_quality_on_held_out_text(trained_decoders, precision, min_top
     assert min_top1 <= quality.top1_agreement < 1.0  # close, and really changed
     assert abs(quality.perplexity_change) <= max_ppl_change
     assert quality.generation_token_agreement >= 0.75
+
+
+def test_gptq_rounding_agrees_more_than_nearest_on_held_out_text(trained_decoders):
+    """Calibrated on training text only; judged on the held-out text."""
+    from tfopt_gpt2.quality import compare
+    from tfopt_gpt2.textmodel import heldout_bytes
+
+    _, _, models = trained_decoders
+    text = heldout_bytes()
+    reference = ort_session(models["fp32"])
+    nearest = compare(reference, ort_session(models["int4"]), text, window_count=8, prompt_count=4, new_tokens=16)
+    gptq = compare(reference, ort_session(models["int4 gptq"]), text, window_count=8, prompt_count=4, new_tokens=16)
+    assert gptq.top1_agreement >= nearest.top1_agreement + 0.01
+    assert abs(gptq.perplexity_change) < abs(nearest.perplexity_change)
+    int8 = compare(reference, ort_session(models["int8 gptq"]), text, window_count=8, prompt_count=4, new_tokens=16)
+    assert 0.98 <= int8.top1_agreement < 1.0
+
+
+def test_adapter_rounds_text_models_by_gptq_and_others_to_nearest(fused_trained, tmp_path):
+    variant_ctx, _, fused = fused_trained("dynamo")
+    for rounding, expect_gptq in ((None, True), ("nearest", False)):
+        options = {"precision": "int4"} | ({"weight_rounding": rounding} if rounding else {})
+        ctx = make_ctx(tmp_path / str(rounding), "stdlib-gpt2-tiny", **options)
+        remember(ctx, source_model(variant_ctx))
+        converted = convert_precision_hook(ctx, fused)
+        assert any("GPTQ" in note for note in converted.notes) == expect_gptq, converted.notes
+    # dynamic int8 has no weights to round this way: the option does not apply
+    assert calibration_for(make_ctx(tmp_path, "stdlib-gpt2-tiny", precision="int8", int8_method="dynamic"), "int8", "dynamic") is None
+    assert calibration_for(make_ctx(tmp_path, "tiny-gpt2", precision="int4"), "int4", "weight_only") is None
+
+
+@pytest.mark.parametrize(
+    "source, rounding, message",
+    [("tiny-gpt2", "gptq", "weight_rounding=gptq needs calibration text"), ("stdlib-gpt2-tiny", "best", "weight_rounding must be one of gptq, nearest")],
+)
+def test_bad_weight_rounding_is_one_line(tmp_path, source, rounding, message):
+    ctx = make_ctx(tmp_path, source, precision="int4", weight_rounding=rounding)
+    with pytest.raises(TfoptError, match=message):
+        calibration_for(ctx, "int4", "weight_only")

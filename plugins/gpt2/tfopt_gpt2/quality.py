@@ -31,6 +31,9 @@ class TextQuality:
     generation_rows: int
     generation_rows_identical: int
     generation_token_agreement: float  # fraction of generated tokens equal at the same step
+    # per row whose generation differs: the reference's top-1 minus top-2 logit at the first differing
+    # step. Small gaps mean the rows parted at a near tie, where any rounding may pick either token.
+    divergence_gaps: tuple[float, ...] = ()
 
     @property
     def perplexity_change(self) -> float:
@@ -45,8 +48,8 @@ def windows(tokens: np.ndarray, count: int, length: int) -> np.ndarray:
     return np.stack([tokens[s : s + length] for s in starts])
 
 
-def window_logits(session, ids: np.ndarray) -> np.ndarray:
-    """Logits (batch, length, vocab) of whole windows in one prompt step (empty past)."""
+def window_feed(session, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """The feed of one prompt step (empty past) over whole windows ``ids`` (batch, length)."""
     batch, length = ids.shape
     feed = {
         INPUT_IDS: ids,
@@ -54,7 +57,12 @@ def window_logits(session, ids: np.ndarray) -> np.ndarray:
         POSITION_IDS: np.broadcast_to(np.arange(length, dtype=np.int64), (batch, length)).copy(),
         **_empty_past(session, batch),
     }
-    return session.run(["logits"], session_feed(session, feed))[0]
+    return session_feed(session, feed)
+
+
+def window_logits(session, ids: np.ndarray) -> np.ndarray:
+    """Logits (batch, length, vocab) of whole windows in one prompt step (empty past)."""
+    return session.run(["logits"], window_feed(session, ids))[0]
 
 
 def _nll(logits: np.ndarray, targets: np.ndarray) -> float:
@@ -75,6 +83,12 @@ def compare(reference, candidate, text: np.ndarray, *, window_count: int = 16, w
     prompts = windows(text[window_length // 2 :], prompt_count, prompt_length)  # starts between the windows'
     ref_tokens = greedy_generate_onnx(reference, prompts, None, new_tokens)
     cand_tokens = greedy_generate_onnx(candidate, prompts, None, new_tokens)
+    gaps = []
+    for row in np.nonzero((ref_tokens != cand_tokens).any(axis=1))[0]:
+        step = int(np.argmax(ref_tokens[row] != cand_tokens[row]))
+        prefix = np.concatenate([prompts[row], ref_tokens[row, :step]])[None]
+        top_two = np.sort(window_logits(reference, prefix)[0, -1])[-2:]
+        gaps.append(float(top_two[1] - top_two[0]))
     return TextQuality(
         positions=int(targets.size),
         top1_agreement=agreement,
@@ -83,4 +97,5 @@ def compare(reference, candidate, text: np.ndarray, *, window_count: int = 16, w
         generation_rows=prompt_count,
         generation_rows_identical=int((ref_tokens == cand_tokens).all(axis=1).sum()),
         generation_token_agreement=float((ref_tokens == cand_tokens).mean()),
+        divergence_gaps=tuple(gaps),
     )

@@ -90,6 +90,11 @@ def heldout_bytes() -> np.ndarray:
     return np.frombuffer(corpus()[1], dtype=np.uint8).astype(np.int64)
 
 
+def training_bytes() -> np.ndarray:
+    """The training text as int64 token ids: what calibration may see (never the held-out text)."""
+    return np.frombuffer(corpus()[0], dtype=np.uint8).astype(np.int64)
+
+
 def cache_dir() -> Path:
     return cache_root() / "gpt2-text"
 
