@@ -57,6 +57,7 @@ import onnx_ir as ir
 from .errors import TfoptError, first_line
 from .graph import io as graph_io
 from .graph.input_checks import sort_nodes
+from .graph.values import new_initializer
 from .graph.io import load_model, save_model, uses_external_data
 from .gptq import Calibration
 from .results import PrecisionResult
@@ -345,11 +346,11 @@ def gemms_to_matmuls(model: ir.Model) -> int:
         if attributes.get("transB", 0) or alpha != 1.0:
             array = weight.const_value.numpy()
             array = np.ascontiguousarray((array.T if attributes.get("transB", 0) else array) * np.float32(alpha))
-            weight = _new_initializer(graph, f"{weight.name}.matmul", array)
+            weight = new_initializer(graph, f"{weight.name}.matmul", array)
         new_nodes = [ir.node("MatMul", [x, weight], name=f"{node.name or 'Gemm'}.matmul")]
         if bias is not None and beta != 0.0:
             if beta != 1.0:
-                scale = _new_initializer(graph, f"{node.name or 'Gemm'}.beta", np.array(beta, np.float32))
+                scale = new_initializer(graph, f"{node.name or 'Gemm'}.beta", np.array(beta, np.float32))
                 new_nodes.append(ir.node("Mul", [bias, scale], name=f"{node.name or 'Gemm'}.beta_mul"))
                 bias = new_nodes[-1].outputs[0]
             new_nodes.append(ir.node("Add", [new_nodes[0].outputs[0], bias], name=f"{node.name or 'Gemm'}.bias"))
@@ -359,14 +360,6 @@ def gemms_to_matmuls(model: ir.Model) -> int:
         if not value.uses() and not value.is_graph_input() and not value.is_graph_output():
             del graph.initializers[name]
     return rewritten
-
-
-def _new_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    while name in graph.initializers:
-        name += "_"
-    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.FLOAT), const_value=ir.tensor(array, name=name))
-    graph.register_initializer(value)
-    return value
 
 
 @contextlib.contextmanager
@@ -402,7 +395,7 @@ def untie_transposed_weights(model: ir.Model) -> int:
             continue
         if len(weight.const_value.shape) != 2 or (perm is not None and list(perm.value) != [1, 0]):
             continue
-        copy = _new_initializer(graph, f"{weight.name}.transposed", np.ascontiguousarray(weight.const_value.numpy().T))
+        copy = new_initializer(graph, f"{weight.name}.transposed", np.ascontiguousarray(weight.const_value.numpy().T))
         node.replace_input_with(1, copy)
         if not transpose.outputs[0].uses() and not transpose.outputs[0].is_graph_output():
             graph.remove(transpose, safe=True)

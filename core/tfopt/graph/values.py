@@ -1,4 +1,5 @@
-"""Small questions the fusion checks ask about values: is it a constant, which graph input feeds it."""
+"""Small questions the fusion checks ask about values (is it a constant, which graph input feeds it),
+and :func:`new_initializer`, the one way passes add a constant."""
 
 from __future__ import annotations
 
@@ -24,6 +25,17 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
     if tensor is None:
         return None
     return tensor.numpy()
+
+
+def new_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    """Register ``array`` as an initializer of ``graph``; ``name`` gets ``_`` suffixes until it is unused."""
+    while name in graph.initializers:
+        name += "_"
+    value = ir.Value(
+        name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)), const_value=ir.tensor(array, name=name)
+    )
+    graph.register_initializer(value)
+    return value
 
 
 def scalar(value: ir.Value | None) -> float | None:

@@ -20,6 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from tfopt.errors import TfoptError
+from tfopt.graph.values import new_initializer
 
 from .fakequant import WEIGHT_QMAX, WEIGHT_QMIN, LinearQuant
 
@@ -31,15 +32,6 @@ def _key(array: np.ndarray) -> str:
 def quantize_weight(weight_t: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """int8 per-column symmetric quantization, round half to even like torch."""
     return np.clip(np.rint(weight_t / scale[None, :]), WEIGHT_QMIN, WEIGHT_QMAX).astype(np.int8)
-
-
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    while name in graph.initializers:
-        name += "_"
-    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                     const_value=ir.tensor(array, name=name))
-    graph.register_initializer(value)
-    return value
 
 
 def insert_qdq(model: ir.Model, quants: list[LinearQuant], *, require_all: bool = True) -> int:
@@ -67,16 +59,16 @@ def insert_qdq(model: ir.Model, quants: list[LinearQuant], *, require_all: bool 
         key = (id(x), float(scale_x), int(zero_x))
         new_nodes = []
         if key not in dequantized:
-            s = _initializer(graph, f"{prefix}.input_scale", scale_x)
-            z = _initializer(graph, f"{prefix}.input_zero_point", zero_x)
+            s = new_initializer(graph, f"{prefix}.input_scale", scale_x)
+            z = new_initializer(graph, f"{prefix}.input_zero_point", zero_x)
             q = ir.node("QuantizeLinear", [x, s, z], name=f"{prefix}/input_quantize")
             dq = ir.node("DequantizeLinear", [q.outputs[0], s, z], name=f"{prefix}/input_dequantize")
             q.outputs[0].name, dq.outputs[0].name = f"{prefix}.input_q", f"{prefix}.input_dq"
             new_nodes += [q, dq]
             dequantized[key] = dq.outputs[0]
-        w_q = _initializer(graph, f"{prefix}.weight_int8", quantize_weight(quant.weight_t, quant.weight_scale))
-        w_s = _initializer(graph, f"{prefix}.weight_scale", quant.weight_scale.astype(np.float32))
-        w_z = _initializer(graph, f"{prefix}.weight_zero_point", np.zeros(quant.weight_scale.shape, dtype=np.int8))
+        w_q = new_initializer(graph, f"{prefix}.weight_int8", quantize_weight(quant.weight_t, quant.weight_scale))
+        w_s = new_initializer(graph, f"{prefix}.weight_scale", quant.weight_scale.astype(np.float32))
+        w_z = new_initializer(graph, f"{prefix}.weight_zero_point", np.zeros(quant.weight_scale.shape, dtype=np.int8))
         w_dq = ir.node("DequantizeLinear", [w_q, w_s, w_z], attributes={"axis": 1}, name=f"{prefix}/weight_dequantize")
         w_dq.outputs[0].name = f"{prefix}.weight_dq"
         new_nodes.append(w_dq)
