@@ -134,9 +134,9 @@ def quality(args) -> list[str]:
         "16 prompts of 32 tokens, 32 new tokens each; for each row that parts from fp32's, fp32's own top-1 minus "
         "top-2 logit at that step (its median over the windows' positions is printed below the table).",
         "",
-        "| model | top-1 agreement | perplexity (fp32 -> this) | change | greedy rows identical | greedy tokens agreeing "
-        "| fp32 top-1 gap where rows part |",
-        "|---|---|---|---|---|---|---|",
+        "| model | top-1 agreement | perplexity (fp32 -> this) | change | logit difference (std) | greedy rows identical "
+        "| greedy tokens agreeing | fp32 top-1 gap where rows part |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     gaps = np.diff(np.sort(window_logits(reference, windows(text, 16, 128)), axis=-1)[..., -2:], axis=-1)
     footer = [
@@ -150,7 +150,7 @@ def quality(args) -> list[str]:
         _say(f"quality of {label} ...")
         q = compare(reference, ort_session(path), text, window_count=16, prompt_count=16, new_tokens=32)
         lines.append(
-            f"| {label} | {q.top1_agreement:.2%} | {q.reference_perplexity:.3f} -> {q.perplexity:.3f} | {q.perplexity_change:+.2%} | "
+            f"| {label} | {q.top1_agreement:.2%} | {q.reference_perplexity:.3f} -> {q.perplexity:.3f} | {q.perplexity_change:+.2%} | {q.logit_difference_std:.4f} | "
             f"{q.generation_rows_identical}/{q.generation_rows} | {q.generation_token_agreement:.1%} | "
             + (", ".join(f"{gap:.3f}" for gap in sorted(q.divergence_gaps)) or "-")
             + " |"

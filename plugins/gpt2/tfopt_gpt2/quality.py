@@ -34,6 +34,7 @@ class TextQuality:
     # per row whose generation differs: the reference's top-1 minus top-2 logit at the first differing
     # step. Small gaps mean the rows parted at a near tie, where any rounding may pick either token.
     divergence_gaps: tuple[float, ...] = ()
+    logit_difference_std: float = 0.0  # of candidate minus reference logits over the windows: the rounding's noise
 
     @property
     def perplexity_change(self) -> float:
@@ -98,4 +99,5 @@ def compare(reference, candidate, text: np.ndarray, *, window_count: int = 16, w
         generation_rows_identical=int((ref_tokens == cand_tokens).all(axis=1).sum()),
         generation_token_agreement=float((ref_tokens == cand_tokens).mean()),
         divergence_gaps=tuple(gaps),
+        logit_difference_std=float(np.std(cand_logits.astype(np.float64) - ref_logits)),
     )
