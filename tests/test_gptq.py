@@ -129,3 +129,22 @@ def test_empty_calibration_is_one_line_and_writes_nothing(tmp_path):
     with pytest.raises(TfoptError, match="calibration gave no inputs"):
         precision.convert(source, "int4", tmp_path / "x.onnx", calibration=lambda session: iter(()))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["linear.onnx"]
+
+
+def test_calibration_is_skipped_when_there_is_nothing_to_round(tmp_path):
+    """A MatMul of two activations has no constant weight: no probe run, no GPTQ note."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["y"])],
+        "no-weights",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 4]), helper.make_tensor_value_info("b", TensorProto.FLOAT, [4, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+    )
+    source = tmp_path / "plain.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), source)
+
+    def calibration(session):
+        raise AssertionError("calibration data asked for a model with no weights")
+
+    result = precision.convert(source, "int4", tmp_path / "plain.int4.onnx", calibration=calibration)
+    assert not any("GPTQ" in note for note in result.notes)
+    assert [node.op_type for node in onnx.load(str(result.model_path)).graph.node] == ["MatMul"]

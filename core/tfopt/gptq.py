@@ -51,10 +51,11 @@ def second_moments(
         moments: dict[str, np.ndarray] = {}
         rows = 0
         for feed in calibration(session):
-            for name, value in zip(activations, session.run(activations, feed)):
+            values = session.run(activations, feed)
+            for name, value in zip(activations, values):
                 x = value.reshape(-1, value.shape[-1]).astype(np.float64)
                 moments[name] = moments.get(name, 0.0) + x.T @ x
-            rows += len(x)
+            rows += int(np.prod(values[0].shape[:-1]))  # rows of the first activation, for the notes
     finally:
         probe_path.unlink(missing_ok=True)
     if not rows:

@@ -460,10 +460,13 @@ def _weight_inputs(model_path: Path) -> dict[str, str]:
     return {weight: activations[0] for weight, activations in readers.items() if len(activations) == 1}
 
 
-def _calibrate(staged: Path, calibration) -> _Calibrated:
+def _calibrate(staged: Path, calibration) -> _Calibrated | None:
+    """None when the model has no constant MatMul weight to round."""
     from .gptq import second_moments
 
     weight_inputs = _weight_inputs(staged)
+    if not weight_inputs:
+        return None
     moments, rows = second_moments(staged, sorted(set(weight_inputs.values())), calibration)
     return _Calibrated(staged, weight_inputs, moments, rows)
 
@@ -550,7 +553,8 @@ def _quantized(input_path, output_path, precision: str, quantizer_for, lm_head: 
                 raise
             except Exception as exc:
                 raise TfoptError(f"{precision} calibration failed ({first_line(exc)})") from None
-            notes.append(f"weights rounded by GPTQ, calibrated on {calibrated.rows} activation rows (weight_rounding=gptq)")
+            if calibrated is not None:
+                notes.append(f"weights rounded by GPTQ, calibrated on {calibrated.rows} activation rows")
         passes = [(quantizer_for(calibrated), exclude)]
         if lm_head == "int8" and exclude:  # a second pass takes the head alone, 8-bit weight-only
             passes.append((_quantize_nbits(8, INT4_BLOCK_SIZE, calibrated), []))
