@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -9,7 +12,11 @@ import torch
 
 from longformer_cases import SHAPES, feed, hf_hidden, max_valid_diff
 from tfopt.bench import ort_session
+from tfopt.graph import count_ops, fuse_file
+from tfopt.graph.io import load_model, save_model
+from tfopt.results import RunContext
 from tfopt_longformer import extension
+from tfopt_longformer.fuse import OPTIMIZED_FILE, fuse_cuda, write_contrib
 from tfopt_longformer.modeling import DOMAIN, pack
 from tfopt_longformer.onnx_attention import MS_DOMAIN, schema_problems, to_function
 from tfopt_longformer.verify import runnable
@@ -112,3 +119,33 @@ def test_cuda_target_stand_in_matches_hf_and_schema_check_finds_breakage(tiny, f
     model = onnx.load(str(path))
     to_function(model)
     assert schema_problems(model) == ["no com.microsoft::LongformerAttention node"]
+
+
+def test_cuda_fuse_reads_each_model_once(exported_tiny, tmp_path, monkeypatch):
+    """The contrib rewrite reads its input once (external weights too, and they stay external); the stage
+    takes its op counts from the model it wrote instead of reading the file back."""
+    _, exported = exported_tiny
+    inline = fuse_file(exported.model_path, tmp_path / "standard.onnx", exported.info, target="cuda", validate=False).model_path
+    external = save_model(load_model(inline), tmp_path / "external" / "standard.onnx", external=True)
+    reads = []
+    real_load = onnx.load
+    monkeypatch.setattr(onnx, "load", lambda f, *args, **kwargs: reads.append(Path(f)) or real_load(f, *args, **kwargs))
+    written = {path: write_contrib(path, path.with_name("contrib.onnx")) for path in (inline, external)}
+    assert reads == [inline, external]
+    assert not (tmp_path / "contrib.onnx.data").exists() and (tmp_path / "external" / "contrib.onnx.data").is_file()
+    weights = []
+    for source, model in written.items():
+        on_disk = real_load(str(source.with_name("contrib.onnx")))
+        assert count_ops(model) == dict(Counter(node.op_type for node in on_disk.graph.node))
+        weights.append({t.name: onnx.numpy_helper.to_array(t) for t in on_disk.graph.initializer})
+    assert weights[0].keys() == weights[1].keys()
+    assert all(np.array_equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+    reads.clear()
+    work = tmp_path / "run"
+    work.mkdir()
+    ctx = RunContext(family="longformer", source="tiny-longformer", work_dir=work, options={"target": "cuda"})
+    fused = fuse_cuda(ctx, exported)
+    scratch_reads = [path for path in reads if path.name == OPTIMIZED_FILE and path.parent.name.startswith(".tfopt-longformer-")]
+    assert len(scratch_reads) == 1 and fused.model_path not in reads
+    assert fused.op_counts["LongformerAttention"] == LAYERS

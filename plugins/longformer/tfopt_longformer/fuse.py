@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 
 from tfopt.errors import TfoptError
 from tfopt.graph import count_ops, fuse_file, missing_fusions
-from tfopt.graph.io import load_model, save_model
+from tfopt.graph.io import save_model
 from tfopt.results import ExportResult, FuseResult, RunContext
 
 from .onnx_attention import schema_problems, to_contrib
@@ -43,10 +44,9 @@ def fuse_cuda(ctx: RunContext, exported: ExportResult) -> FuseResult:
             target="cuda", validate=bool(ctx.option("validate", True)), progress=ctx.progress,
         )
         ctx.progress("rewriting the attention into com.microsoft::LongformerAttention ...")
-        write_contrib(functional.model_path, output)
+        op_counts = count_ops(write_contrib(functional.model_path, output))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    op_counts = count_ops(load_model(output))
     disabled = ctx.option("disabled", ())
     validation = functional.validation
     if validation is not None:
@@ -63,15 +63,19 @@ def fuse_cuda(ctx: RunContext, exported: ExportResult) -> FuseResult:
     )
 
 
-def write_contrib(source: Path, output: Path) -> Path:
-    """``source`` with its attention as ONNX Runtime's contrib op, written atomically; schema problems refuse it."""
-    from onnx_ir import serde
+def write_contrib(source: Path, output: Path) -> ir.Model:
+    """``source`` with its attention as ONNX Runtime's contrib op, written atomically; schema problems refuse it.
 
-    proto = onnx.load(str(source), load_external_data=True)
-    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.load(str(source), load_external_data=False).graph.initializer)
+    Returns the model written (its op counts are the fuse result's: no second read of either file).
+    """
+    proto = onnx.load(str(source), load_external_data=False)  # one read: where the weights live, then the weights
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    onnx.load_external_data_for_model(proto, str(source.parent))
     if to_contrib(proto) == 0:
         raise TfoptError(f"{source.name}: no LongformerAttention node to rewrite for the CUDA target")
     problems = schema_problems(proto)
     if problems:
         raise TfoptError(f"the CUDA-target model breaks com.microsoft::LongformerAttention's schema: {problems[0]}")
-    return save_model(serde.deserialize_model(proto), output, external=external)
+    model = ir.serde.deserialize_model(proto)
+    save_model(model, output, external=external)
+    return model
