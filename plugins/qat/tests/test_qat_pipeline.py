@@ -20,11 +20,22 @@ LAYERS = 2  # tiny-bert
 
 
 @pytest.fixture(scope="module")
-def qat_run(tmp_path_factory):
+def train_calls() -> list:
+    """train() calls during the qat_run pipeline."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def qat_run(tmp_path_factory, train_calls):
     root = tmp_path_factory.mktemp("qat")
     data = write_csv(root / "easy.csv", easy_rows(240))
     options = {**TINY_OPTIONS, "precision": "int8", "data": str(data)}
-    outcome = check_adapter("qat", source="tiny-bert", options=options, work_dir=root)  # the conformance kit
+    from tfopt_qat import train as train_module
+
+    real_train = train_module.train
+    with pytest.MonkeyPatch.context() as patch:  # every stage asks for the trained models: one train() per run
+        patch.setattr(train_module, "train", lambda *args, **kwargs: train_calls.append(args) or real_train(*args, **kwargs))
+        outcome = check_adapter("qat", source="tiny-bert", options=options, work_dir=root)  # the conformance kit
     return outcome, root / "run", options
 
 
@@ -63,13 +74,14 @@ def _accuracy(path: Path, feed, labels) -> float:
     return float((logits.argmax(-1) == labels).mean())
 
 
-def test_conformance_and_report(qat_run):
+def test_conformance_and_report(qat_run, train_calls):
     outcome, run_dir, _ = qat_run
     assert outcome.passed and outcome.report["status"] == "passed"
     assert outcome.report["convert_precision"]["precision"] == "int8"
     engines = {row["engine"] for row in outcome.report["benchmark"]["rows"]}
     assert {"ort:raw", "ort:tfopt", "ort:fp32", "ort:int8-ptq-dynamic"} <= engines
     assert (run_dir / "qat-checkpoints" / "fp32.pt").is_file() and (run_dir / "qat-checkpoints" / "qat.pt").is_file()
+    assert len(train_calls) == 1  # export, fuse, dummy inputs and verify share the run's trained models
 
 
 def test_accuracy_bookkeeping_matches_an_independent_count(qat_run):

@@ -56,6 +56,37 @@ def test_an_interrupted_stage_resumes_to_the_same_weights(easy_csv, tmp_path, mo
     assert not any("found" in m or "resuming" in m for m in messages)
 
 
+def test_qat_starts_from_the_fine_tuned_model_without_loading_the_source_again(easy_csv, tmp_path, monkeypatch):
+    """One load of the source per train(): the QAT model is the fine-tuned fp32 model, wrapped, not a second load."""
+    from tfopt_qat.fakequant import strip_qat
+
+    loads = []
+    real_build = train_module.build_model
+    monkeypatch.setattr(train_module, "build_model", lambda source: loads.append(source.name) or real_build(source))
+    starts = {}
+    real_stage = train_module._train_stage
+
+    def record_start(stage, model, *args, **kwargs):
+        starts[stage] = strip_qat(model).state_dict()  # a copy, taken before the stage trains
+        return real_stage(stage, model, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_train_stage", record_start)
+    config = _config(easy_csv, max_examples=64)
+    run = train(config, tmp_path)
+    assert loads == ["tiny-bert"] and set(starts) == {"fp32", "qat"}
+    fine_tuned = run.fp32.state_dict()
+    assert set(starts["qat"]) == set(fine_tuned)
+    for name, value in fine_tuned.items():
+        assert torch.equal(starts["qat"][name], value), name
+    assert any(not torch.equal(starts["fp32"][name], value) for name, value in fine_tuned.items())  # fp32 did train
+
+    loads.clear()  # finished checkpoints: the source is built once and both stages come from their files
+    again = train(config, tmp_path)
+    assert loads == ["tiny-bert"]
+    for name, value in run.qat.state_dict().items():
+        assert torch.equal(again.qat.state_dict()[name], value), name
+
+
 def _train_cli(args: list[str], output: Path, easy_csv: Path, processes: int) -> list[dict]:
     options = {**TINY_OPTIONS, "data": str(easy_csv)}
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]

@@ -14,6 +14,7 @@ when the stage ends. A run finds them and resumes; a checkpoint written for othe
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import hashlib
 import json
@@ -287,31 +288,18 @@ def train(config: TrainConfig, output: Path, progress: Callable[[str], None] = l
     fp32.eval()
     if not with_qat:
         return Trained(prepared, fp32, None)
-    qat = prepare_qat(build_model(prepared.source))
+    # QAT starts from the fine-tuned weights: wrap a copy of the fp32 model (its Linears keep their
+    # parameters) rather than load the source from disk again only to overwrite every weight
+    qat = prepare_qat(copy.deepcopy(fp32))
     done = load_final(output, "qat", config)
     if done is not None:
         qat.load_state_dict(done["model"])
         progress(f"qat: trained model found in {final_checkpoint(output, 'qat')}")
     else:
-        qat.load_state_dict(_as_qat_state(fp32, qat), strict=False)
         _train_stage("qat", qat, prepared, output, progress, teacher=fp32)
     freeze_observers(qat)
     qat.eval()
     return Trained(prepared, fp32, qat)
-
-
-def _as_qat_state(fp32: nn.Module, qat: nn.Module) -> dict:
-    """fp32 weights under the QAT model's names (a wrapped Linear's weight is ``<name>.linear.weight``)."""
-    names = set(qat.state_dict())
-    state = {}
-    for key, value in fp32.state_dict().items():
-        module, _, leaf = key.rpartition(".")
-        wrapped = f"{module}.linear.{leaf}"
-        state[wrapped if wrapped in names else key] = value
-    missing = [k for k in state if k not in names]
-    if missing:
-        raise AssertionError(f"fp32 weights with no place in the QAT model: {missing[:3]}")
-    return state
 
 
 def main(argv: list[str] | None = None) -> int:
