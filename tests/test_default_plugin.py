@@ -190,3 +190,22 @@ def test_graph_inputs_skip_initializers_listed_as_inputs(tmp_path):
     path = tmp_path / "old_style.onnx"
     onnx.save(model, path)
     assert [spec.name for spec in graph_inputs(path)] == ["input_ids", "attention_mask"]
+
+
+def test_axis_sizes_from_the_adapter_and_from_options_are_checked_alike(tmp_path, run_context):
+    exported = _exported(tmp_path)
+    exported.info = ModelInfo(model_type="custom", axis_sizes={"sequence": [4, 6]})
+    assert default_plugin.run_axis_sizes(run_context(), exported) == {"sequence": (4, 6)}
+    assert default_plugin.run_axis_sizes(run_context(axis_sizes={"sequence": "5"}), exported) == {"sequence": (5,)}
+    assert default_plugin.run_axis_sizes(run_context(axis_sizes={"sequence": [5]}), None) == {"sequence": (5,)}
+    assert default_plugin.run_axis_sizes(run_context(axis_sizes={}), None) is None
+    with pytest.raises(TfoptError, match=r"""^axis_sizes must map axis names to sizes, e\.g\. --option 'axis_sizes=\{"samples": \[400, 800\]\}', got 'sequence=5'$"""):
+        default_plugin.run_axis_sizes(run_context(axis_sizes="sequence=5"), exported)
+    with pytest.raises(TfoptError, match=r"^axis_sizes\[sequence\] must be positive integers, got \[0\]$"):
+        default_plugin.run_axis_sizes(run_context(axis_sizes={"sequence": [0]}), exported)
+    exported.info.axis_sizes = ["sequence"]
+    with pytest.raises(TfoptError, match=r"""^ModelInfo\.axis_sizes must map axis names to sizes, e\.g\. \{"samples": \[400, 800\]\}, got \['sequence'\]$"""):
+        default_plugin.run_axis_sizes(run_context(), exported)
+    ctx = run_context(bench_axis_sizes={"sequence": [-1]}, bench_repeat=1, bench_warmup=0)
+    with pytest.raises(TfoptError, match=r"^bench_axis_sizes\[sequence\] must be positive integers"):
+        default_plugin.benchmark(ctx, _exported(tmp_path), {"ort:raw": tmp_path / "exported.onnx"})

@@ -130,7 +130,7 @@ def test_compare_lists_removed_added_and_left():
     assert rows["Softmax"].optimized_calls == 0 and rows["MultiHeadAttention"].raw_ms == 0 and rows["MultiHeadAttention"].contrib
 
 
-def _chain_model(path: Path, ops=("Sqrt", "Exp", "Abs"), with_contrib=True) -> Path:
+def _chain_model(path: Path, ops=("Sqrt", "Exp", "Abs"), with_contrib=True, axes=("batch", "sequence")) -> Path:
     """x -> Sqrt -> Exp -> Abs (-> com.microsoft FastGelu): nothing ONNX Runtime fuses away."""
     nodes, previous = [], "x"
     for index, op in enumerate(ops):
@@ -143,8 +143,8 @@ def _chain_model(path: Path, ops=("Sqrt", "Exp", "Abs"), with_contrib=True) -> P
     else:
         nodes[-1].output[0] = "y"
     graph = helper.make_graph(
-        nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence"])],
+        nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(axes))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(axes))],
     )
     onnx.save(helper.make_model(graph, opset_imports=imports), path)
     return path
@@ -224,6 +224,22 @@ def test_cli_profile_of_an_onnx_file(tmp_path):
     assert "FastGelu *" in result.stdout and f"written: {written}" in result.stdout
     as_json = _invoke("profile", str(model), "--samples", "2", "--json", "--output", str(tmp_path / "p.json"))
     assert json.loads(as_json.stdout)["profiles"][0]["samples"] == 2
+
+
+def test_cli_profile_of_an_onnx_file_sizes_named_axes_by_the_largest_axis_sizes(tmp_path):
+    model = _chain_model(tmp_path / "audio.onnx", ops=("Abs",), with_contrib=False, axes=("batch", "samples"))
+    sized = _invoke("profile", str(model), "--samples", "1", "--warmup", "0", "--json", "--option", 'axis_sizes={"samples": [16, 48]}')
+    assert sized.exit_code == 0, sized.output
+    data = json.loads(sized.stdout)
+    assert data["inputs"] == {"x": [1, 48]} and data["shape"] == {"batch": 1, "samples": 48}
+    # checked as a run checks it (tfopt.feeds.axis_sizes_from): the same one-line errors
+    not_a_mapping = CliRunner().invoke(main, ["profile", str(model), "--option", "axis_sizes=samples=50"])
+    assert not_a_mapping.exit_code == 2
+    assert not_a_mapping.stderr.strip() == (
+        """tfopt: error: axis_sizes must map axis names to sizes, e.g. --option 'axis_sizes={"samples": [400, 800]}', got 'samples=50'"""
+    )
+    not_positive = CliRunner().invoke(main, ["profile", str(model), "--option", 'axis_sizes={"samples": [0]}'])
+    assert not_positive.exit_code == 2 and "axis_sizes[samples] must be positive integers, got [0]" in not_positive.stderr
 
 
 @pytest.mark.parametrize("make, message", [

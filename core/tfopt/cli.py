@@ -497,12 +497,9 @@ def profile_command(ctx, target, batch_size, sequence_length, past_sequence_leng
             defaults.DEFAULT_PAST_SEQUENCE_LENGTH if past_sequence_length is None else past_sequence_length,
         )
         output = output or target.with_name(target.name.removesuffix(".onnx") + ".profile.json")
-        from .feeds import int_tuple
+        from .feeds import axis_sizes_from
 
-        named = settings.get("axis_sizes") or {}
-        if not isinstance(named, dict):
-            raise TfoptError(f"axis_sizes must map axis names to sizes, e.g. --option 'axis_sizes={{\"samples\": [1600]}}', got {named!r}")
-        named = {str(axis): max(int_tuple(sizes, f"axis_sizes[{axis}]")) for axis, sizes in named.items()}
+        named = {axis: max(sizes) for axis, sizes in (axis_sizes_from(settings.get("axis_sizes"), "axis_sizes") or {}).items()}
         result = profile_files(
             {target.name: target},
             file_feed(target, *shape, axis_sizes=named),

@@ -22,7 +22,6 @@ import numpy as np
 from . import feeds as feeds_module
 from . import precision as precision_module
 from .bench import latency_row, ort_session, time_calls
-from .errors import TfoptError
 from .hookspecs import hookimpl
 from .results import BenchResult, ExportResult, FuseResult, PrecisionResult, RunContext, VerifyResult
 from .verify import compare_cases
@@ -65,8 +64,7 @@ def convert_precision(ctx: RunContext, fused: FuseResult) -> PrecisionResult:
     if precision != "fp32" and ctx.option("validate", True):
         from .graph.validate import validate_written
 
-        exported = ctx.results.get("export")
-        sizes = run_axis_sizes(ctx, exported) if exported is not None else _axis_sizes(ctx, "axis_sizes")
+        sizes = run_axis_sizes(ctx, ctx.results.get("export"))
         converted.validation = validate_written(converted.model_path, fused.model_path, precision, axis_sizes=sizes)
     return converted
 
@@ -87,28 +85,12 @@ def make_dummy_inputs(ctx: RunContext, exported: ExportResult) -> list[dict[str,
     )
 
 
-def stated_axis_sizes(info) -> dict[str, tuple[int, ...]] | None:
-    """The adapter's ``ModelInfo.axis_sizes``, checked."""
-    stated = info.axis_sizes or {}
-    if not isinstance(stated, dict):
-        raise TfoptError(f"ModelInfo.axis_sizes must map axis names to sizes, e.g. {{\"samples\": [400, 800]}}, got {stated!r}")
-    return {str(name): feeds_module.int_tuple(sizes, f"ModelInfo.axis_sizes[{name}]") for name, sizes in stated.items()} or None
-
-
-def run_axis_sizes(ctx: RunContext, exported: ExportResult) -> dict[str, tuple[int, ...]] | None:
-    """The run's named-axis sizes: the adapter's ``ModelInfo.axis_sizes``, each overridden by ``--option axis_sizes``."""
-    merged = {**(stated_axis_sizes(exported.info) or {}), **(_axis_sizes(ctx, "axis_sizes") or {})}
+def run_axis_sizes(ctx: RunContext, exported: ExportResult | None) -> dict[str, tuple[int, ...]] | None:
+    """The run's named-axis sizes: the adapter's ``ModelInfo.axis_sizes`` (none without an export), each
+    overridden by ``--option axis_sizes``."""
+    stated = feeds_module.axis_sizes_from(exported.info.axis_sizes if exported is not None else None, "ModelInfo.axis_sizes")
+    merged = {**(stated or {}), **(feeds_module.axis_sizes_from(ctx.option("axis_sizes"), "axis_sizes") or {})}
     return merged or None
-
-
-def _axis_sizes(ctx: RunContext, option: str) -> dict[str, tuple[int, ...]] | None:
-    """``axis_sizes``: {axis name: sizes}; from the command line as JSON: --option 'axis_sizes={"samples": [400, 800]}'."""
-    value = ctx.option(option)
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise TfoptError(f"{option} must map axis names to sizes, e.g. --option '{option}={{\"samples\": [400, 800]}}', got {value!r}")
-    return {str(name): feeds_module.int_tuple(sizes, f"{option}[{name}]") for name, sizes in value.items()}
 
 
 def sequence_size(shape: dict[str, int]) -> int:
@@ -169,7 +151,8 @@ def benchmark(ctx: RunContext, exported: ExportResult, models: dict[str, Path]) 
     start = time.perf_counter()
     specs = feeds_module.graph_inputs(exported.model_path)
     # Named axes, axis by axis: --option bench_axis_sizes over the run's (ModelInfo.axis_sizes, --option axis_sizes).
-    bench_sizes = {**(run_axis_sizes(ctx, exported) or {}), **(_axis_sizes(ctx, "bench_axis_sizes") or {})} or None
+    bench_option = feeds_module.axis_sizes_from(ctx.option("bench_axis_sizes"), "bench_axis_sizes")
+    bench_sizes = {**(run_axis_sizes(ctx, exported) or {}), **(bench_option or {})} or None
     feeds_module.check_sequence_option(specs, ctx.option("bench_sequence_lengths"), "bench_sequence_lengths", sized=bench_sizes)
     batch_sizes = feeds_module.int_tuple(ctx.option("bench_batch_sizes", DEFAULT_BENCH_BATCH_SIZES), "bench_batch_sizes")
     sequence_lengths = feeds_module.int_tuple(

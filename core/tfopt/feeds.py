@@ -122,6 +122,22 @@ def int_tuple(value: Any, name: str) -> tuple[int, ...]:
     return numbers
 
 
+def axis_sizes_from(value: Any, source: str) -> dict[str, tuple[int, ...]] | None:
+    """Sizes per named axis, ``{"samples": (400, 800)}``, checked; None when ``value`` is None or empty.
+
+    ``source`` is where the value came from, for the one-line error: ``"ModelInfo.axis_sizes"``,
+    or the option (``axis_sizes``, ``bench_axis_sizes``), given on the command line as JSON.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        example = '{"samples": [400, 800]}'
+        if not source.startswith("ModelInfo."):
+            example = f"--option '{source}={example}'"
+        raise TfoptError(f"{source} must map axis names to sizes, e.g. {example}, got {value!r}")
+    return {str(name): int_tuple(sizes, f"{source}[{name}]") for name, sizes in value.items()} or None
+
+
 def lengths_within(value: Any, option: str, maximum: int, model_name: str) -> tuple[int, ...]:
     """The lengths option as ints, if the model's position table covers them all (a one-line error, not an index error)."""
     lengths = int_tuple(value, option)
