@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +192,31 @@ def test_graph_inputs_skip_initializers_listed_as_inputs(tmp_path):
     path = tmp_path / "old_style.onnx"
     onnx.save(model, path)
     assert [spec.name for spec in graph_inputs(path)] == ["input_ids", "attention_mask"]
+
+
+def test_graph_inputs_parse_a_settled_file_once_and_a_rewritten_one_again(tmp_path, monkeypatch):
+    """Several stages of a run read the exported file's inputs; an unchanged file is parsed once."""
+    path = tmp_path / "model.onnx"
+    onnx.save(fakes.tiny_model(), path)
+    loads = []
+    real_load = onnx.load
+    monkeypatch.setattr(onnx, "load", lambda *args, **kwargs: loads.append(args[0]) or real_load(*args, **kwargs))
+    for _ in range(2):
+        assert [spec.name for spec in graph_inputs(path)] == ["input_ids", "attention_mask"]
+    assert len(loads) == 2  # just written: read each time, as a rewrite this instant could keep its mtime and size
+    settled = time.time_ns() - 10**10
+    os.utime(path, ns=(settled, settled))
+    first = graph_inputs(path)
+    first[0].dims[0] = 99  # each caller gets its own copy
+    assert graph_inputs(path)[0].dims == [None, None] and len(loads) == 3
+    onnx.save(_decomposed_layer_norm(), path)
+    os.utime(path, ns=(settled, settled))
+    assert [spec.name for spec in graph_inputs(path)] == ["x"] and len(loads) == 4
+    os.utime(path, ns=(settled + 1, settled + 1))
+    assert [spec.name for spec in graph_inputs(path)] == ["x"] and len(loads) == 5
+    path.unlink()
+    with pytest.raises(TfoptError, match=r"model.onnx: not a readable ONNX model"):
+        graph_inputs(path)
 
 
 def test_axis_sizes_from_the_adapter_and_from_options_are_checked_alike(tmp_path, run_context):
