@@ -1,4 +1,4 @@
-"""Startup cost: `tfopt --help` and `tfopt plugins` must not import the heavy libraries.
+"""Startup cost: `tfopt --help`, `tfopt plugins` and every `tfopt COMMAND --help` must not import the heavy libraries.
 
 Each check runs the command in a fresh interpreter (sys.modules of this pytest process
 already holds everything) and reads back which modules it imported.
@@ -6,6 +6,7 @@ already holds everything) and reads back which modules it imported.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -82,3 +83,28 @@ def test_lazy_choice_checks_values_and_lists_them():
     result = CliRunner().invoke(main, ["run", "--plugin", "gpt2", "--precision", "int3", "--output", "x"])
     assert result.exit_code == 2
     assert "int3" in result.output and all(name in result.output for name in PRECISIONS)
+
+
+@pytest.mark.parametrize("command", main.list_commands(None))
+def test_every_commands_help_imports_no_framework_or_runtime(command):
+    """`tfopt COMMAND --help` only prints: no ONNX Runtime (the group's log setup waits for a command that runs)."""
+    output, modules = imported_by(command, "--help")
+    assert f" {command} [OPTIONS]" in output and "--help" in output
+    assert not modules & set(HEAVY), f"tfopt {command} --help imported {sorted(modules & set(HEAVY))}"
+
+
+def test_onnxruntime_log_is_set_up_for_a_command_that_runs_not_for_a_help(monkeypatch):
+    from tfopt import cli
+
+    asked = []
+
+    @contextlib.contextmanager
+    def recording(verbose, *, onnxruntime=True):
+        asked.append(onnxruntime)
+        yield
+
+    monkeypatch.setattr(cli, "third_party_output", recording)
+    for args in (["verify", "--help"], ["verify", "-h"], ["plugins"], ["verify", "missing.onnx", "--reference", "x.onnx"],
+                 ["verify", "--", "--help"]):
+        CliRunner().invoke(main, args)
+    assert asked == [False, False, False, True, True]

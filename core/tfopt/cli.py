@@ -20,10 +20,14 @@ from .errors import TfoptError
 from .plugins import parse_block_options
 from .results import RunContext, to_jsonable
 
-# Imported inside the commands that use them, so that `tfopt --help` and `tfopt plugins` start
-# without ONNX Runtime, torch or TensorFlow (tests/test_startup.py): tfopt.pipeline, tfopt.report,
-# tfopt.precision, tfopt.graph.fusion, tfopt.optimizer. A command's own --help still loads what
-# its choices name (`run --help` lists the precisions and fusions) and ONNX Runtime's log setup.
+# Imported inside the commands that use them, so that `tfopt --help`, `tfopt plugins` and every
+# command's own --help start without ONNX Runtime, torch or TensorFlow (tests/test_startup.py):
+# tfopt.pipeline, tfopt.report, tfopt.precision, tfopt.graph.fusion, tfopt.optimizer. A command's
+# --help still loads the onnx modules its choices come from (`run --help` lists the precisions and
+# fusions); ONNX Runtime, whose log level every other command sets first, is left for a command
+# that runs (MainGroup.resolve_command).
+
+_HELP_ONLY = "tfopt.help_only"  # ctx.meta key: the subcommand's args ask for its --help
 
 
 class LazyChoice(click.Choice):
@@ -57,6 +61,13 @@ class MainGroup(TfoptGroup):
             module, attribute, _ = self.lazy_commands[name]
             self.add_command(getattr(importlib.import_module(module), attribute), name=name)
         return super().get_command(ctx, name)
+
+    def resolve_command(self, ctx, args):
+        """Also notes whether the command will only show its --help (then the group sets up no ONNX Runtime)."""
+        name, command, rest = super().resolve_command(ctx, args)
+        options = rest[: rest.index("--")] if "--" in rest else rest
+        ctx.meta[_HELP_ONLY] = any(arg in ctx.help_option_names for arg in options)
+        return name, command, rest
 
     def format_commands(self, ctx, formatter):
         listed = []
@@ -156,7 +167,12 @@ class _LazyPlugins:
 def main(ctx: click.Context, blocks: tuple[str, ...], quiet: bool, verbose: bool) -> None:
     ctx.obj = {"plugins": _LazyPlugins(blocks), "progress": progress_printer(quiet)}
     if not ctx.resilient_parsing:  # undone when the command ends (the group's context closes)
-        ctx.with_resource(third_party_output(verbose, onnxruntime=ctx.invoked_subcommand not in (None, "plugins")))
+        ctx.with_resource(third_party_output(verbose, onnxruntime=_runs_onnxruntime(ctx)))
+
+
+def _runs_onnxruntime(ctx: click.Context) -> bool:
+    """Whether the command about to run may use ONNX Runtime: not `plugins`, not a command's --help."""
+    return ctx.invoked_subcommand not in (None, "plugins") and not ctx.meta.get(_HELP_ONLY, False)
 
 
 def _pm(ctx: click.Context):
