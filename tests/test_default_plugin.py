@@ -201,6 +201,8 @@ def test_graph_inputs_parse_a_settled_file_once_and_a_rewritten_one_again(tmp_pa
     loads = []
     real_load = onnx.load
     monkeypatch.setattr(onnx, "load", lambda *args, **kwargs: loads.append(args[0]) or real_load(*args, **kwargs))
+    fresh = time.time_ns() + 60 * 10**9  # "just written", however slowly this test runs
+    os.utime(path, ns=(fresh, fresh))
     for _ in range(2):
         assert [spec.name for spec in graph_inputs(path)] == ["input_ids", "attention_mask"]
     assert len(loads) == 2  # just written: read each time, as a rewrite this instant could keep its mtime and size
