@@ -302,3 +302,10 @@ def test_run_writes_report_html_and_a_page_that_cannot_be_drawn_is_a_warning(ins
     report = json.loads((out / "report.json").read_text())
     assert "report.html not written: ValueError: no fonts" in report["warnings"]
     assert not (out / "report.html").exists()  # the earlier run's page went with its other outputs
+
+
+def test_page_lists_how_the_precision_was_reached(tmp_path):
+    report = _report(convert_precision={"model_path": "optimized.int4.onnx", "precision": "int4", "notes": ["rounded by GPTQ <calibrated>"]})
+    page = render_page([RunData("run", tmp_path, report, None)])
+    assert "<li>rounded by GPTQ &lt;calibrated&gt;</li>" in page
+    assert "<ul class='muted'>" not in render_page([RunData("run", tmp_path, _report(), None)])

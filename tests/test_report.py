@@ -154,3 +154,14 @@ def test_summary_files_line_names_the_page_written_beside_the_report(tmp_path):
     (tmp_path / "report.html").write_text("<html></html>")
     text = report_module.summary_text(_build(_ctx(tmp_path)), run_dir=tmp_path)
     assert text.splitlines()[-1] == f"files in {tmp_path}: exported.onnx, report.json, report.html"
+
+
+def test_summary_says_how_the_precision_was_reached(tmp_path):
+    """The converter's notes (quantizer, rounding, what stayed fp32) follow the converted model's line."""
+    ctx = _ctx(tmp_path)
+    notes = ["weight-only int4: MatMulNBits, blocks of 32 along K", "weights rounded by GPTQ, calibrated on 64 activation rows"]
+    ctx.results["convert_precision"] = PrecisionResult(model_path=Path(ctx.work_dir) / "optimized.int4.onnx", precision="int4", notes=notes)
+    lines = report_module.summary_text(_build(ctx)).splitlines()
+    assert [line for line in lines if line.startswith("  weight")] == [f"  {note}" for note in notes]
+    ctx.results["convert_precision"].notes = []
+    assert not any("GPTQ" in line for line in report_module.summary_text(_build(ctx)).splitlines())

@@ -594,6 +594,9 @@ def _fusion_section(plots: Plots, report: dict[str, Any]) -> str:
         validation = (report.get(stage) or {}).get("validation")
         if validation:
             parts.append(f"<p>{_e((report.get(stage) or {}).get('model_path'))}: {_validation_text(validation)}</p>")
+    notes = (report.get("convert_precision") or {}).get("notes") or []
+    if notes:  # how the final precision was reached (quantizer, rounding, what stayed fp32)
+        parts.append("<ul class='muted'>" + "".join(f"<li>{_e(note)}</li>" for note in notes) + "</ul>")
     return "".join(parts)
 
 

@@ -256,6 +256,7 @@ def summary_text(report: dict[str, Any], run_dir: str | os.PathLike | None = Non
     for stage in ("fuse", "convert_precision"):
         if (report.get(stage) or {}).get("validation"):
             lines.append(f"{report[stage]['model_path']}: " + validation_summary(report[stage]["validation"]))
+    lines += [f"  {note}" for note in (report.get("convert_precision") or {}).get("notes") or []]  # how it was converted
     if report.get("verify"):
         lines.append(parity_line(report["verify"]))
     if report.get("benchmark"):
