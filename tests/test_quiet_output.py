@@ -29,6 +29,7 @@ def test_python_warnings_and_log_records_are_dropped_unless_verbose(capsys):
     hub = logging.getLogger("huggingface_hub.test_quiet")  # a library with its own handler, set up at import
     hub.addHandler(logging.StreamHandler(sys.stderr))
     hub.propagate = False
+    hub.setLevel(logging.WARNING)  # its own level: an earlier test's import may have turned huggingface_hub's down to ERROR
     handlers_before = list(logging.getLogger().handlers)
     with third_party_output(False, onnxruntime=False):
         assert not is_verbose()
