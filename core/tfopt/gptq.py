@@ -124,7 +124,7 @@ def _upper_inverse_factor(moment: np.ndarray, k: int, padded: int) -> np.ndarray
     try:
         return np.linalg.cholesky(np.linalg.inv(hessian)).T
     except np.linalg.LinAlgError:
-        raise TfoptError("calibration data too uniform to invert an input's second moment; use weight_rounding=nearest") from None
+        raise TfoptError("calibration data too uniform to invert an input's second moment; round to nearest instead") from None
 
 
 def pack_matmul_nbits(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, *, bits: int, block_size: int):
