@@ -22,10 +22,10 @@ from .results import RunContext, to_jsonable
 
 # Imported inside the commands that use them, so that `tfopt --help`, `tfopt plugins` and every
 # command's own --help start without ONNX Runtime, torch or TensorFlow (tests/test_startup.py):
-# tfopt.pipeline, tfopt.report, tfopt.precision, tfopt.graph.fusion, tfopt.optimizer. A command's
-# --help still loads the onnx modules its choices come from (`run --help` lists the precisions and
-# fusions); ONNX Runtime, whose log level every other command sets first, is left for a command
-# that runs (MainGroup.resolve_command).
+# tfopt.pipeline, tfopt.report, tfopt.precision, tfopt.graph.fusion, tfopt.optimizer. The choice
+# lists a --help prints come from tfopt.results, which imports no onnx; `optimize`, defined in
+# tfopt.optimizer, still loads the onnx stack for its --help. ONNX Runtime, whose log level every
+# other command sets first, is left for a command that runs (MainGroup.resolve_command).
 
 _HELP_ONLY = "tfopt.help_only"  # ctx.meta key: the subcommand's args ask for its --help
 
@@ -215,15 +215,15 @@ Examples:
 
 @main.command("run", help=RUN_HELP)
 @source_options
-@click.option("--precision", type=LazyChoice("tfopt.precision", "PRECISIONS"), default=None, help="Precision of the final model [default: the adapter's own (qat: int8), else fp32]. int8: dynamic quantization (an adapter may pick weight-only, as gpt2 does); int4: weight-only 4-bit MatMulNBits. Adapters' own settings go through --option (gpt2: lm_head_precision, int8_method, int4_block_size, weight_rounding).")
+@click.option("--precision", type=LazyChoice("tfopt.results", "PRECISIONS"), default=None, help="Precision of the final model [default: the adapter's own (qat: int8), else fp32]. int8: dynamic quantization (an adapter may pick weight-only, as gpt2 does); int4: weight-only 4-bit MatMulNBits. Adapters' own settings go through --option (gpt2: lm_head_precision, int8_method, int4_block_size, weight_rounding).")
 @click.option("--input-int32", "input_int32", is_flag=True, default=None, help="Make int64 inputs int32 in the optimized model.")
 @click.option("--benchmark/--no-benchmark", default=None, help="Measure latency after verification [default: on].")
 @click.option("--validate/--no-validate", default=None,
               help="Check every written model (ONNX Runtime load + parity with the model it came from) before keeping it [default: on].")
 @click.option("--batch-sizes", default=None, metavar="1,2,4", help="Batch sizes of the verification inputs.")
 @click.option("--sequence-lengths", default=None, metavar="8,16,32", help="Sequence lengths of the verification inputs.")
-@click.option("--disable", "disabled", multiple=True, type=LazyChoice("tfopt.graph.fusion", "FUSION_NAMES"), help="Do not apply this fusion (repeatable).")
-@click.option("--target", type=LazyChoice("tfopt.graph.fusion", "TARGETS"), default=None,
+@click.option("--disable", "disabled", multiple=True, type=LazyChoice("tfopt.results", "FUSION_NAMES"), help="Do not apply this fusion (repeatable).")
+@click.option("--target", type=LazyChoice("tfopt.results", "TARGETS"), default=None,
               help="Device the fused ops are chosen for: cpu (MultiHeadAttention) or cuda (packed Attention) [default: cpu].")
 @click.option("--profile", "profile", is_flag=True, default=None,
               help="Also profile the raw and the final model with ONNX Runtime's profiler (settings: --option profile_sequence_length=128 ...; see `tfopt profile`).")
@@ -319,7 +319,7 @@ Examples:
 @main.command("verify", help=VERIFY_HELP)
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--reference", type=click.Path(path_type=Path), default=None, help="Unfused ONNX model (when TARGET is a file).")
-@click.option("--precision", type=LazyChoice("tfopt.precision", "PRECISIONS"), default=None, help="Tolerance to apply (default: the run's precision, or fp32).")
+@click.option("--precision", type=LazyChoice("tfopt.results", "PRECISIONS"), default=None, help="Tolerance to apply (default: the run's precision, or fp32).")
 @click.option("--tolerance", type=float, default=None, help="Max abs diff allowed (overrides --precision's).")
 @click.option("--batch-sizes", default=None, metavar="1,2,4")
 @click.option("--sequence-lengths", default=None, metavar="8,16,32")

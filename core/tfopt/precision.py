@@ -60,9 +60,8 @@ from .graph.input_checks import sort_nodes
 from .graph.values import new_initializer
 from .graph.io import load_model, save_model, uses_external_data
 from .gptq import Calibration
-from .results import PrecisionResult
+from .results import PRECISIONS, PrecisionResult
 
-PRECISIONS = ("fp32", "fp16", "int8", "int4")
 # What int8/int4 do with the LM head (``lm_head=``): the model's precision, int8 weight-only, or fp32.
 LM_HEAD_PRECISIONS = ("quantized", "int8", "fp32")
 INT8_METHODS = ("dynamic", "weight_only")

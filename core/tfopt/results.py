@@ -12,6 +12,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+# The names a run's options choose from. They live here, in a module with no heavy imports,
+# so that `tfopt run --help` and `tfopt verify --help` list them without loading onnx.
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+FUSION_NAMES = (
+    "layer_norm",
+    "gelu",
+    "fast_gelu",
+    "bias_gelu",
+    "skip_layer_norm",
+    "embed_layer_norm",
+    "attention",
+)
+TARGETS = ("cpu", "cuda")  # what fusion writes for: ONNX Runtime's CPU or CUDA provider
+
 
 @dataclass
 class ModelInfo:

@@ -13,7 +13,7 @@ from onnxscript.optimizer import remove_unused_nodes
 from onnxscript.rewriter.pattern import RewriteRuleSet
 
 from ..errors import TfoptError
-from ..results import FuseResult, ModelInfo
+from ..results import FUSION_NAMES, TARGETS, FuseResult, ModelInfo
 from .io import load_model
 from .passes import cleanup, inputs_to_int32, prepare
 from .rules import activation, attention, decoder_forms, embedding, linear, normalization
@@ -21,15 +21,6 @@ from .validate import Reference, write_validated
 from .values import MS_DOMAIN
 
 # User-facing fusion names (also the --disable_* flags of `tfopt optimize`).
-FUSION_NAMES = (
-    "layer_norm",
-    "gelu",
-    "fast_gelu",
-    "bias_gelu",
-    "skip_layer_norm",
-    "embed_layer_norm",
-    "attention",
-)
 
 
 @dataclass
@@ -62,7 +53,6 @@ class FusionRules:
     before: str | None = "attention"
 
 
-TARGETS = ("cpu", "cuda")
 # The shared plan's stages, in the order they run (FusionRules.before names one of them).
 PLAN_STAGES = ("linear", "layer_norm", "gelu", "fast_gelu", "bias_gelu", "embed_layer_norm", "attention", "skip_layer_norm")
 

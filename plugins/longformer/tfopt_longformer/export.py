@@ -17,7 +17,7 @@ import torch
 
 from tfopt.errors import TfoptError, first_line
 from tfopt.graph.io import EXTERNAL_DATA_THRESHOLD, read_io_spec, save_model
-from tfopt.results import ExportResult, RunContext
+from tfopt.results import TARGETS, ExportResult, RunContext
 from tfopt.torch_kit import quiet_export
 
 from .cache import source_model
@@ -29,7 +29,6 @@ from .onnx_attention import function_proto
 OPSET = 20
 OUTPUT_NAME = "last_hidden_state"
 EXPORTED_FILE = "exported.onnx"
-TARGETS = ("cpu", "cuda")
 
 
 def export_source(ctx: RunContext) -> ExportResult:
