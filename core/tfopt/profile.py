@@ -480,7 +480,7 @@ def profile_run(pm, adapter: str | None, ctx, exported, final_model: Path) -> Pr
         origin = f"generated from the graph's inputs ({adapter or 'default'}'s make_dummy_inputs failed: {exc})"
     shape = _feed_shape(exported.model_path, feed)
     ctx.progress(f"profiling at {_shape_text(shape, past)} ({origin})")
-    result = profile_files(
+    return profile_files(
         {"raw": Path(exported.model_path), "optimized": Path(final_model)},
         feed,
         batch_size=batch_size,
@@ -494,7 +494,6 @@ def profile_run(pm, adapter: str | None, ctx, exported, final_model: Path) -> Pr
         progress=ctx.progress,
         feed_origin=origin,
     )
-    return result
 
 
 def _profile_axes(ctx, exported) -> tuple[dict[str, int], int | None]:
@@ -505,18 +504,14 @@ def _profile_axes(ctx, exported) -> tuple[dict[str, int], int | None]:
     ``--sequence-length`` for a model with none left is a one-line error.
     """
     from .default_plugin import run_axis_sizes
-    from .feeds import graph_inputs, shape_axes
+    from .feeds import check_sequence_option, graph_inputs, shape_axes
 
     sizes = run_axis_sizes(ctx, exported) or {}
-    axes = shape_axes(graph_inputs(exported.model_path))
+    specs = graph_inputs(exported.model_path)
+    axes = shape_axes(specs)
     named = {name: max(values) for name, values in sizes.items() if name in axes}
     if axes and not set(axes) - set(named):
-        if ctx.options.get("profile_sequence_length") is not None:
-            example = ", ".join(f'"{axis}": [...]' for axis in axes)
-            raise TfoptError(
-                f"--sequence-length does not apply: the model's axes besides the batch ({', '.join(axes)}) are sized "
-                f"by name; size them with --option 'axis_sizes={{{example}}}'"
-            )
+        check_sequence_option(specs, ctx.options.get("profile_sequence_length"), "--sequence-length", sized=named)
         return named, None
     return named, int(ctx.option("profile_sequence_length", DEFAULT_SEQUENCE_LENGTH))
 

@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 
 from ..errors import TfoptError, first_line
-from ..feeds import GraphInput, feed_for, graph_inputs, session_feed
+from ..feeds import GraphInput, axis_sizes_from, feed_for, graph_inputs, session_feed
 from ..results import DroppedRule, Validation
 
 # Max |candidate - reference| over valid finite positions, as a fraction of max(1, max |reference|).
@@ -131,12 +131,13 @@ def validation_feeds(
     specs = graph_inputs(path)
     large = sum(file.stat().st_size for file in model_files(path) if file.is_file()) >= LARGE_MODEL_BYTES
     sets = []
+    named = axis_sizes_from(axis_sizes, "ModelInfo.axis_sizes") or {}
     for reading in (_batch_sizes, _symbol_sizes):
         rng = np.random.default_rng(seed)
         feeds = []
         for index, (batch, sequence) in enumerate(VALIDATION_SHAPES[:1] if large else VALIDATION_SHAPES):
             sizes = _batch_sizes(specs, batch) if reading is _batch_sizes else _symbol_sizes(specs, batch, sequence)
-            sizes.update(_named_sizes(axis_sizes, index))
+            sizes.update(_named_sizes(named, index))
             feeds.append(feed_for(specs, batch, sequence, rng=rng, dim_sizes=sizes))
         sets.append(feeds)
     if sets[0] and all(_same_feed(a, b) for a, b in zip(*sets)):
@@ -144,14 +145,9 @@ def validation_feeds(
     return sets
 
 
-def _named_sizes(axis_sizes: dict[str, Any] | None, index: int) -> dict[str, int]:
-    """The size each named axis takes in validation shape ``index``."""
-    named = {}
-    for name, sizes in (axis_sizes or {}).items():
-        sizes = [sizes] if isinstance(sizes, int) else list(sizes)
-        if sizes:
-            named[str(name)] = int(sizes[min(index, len(sizes) - 1)])
-    return named
+def _named_sizes(axis_sizes: dict[str, tuple[int, ...]], index: int) -> dict[str, int]:
+    """The size each named axis takes in validation shape ``index`` (sizes as ``axis_sizes_from`` checked them)."""
+    return {name: sizes[min(index, len(sizes) - 1)] for name, sizes in axis_sizes.items()}
 
 
 def _same_feed(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
