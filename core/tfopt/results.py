@@ -15,7 +15,7 @@ from typing import Any, Callable
 # The names a run's options choose from. They live here, in a module with no heavy imports,
 # so that `tfopt run --help` and `tfopt verify --help` list them without loading onnx.
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
-FUSION_NAMES = (
+FUSION_NAMES = (  # user-facing fusion names: --disable, and the --disable_* flags of `tfopt optimize`
     "layer_norm",
     "gelu",
     "fast_gelu",

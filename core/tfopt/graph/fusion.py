@@ -20,8 +20,6 @@ from .rules import activation, attention, decoder_forms, embedding, linear, norm
 from .validate import Reference, write_validated
 from .values import MS_DOMAIN
 
-# User-facing fusion names (also the --disable_* flags of `tfopt optimize`).
-
 
 @dataclass
 class FusionStats:
