@@ -115,9 +115,7 @@ def export_hook(ctx: RunContext) -> ExportResult:
 
 @hookimpl(specname="fuse")
 def fuse_hook(ctx: RunContext, exported: ExportResult) -> FuseResult:
-    from tfopt.graph import fuse_file
-    from tfopt.graph.fusion import count_ops
-    from tfopt.graph import load_model
+    from tfopt.graph import count_ops, fuse_file
 
     work = Path(ctx.work_dir)
     target = ctx.option("target", "cpu")
@@ -139,7 +137,7 @@ def fuse_hook(ctx: RunContext, exported: ExportResult) -> FuseResult:
     ctx.add_output("optimized_qat_float", fused.model_path)
     outcome = _write_qdq(work / QAT_FLOAT_FUSED, work / FINAL, _quants(trained(ctx)), work / QDQ_EXPORT, ctx)
     fused.model_path = work / FINAL
-    fused.op_counts = count_ops(load_model(work / FINAL))
+    fused.op_counts = count_ops(outcome.model)  # the model just written, not read back
     fused.validation = outcome.validation
     fused.seconds += time.perf_counter() - start
     return fused
