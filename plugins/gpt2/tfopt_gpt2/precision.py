@@ -1,9 +1,10 @@
 """The ``convert_precision`` hook: the host's conversion with the decoder's choices.
 
 int8 is weight-only here (``int8_method=weight_only``, MatMulNBits with 8 bits): on the trained
-stdlib-gpt2 it agrees with fp32 better than dynamic int8 (per-tensor activations: 98.8% vs
-98.0% top-1), which is faster here (0.49x vs 0.61x of ORT raw at b=1; docs/benchmark-gpt2.md);
-``--option int8_method=dynamic`` picks speed.
+stdlib-gpt2 it agrees with fp32 better than dynamic int8 (per-tensor activations: 99.0% vs
+98.0% top-1). Dynamic int8 was faster on an Intel machine with AMX (0.49x vs 0.61x of ORT raw at
+b=1) and level on an AMD Zen 4 (0.41x vs 0.40x; docs/benchmark-gpt2.md);
+``--option int8_method=dynamic`` picks it.
 
 int8 (dynamic) and int4 (weight-only MatMulNBits) quantize the LM head by default: at GPT-2
 small's shape it is 154 MB of the 494 MB each decode step reads, so keeping it fp32 costs
@@ -15,7 +16,7 @@ reads more bytes (a scale per 16 weights).
 ``weight_rounding`` (weight-only int8 and int4): ``gptq`` rounds each MatMul's weights with
 GPTQ's error feedback (``tfopt.gptq``), calibrated on windows of the model's *training* text;
 ``nearest`` is plain round-to-nearest. Only the trained stdlib text models carry text to
-calibrate on, so they default to ``gptq`` (on stdlib-gpt2 int4 top-1 agreement 92.0% -> 96.3%,
+calibrate on, so they default to ``gptq`` (on stdlib-gpt2 int4 top-1 agreement 92.1% -> 95.9%,
 docs/benchmark-gpt2.md) and every other source to ``nearest``; asking ``gptq`` for a source
 without calibration text is a one-line error. Same file format and speed either way.
 """
