@@ -28,8 +28,8 @@ from typing import Any, Callable
 
 from . import __version__
 from .errors import TfoptError
+from .results import PAGE_FILE, PROFILE_FILE  # noqa: F401 (PAGE_FILE: tfopt.html_report.PAGE_FILE stays importable)
 
-PAGE_FILE = "report.html"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 CONTRIB_COLOR, STANDARD_COLOR = "#2ca02c", "#9e9e9e"
 STAT_FIELDS = ("max_abs", "p50_abs", "p90_abs", "p99_abs", "max_rel", "nan_count", "top1_agreement")
@@ -61,7 +61,6 @@ class RunData:
 
 def load_run(run_dir: str | os.PathLike) -> RunData:
     """report.json of ``run_dir`` (and its profile: in the report, else ``profile.json`` beside it)."""
-    from .profile import PROFILE_FILE
     from .report import load_report
 
     run_dir = Path(run_dir)

@@ -3,7 +3,13 @@
 Each stage is called through the selected adapter's subset caller (the adapter plus
 every extension, never another adapter), timed, announced through ``ctx.progress``
 and checked: a stage with no implementation, or one that returns the wrong type, is a
-one-line TfoptError naming the stage and the plugins that implement it.
+one-line TfoptError naming the stage and the plugins that implement it
+(:class:`tfopt.stages.StageRunner`).
+
+Data flows one way: this module runs the stages, ``report.py`` sums their results into
+report.json, and ``html_report.py`` draws the page from that report; neither of them
+imports this module, and ``profile.py`` takes StageRunner from ``tfopt.stages``
+(``tests/test_meta.py::test_the_house_imports_flow_one_way``).
 
 Output layout of ``ctx.work_dir``: ``exported.onnx`` (+ ``.data``), ``optimized.onnx``
 (+ ``optimized.<precision>.onnx`` for fp16/int8) and ``report.json``, which is
@@ -25,102 +31,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pluggy
 
 from .errors import TfoptError, VerificationFailed
-from .feeds import describe_feeds, graph_inputs
-from .plugins import active_plugin_names, adapter_caller, adapter_names, generic_caller
-from .report import REPORT_FILE, build_report, write_report
-from .results import (
-    BenchResult,
-    ExportResult,
-    FuseResult,
-    IOSpec,
-    ModelInfo,
-    PrecisionResult,
-    RunContext,
-    VerifyResult,
-)
+from .feeds import graph_inputs
+from .plugins import active_plugin_names, adapter_caller, adapter_names
+from .report import build_report, write_report
+from .results import PAGE_FILE, REPORT_FILE, BenchResult, ExportResult, IOSpec, ModelInfo, RunContext, VerifyResult
 
-STAGE_ORDER = ("export", "fuse", "convert_precision", "make_dummy_inputs", "verify", "benchmark")
-RESULT_TYPES = {
-    "export": ExportResult,
-    "fuse": FuseResult,
-    "convert_precision": PrecisionResult,
-    "verify": VerifyResult,
-    "benchmark": BenchResult,
-}
-TRACEBACK_ENV = "TFOPT_TRACEBACK"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-def _check_feeds(value: Any) -> str | None:
-    """Why ``value`` is not a non-empty list of {name: ndarray} feeds, or None."""
-    if not isinstance(value, list) or not value:
-        return f"returned {type(value).__name__}, expected a non-empty list of feeds"
-    for feed in value:
-        if not isinstance(feed, dict) or not feed or not all(isinstance(v, np.ndarray) for v in feed.values()):
-            return "returned a feed that is not a non-empty dict of numpy arrays"
-    return None
-
-
-class StageRunner:
-    """Calls stages for one adapter (or none: generic stages only) and keeps their timings."""
-
-    def __init__(self, pm: pluggy.PluginManager, adapter: str | None, ctx: RunContext):
-        self.pm = pm
-        self.adapter = adapter
-        self.ctx = ctx
-        self.stages: dict[str, dict[str, Any]] = {}
-
-    def caller(self, stage: str):
-        if self.adapter is None:
-            return generic_caller(self.pm, stage)
-        return adapter_caller(self.pm, self.adapter, stage)
-
-    def implementations(self, stage: str) -> list[str]:
-        """Plugins that implement ``stage`` in this run, in the order pluggy calls them."""
-        impls = self.caller(stage).get_hookimpls()
-        return [impl.plugin_name for impl in reversed(impls) if not (impl.wrapper or impl.hookwrapper)]
-
-    def __call__(self, stage: str, **kwargs: Any) -> Any:
-        implementations = self.implementations(stage)
-        who = ", ".join(implementations) or "no plugin"
-        step = STAGE_ORDER.index(stage) + 1 if stage in STAGE_ORDER else 0
-        self.ctx.progress(f"[{step}/{len(STAGE_ORDER)}] {stage} ...")
-        start = time.perf_counter()
-        try:
-            result = self.caller(stage)(ctx=self.ctx, **kwargs)
-        except TfoptError:
-            raise
-        except Exception as exc:
-            hint = "" if os.environ.get(TRACEBACK_ENV) else f" (set {TRACEBACK_ENV}=1 for the traceback)"
-            raise TfoptError(f"stage {stage!r} failed in {who}: {_one_line(exc)}{hint}") from exc
-        seconds = time.perf_counter() - start
-        if result is None:
-            raise TfoptError(
-                f"stage {stage!r} returned nothing: no active plugin implements it for adapter {self.adapter!r}"
-                f" (implemented by: {who})"
-            )
-        expected = RESULT_TYPES.get(stage)
-        problem = (
-            _check_feeds(result)
-            if stage == "make_dummy_inputs"
-            else None if isinstance(result, expected) else f"returned {type(result).__name__}, expected {expected.__name__}"
-        )
-        if problem:
-            raise TfoptError(f"stage {stage!r} ({who}) {problem}")
-        if getattr(result, "seconds", None) == 0.0:
-            result.seconds = seconds
-        self.stages[stage] = {"seconds": round(seconds, 4), "implementations": implementations}
-        self.ctx.results[stage] = describe_feeds(result) if stage == "make_dummy_inputs" else result
-        self.ctx.progress(f"{stage} done in {seconds:.2f} s")
-        return result
+# StageRunner and the stage names live in tfopt.stages, which profile.py takes them from without
+# importing this module; they stay importable from here (``from tfopt.pipeline import StageRunner``).
+from .stages import RESULT_TYPES, STAGE_ORDER, TRACEBACK_ENV, StageRunner, _one_line  # noqa: F401
 
 
 @dataclass
@@ -253,7 +174,7 @@ def _write(pm, adapter, ctx, runner, status, error=None) -> tuple[dict[str, Any]
     page = _html_page(report, ctx)
     path = write_report(report, Path(ctx.work_dir) / REPORT_FILE)
     if page is not None:
-        from .html_report import PAGE_FILE, write_page
+        from .html_report import write_page
 
         write_page(page, Path(ctx.work_dir) / PAGE_FILE)
     return report, path

@@ -32,8 +32,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from .errors import TfoptError, first_line
+from .results import PROFILE_FILE  # noqa: F401 (tfopt.profile.PROFILE_FILE stays importable: the CLI takes it from here)
 
-PROFILE_FILE = "profile.json"
 DEFAULT_BATCH_SIZE = 1
 DEFAULT_SEQUENCE_LENGTH = 32
 DEFAULT_PAST_SEQUENCE_LENGTH = 0
@@ -400,7 +400,7 @@ def adapter_feed(
     run's own verification inputs are left as they are. ``sequence_length`` None: the
     model has no axis for it (every one is sized by name in ``axis_sizes``).
     """
-    from .pipeline import StageRunner
+    from .stages import StageRunner  # not from the pipeline, which imports this module
 
     options = dict(ctx.options)
     options.update(batch_sizes=[batch_size], past_lengths=[past_sequence_length])

@@ -19,10 +19,9 @@ from . import __version__
 from .environment import environment
 from .errors import TfoptError
 from .hookspecs import HOOK_NAMES
-from .results import ExportResult, IOSpec, ModelInfo, RunContext, to_jsonable
+from .results import PAGE_FILE, PROFILE_FILE, REPORT_FILE, ExportResult, IOSpec, ModelInfo, RunContext, to_jsonable
 
 SCHEMA_VERSION = 1
-REPORT_FILE = "report.json"
 MISSING_PREFIX = "expected fusion did not happen: "
 
 # Contrib ops worth showing in the summary when the family states no expectations.
@@ -267,9 +266,6 @@ def summary_text(report: dict[str, Any], run_dir: str | os.PathLike | None = Non
         lines.append(f"error: {report['error']}")
     files = [value for value in (report.get("outputs") or {}).values() if value]
     # Written beside report.json but not among its outputs: the page, a --profile summary.
-    from .html_report import PAGE_FILE
-    from .profile import PROFILE_FILE
-
     files += [name for name in (PAGE_FILE, PROFILE_FILE) if run_dir is not None and (Path(run_dir) / name).is_file()]
     if files:
         where = f" in {run_dir}" if run_dir is not None else ""

@@ -26,6 +26,13 @@ FUSION_NAMES = (  # user-facing fusion names: --disable, and the --disable_* fla
 )
 TARGETS = ("cpu", "cuda")  # what fusion writes for: ONNX Runtime's CPU or CUDA provider
 
+# The files tfopt writes into a run directory under fixed names. They live here, where the
+# pipeline, report.py, html_report.py and profile.py all take them without importing each other
+# (and are still importable from the modules that write them: tfopt.report.REPORT_FILE, ...).
+REPORT_FILE = "report.json"  # report.py
+PAGE_FILE = "report.html"  # html_report.py
+PROFILE_FILE = "profile.json"  # profile.py
+
 
 @dataclass
 class ModelInfo:
