@@ -8,6 +8,7 @@ an adapter whose written model was never compared.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,34 @@ def test_an_adapter_without_sizes_benchmarks_at_the_option_sizes(tmp_path):
     ctx = RunContext(family="audio", source=None, work_dir=tmp_path / "run", options=options)
     report = run_pipeline(pm, "audio", ctx).report
     assert {row["shape"]["samples"] for row in report["benchmark"]["rows"]} == {400}
+
+
+def test_a_run_whose_validation_compared_nothing_fails(tmp_path, monkeypatch):
+    """tfopt run: a written model whose numbers validation never compared is a failed run (exit 1), not a pass."""
+    from click.testing import CliRunner
+
+    from tfopt.cli import main
+    from tfopt.errors import VerificationFailed
+    from tfopt.pipeline import run_pipeline
+    from tfopt.results import RunContext
+
+    pm = isolated_plugin_manager(tmp_path, plugins={"audio": AudioAdapterOwnInputs()})
+    ctx = RunContext(family="audio", source=None, work_dir=tmp_path / "run", options={"benchmark": False})
+    with pytest.raises(VerificationFailed, match=r"^validation compared no numbers of optimized.onnx .*parity not checked: .*ModelInfo.axis_sizes") as raised:
+        run_pipeline(pm, "audio", ctx)
+    assert "\n" not in str(raised.value)
+    assert ctx.results["verify"].passed  # the adapter's own inputs verify: only validation's silence fails the run
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["status"] == "failed" and report["error"].startswith("validation compared no numbers")
+    ctx = RunContext(family="audio", source=None, work_dir=tmp_path / "run", options={"benchmark": False, "validate": False})
+    assert run_pipeline(pm, "audio", ctx).passed  # --no-validate: nothing was promised
+
+    import tfopt.cli as cli
+
+    monkeypatch.setattr(cli, "_pm", lambda ctx: pm)
+    result = CliRunner().invoke(main, ["run", "--plugin", "audio", "--no-benchmark", "--output", str(tmp_path / "cli")])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines()[-1].startswith("tfopt: error: validation compared no numbers of optimized.onnx")
 
 
 def test_an_adapter_may_say_why_parity_cannot_be_checked(tmp_path):

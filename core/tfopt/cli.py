@@ -260,7 +260,7 @@ def run_command(ctx, plugin, source, output, exporter, attn_implementation, opse
         raise
     click.echo(summary_text(outcome.report, output))
     if not outcome.passed:
-        click.echo(error_line(verification_message(run_ctx.results["verify"], outcome.report_path)), err=True)
+        click.echo(error_line(outcome.failure or verification_message(run_ctx.results["verify"], outcome.report_path)), err=True)
         ctx.exit(1)
 
 

@@ -49,6 +49,7 @@ class RunOutcome:
     report: dict[str, Any]
     report_path: Path
     passed: bool
+    failure: str | None = None  # why it did not pass, one line (verification, or validation that compared nothing)
 
 
 # Names tfopt and its adapters write into a run directory (the ``.data`` external weights
@@ -255,11 +256,34 @@ def run_pipeline(
     except KeyboardInterrupt:
         _write(pm, adapter, ctx, runner, "error", "interrupted")
         raise
-    status = "passed" if verified.passed else "failed"
-    report, path = _write(pm, adapter, ctx, runner, status)
-    if not verified.passed and raise_on_failure:
-        raise VerificationFailed(verification_message(verified, path))
-    return RunOutcome(report=report, report_path=path, passed=verified.passed)
+    unchecked = parity_not_checked(ctx, exported, fused, final)
+    passed = verified.passed and unchecked is None
+    report, path = _write(pm, adapter, ctx, runner, "passed" if passed else "failed", unchecked)
+    failure = None if passed else f"{unchecked}; report kept at {path}" if unchecked else verification_message(verified, path)
+    if failure and raise_on_failure:
+        raise VerificationFailed(failure)
+    return RunOutcome(report=report, report_path=path, passed=passed, failure=failure)
+
+
+def parity_not_checked(ctx: RunContext, exported: ExportResult, fused: Any, final: Any) -> str | None:
+    """Why the run fails although verify passed: validation compared no numbers of a model it wrote.
+
+    Without them a fusion rule that broke the model could not be found (bisection needs them),
+    so the promise of a validated model does not hold. Not a failure with ``--no-validate``, or
+    when the adapter says why its model cannot be compared (``ModelInfo.parity_not_checked``).
+    """
+    if not ctx.option("validate", True) or exported.info.parity_not_checked:
+        return None
+    for result in (fused, final):
+        validation = getattr(result, "validation", None)
+        if validation is not None and validation.passed and not validation.feeds:
+            why = "; ".join(validation.notes) or "no generated input ran"
+            return (
+                f"validation compared no numbers of {Path(result.model_path).name} with the model it came from ({why}); "
+                "the adapter must size the axes in ModelInfo.axis_sizes (or pass --option 'axis_sizes={...}'), "
+                "or say why in ModelInfo.parity_not_checked"
+            )
+    return None
 
 
 def _profile_stage(pm, adapter, ctx: RunContext, runner: StageRunner, exported: ExportResult, final_model: Path) -> None:
