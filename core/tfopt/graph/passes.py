@@ -11,6 +11,7 @@ from onnxscript.rewriter.rules import common as common_rules
 
 from ..errors import TfoptError
 from .rules.decoder_forms import reshape_ranks
+from .shape_facts import unify_dims
 from .values import MS_DOMAIN, constant_array
 
 _COMMUTATIVE = {"Add", "Mul"}
@@ -219,7 +220,7 @@ def reshape_constant_weights(graph: ir.Graph) -> int:
 
 def prepare(model: ir.Model) -> None:
     """Normalize what graph builders spell differently, fold constants and shape computations,
-    infer shapes, canonicalize operand order.
+    infer shapes, give equal dims one symbol (:mod:`shape_facts`), canonicalize operand order.
 
     Legacy (TorchScript) exports carry Constant nodes and no intermediate shapes;
     after this they look like dynamo exports to the rules.
@@ -233,6 +234,8 @@ def prepare(model: ir.Model) -> None:
         reshape_constant_weights(model.graph)
         RewriteRuleSet(simplifications).apply_to_model(model)
         onnxscript.optimizer.remove_unused_nodes(model)
+    if unify_dims(model.graph):  # equal sizes under different names (Dim.DYNAMIC exports) become one symbol
+        onnxscript.optimizer.fold_constants(model, onnx_shape_inference=True, should_fold=_is_embedding_lookup)
     if merge_repeated_centering(model.graph):
         onnxscript.optimizer.remove_unused_nodes(model)
     if shapes_from_sources(model.graph):

@@ -144,20 +144,35 @@ def _symbols(value: ir.Value) -> list[int | str | None]:
     return [dim if isinstance(dim, int) else (dim.value or None) for dim in value.shape]
 
 
+# Sizes the known values' shape functions are probed with: distinct, so each axis tells its role.
+_ROLE_PROBE = {"batch": 101, "past": 103, "sequence": 107, "total": 210}
+
+
 class MaskSizer:
     """Shapes for the graph inputs the mask reads, from their symbolic dims' roles.
 
-    The mask input is (batch, total); the past input's axis -2 is the past; any one
+    The mask input is (batch, total); the matched attention's own tensors (``known``:
+    value -> shape as a function of batch, past and sequence) say what their symbols are,
+    whatever the exporter named them; the past input's axis -2 is the past; any one
     other symbol is the new tokens' length. A dim it cannot name makes the check refuse.
     """
 
-    def __init__(self, mask_input: ir.Value, past: ir.Value | None, graph: ir.Graph):
+    def __init__(self, mask_input: ir.Value, past: ir.Value | None, graph: ir.Graph, known: dict[ir.Value, ShapeOf] | None = None):
         self.roles: dict[str, str] = {}
         dims = _symbols(mask_input)
         if len(dims) == 2:
             for dim, role in zip(dims, ("batch", "total")):
                 if isinstance(dim, str):
                     self.roles[dim] = role
+        by_size = {size: role for role, size in _ROLE_PROBE.items()}
+        for value, shape_of in (known or {}).items():
+            dims = _symbols(value)
+            probe = shape_of(_ROLE_PROBE["batch"], _ROLE_PROBE["past"], _ROLE_PROBE["sequence"])
+            if len(dims) != len(probe):
+                continue
+            for dim, size in zip(dims, probe):
+                if isinstance(dim, str) and size in by_size:
+                    self.roles.setdefault(dim, by_size[size])
         source = _traced_input(past, graph) if past is not None else None
         if source is not None:
             dims = _symbols(source)
@@ -263,7 +278,7 @@ def causal_mask_problem(
     if isinstance(cut, str):
         return cut
     cone, session = cut
-    sizer = MaskSizer(mask_input, past, graph)
+    sizer = MaskSizer(mask_input, past, graph, known)
     rng = np.random.default_rng(0)
     mask_type = numpy_type(mask_input)
     probes = [(shape, holes, False) for shape in PROBE_SHAPES for holes in (False, True)]

@@ -76,7 +76,7 @@ def key_padding_problem(
     if isinstance(cut, str):
         return cut
     cone, session = cut
-    sizer = MaskSizer(mask_input, None, graph)
+    sizer = MaskSizer(mask_input, None, graph, known)
     rng = np.random.default_rng(0)
     for batch, sequence in PROBE_SHAPES:
         for padding in _paddings(batch, sequence, rng):

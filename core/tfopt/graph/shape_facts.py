@@ -1,0 +1,384 @@
+"""Which dims are equal, learned from what the graph computes rather than from what they are named.
+
+torch's documented export (``dynamic_shapes`` with ``Dim.DYNAMIC`` or ``Dim.AUTO``) gives each
+input its own symbols: ``input_ids: [s18, s41]``, ``attention_mask: [s43, s41]``, a GPT-2 past
+value ``[s10, 4, s89, 8]`` beside its key's ``[s10, 4, s15, 8]``. Nothing in the declarations says
+that s89 is s15; the graph does, where it computes with both:
+
+- a MatMul contracts ``A[..., k]`` with ``B[..., k, n]``: both k are one size;
+- a Concat joins tensors equal on every axis but its own, and its axis is the sum;
+- an elementwise op broadcasts: every input dim of an axis that is not 1 is the output's;
+- Transpose, Split, Gather, Squeeze/Unsqueeze and shape-keeping ops move dims without changing them.
+
+:func:`unify_dims` collects those facts in a union-find over (value, axis) slots, reasons once
+more over sums (``s15 + s70`` equal to ``s70 + s89`` gives s15 = s89), and then writes one
+symbol per class into every shape, graph inputs included, and fills unknown dims whose class has
+a name or a number. Rules and mask probes then see equal sizes as equal symbols.
+
+One assumption is made, the one torch's exporter makes too: two *named* dims that meet on an
+axis of a broadcast are equal (neither is a 1 broadcast against the other). Validation, which
+runs the written model on feeds sized from the input's own declarations, catches a graph where
+that is false.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+import onnx_ir as ir
+
+from .values import constant_array
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SUM = re.compile(r"^\s*[A-Za-z_]\w*(\s*\+\s*[A-Za-z_]\w*)+\s*$")
+
+_BROADCASTING = {
+    "Add", "Sub", "Mul", "Div", "Pow", "Mod", "And", "Or", "Xor", "Equal", "Less", "LessOrEqual", "Greater",
+    "GreaterOrEqual", "Where", "Max", "Min", "Sum", "Mean", "PRelu", "BitShift", "BitwiseAnd", "BitwiseOr",
+}
+# Ops whose first output has their first input's shape.
+_SAME_SHAPE = {
+    "Cast", "CastLike", "Softmax", "LogSoftmax", "Relu", "Gelu", "Erf", "Tanh", "Sigmoid", "Sqrt", "Neg", "Not",
+    "IsNaN", "IsInf", "Identity", "Dropout", "LayerNormalization", "Abs", "Exp", "Log", "Reciprocal", "Clip",
+    "Floor", "Ceil", "Round", "Sign", "HardSigmoid", "LeakyRelu", "Elu", "Selu", "Softplus", "Mish", "HardSwish",
+    "RMSNormalization", "SimplifiedLayerNormalization",
+}
+
+Key = tuple
+
+
+class _Classes:
+    """Union-find over dim keys: ("int", n), ("sym", name) or ("slot", id(value), axis) for an unknown dim."""
+
+    def __init__(self) -> None:
+        self.parent: dict[Key, Key] = {}
+        self.definite: set[Key] = set()  # roots of classes holding a number other than 1 or a named symbol
+        self.merges = 0
+
+    def find(self, key: Key) -> Key:
+        self.parent.setdefault(key, key)
+        root = key
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[key] != root:
+            self.parent[key], key = root, self.parent[key]
+        return root
+
+    def union(self, a: Key, b: Key) -> bool:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return False
+        self.parent[rb] = ra
+        self.merges += 1
+        if rb in self.definite or _is_definite(rb) or _is_definite(ra):
+            self.definite.add(ra)
+        return True
+
+    def is_definite(self, key: Key) -> bool:
+        """Known not to be a broadcast 1: it is, or is equal to, a number other than 1 or a named symbol."""
+        return _is_definite(key) or self.find(key) in self.definite
+
+    def members(self) -> dict[Key, list[Key]]:
+        groups: dict[Key, list[Key]] = {}
+        for key in list(self.parent):
+            groups.setdefault(self.find(key), []).append(key)
+        return groups
+
+
+def _canonical(name: str) -> str:
+    """One spelling per sum of symbols ("s70 + s15" and "s15+s70" are one), other text as it is."""
+    if _SUM.match(name):
+        return " + ".join(sorted(part.strip() for part in name.split("+")))
+    return name.strip()
+
+
+def _key(value: ir.Value, axis: int) -> Key | None:
+    shape = value.shape
+    if shape is None or not 0 <= axis < shape.rank():
+        return None
+    dim = shape[axis]
+    if isinstance(dim, int):
+        return ("int", dim) if dim >= 0 else ("slot", id(value), axis)
+    if dim.value is None or not str(dim.value).strip() or str(dim.value).strip() == "?":
+        return ("slot", id(value), axis)
+    return ("sym", _canonical(str(dim.value)))
+
+
+def _is_definite(key: Key) -> bool:
+    """A dim known not to be a broadcast 1: a number other than 1, or a named symbol."""
+    return (key[0] == "int" and key[1] != 1) or key[0] == "sym"
+
+
+def _rank(value: ir.Value | None) -> int | None:
+    return value.shape.rank() if value is not None and value.shape is not None else None
+
+
+def _axes(node: ir.Node, rank: int) -> list[int] | None:
+    """Constant ``axes`` (input 1 from opset 13, else the attribute), normalized to >= 0."""
+    array = constant_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    if array is None and node.attributes.get("axes") is not None:
+        array = node.attributes.get_ints("axes")
+    if array is None:
+        return None
+    return sorted(int(a) + rank if int(a) < 0 else int(a) for a in list(array))
+
+
+class _Facts:
+    def __init__(self) -> None:
+        self.classes = _Classes()
+        self.sums_seen: set[str] = set()
+
+    def same(self, a: ir.Value | None, axis_a: int, b: ir.Value | None, axis_b: int) -> None:
+        if a is None or b is None:
+            return
+        ka, kb = _key(a, axis_a), _key(b, axis_b)
+        if ka is not None and kb is not None:
+            self.classes.union(ka, kb)
+
+    def broadcast(self, inputs: list[ir.Value | None], output: ir.Value | None) -> None:
+        out_rank = _rank(output)
+        ranks = [_rank(v) for v in inputs]
+        if out_rank is None or any(r is None for r in ranks):
+            return
+        for back in range(1, out_rank + 1):
+            keys = [_key(v, r - back) for v, r in zip(inputs, ranks) if v is not None and r >= back]
+            keys = [k for k in keys if k is not None and k != ("int", 1)]
+            out_key = _key(output, out_rank - back)
+            definite = [k for k in keys if self.classes.is_definite(k)]
+            if definite:
+                for key in [*definite, out_key]:
+                    if key is not None:
+                        self.classes.union(definite[0], key)
+            elif len(keys) == 1 and out_key is not None:  # one unknown against 1s: it is the output's
+                self.classes.union(keys[0], out_key)
+
+    def node(self, node: ir.Node) -> bool:
+        """Record what ``node`` says; True if that merged two classes."""
+        before = self.classes.merges
+        self._node(node)
+        return self.classes.merges != before
+
+    def _node(self, node: ir.Node) -> None:
+        if node.domain not in ("", "ai.onnx"):
+            return
+        op, inputs, outputs = node.op_type, list(node.inputs), list(node.outputs)
+        if not inputs or not outputs:
+            return
+        first, out = inputs[0], outputs[0]
+        if op in _BROADCASTING:
+            self.broadcast(inputs, out)
+        elif op in _SAME_SHAPE and _rank(first) is not None and _rank(first) == _rank(out):
+            for axis in range(_rank(out)):
+                self.same(first, axis, out, axis)
+        elif op == "MatMul" and len(inputs) == 2:
+            self._matmul(*inputs, out)
+        elif op == "Transpose" and _rank(first) is not None:
+            rank = _rank(first)
+            perm = node.attributes.get_ints("perm", list(range(rank))[::-1])
+            for axis, source in enumerate(perm):
+                self.same(first, source, out, axis)
+        elif op == "Concat":
+            self._concat(node, inputs, out)
+        elif op == "Split" and _rank(first) is not None:
+            rank = _rank(first)
+            axis = node.attributes.get_int("axis", 0) % rank
+            for piece in outputs:
+                for other in range(rank):
+                    if other != axis:
+                        self.same(first, other, piece, other)
+        elif op == "Gather" and len(inputs) == 2 and _rank(first) is not None and _rank(inputs[1]) is not None:
+            rank, index_rank = _rank(first), _rank(inputs[1])
+            axis = node.attributes.get_int("axis", 0) % rank
+            for a in range(axis):
+                self.same(first, a, out, a)
+            for a in range(index_rank):
+                self.same(inputs[1], a, out, axis + a)
+            for a in range(axis + 1, rank):
+                self.same(first, a, out, a - 1 + index_rank)
+        elif op in ("Unsqueeze", "Squeeze") and _rank(first) is not None and _rank(out) is not None:
+            self._squeeze(node, first, out)
+        elif op == "Expand" and _rank(first) is not None and _rank(out) is not None:
+            offset = _rank(out) - _rank(first)
+            for axis in range(_rank(first)):
+                key = _key(first, axis)
+                if key is not None and _is_definite(key):
+                    self.same(first, axis, out, axis + offset)
+        elif op == "Slice" and _rank(first) is not None and _rank(first) == _rank(out):
+            axes = _axes_input(node, _rank(first))
+            if axes is not None:
+                for axis in range(_rank(first)):
+                    if axis not in axes:
+                        self.same(first, axis, out, axis)
+
+    def _matmul(self, a: ir.Value | None, b: ir.Value | None, out: ir.Value) -> None:
+        ra, rb, ro = _rank(a), _rank(b), _rank(out)
+        if ra is None or rb is None or ro is None or ra < 2 or rb < 2 or ro < 2:
+            return
+        self.same(a, ra - 1, b, rb - 2)
+        self.same(a, ra - 2, out, ro - 2)
+        self.same(b, rb - 1, out, ro - 1)
+        # The batch axes broadcast like an elementwise op's.
+        batch_out = ir.Value(name=None, shape=ir.Shape(list(out.shape)[:-2]))
+        batch_a = ir.Value(name=None, shape=ir.Shape(list(a.shape)[:-2]))
+        batch_b = ir.Value(name=None, shape=ir.Shape(list(b.shape)[:-2]))
+        for proxy, source in ((batch_out, out), (batch_a, a), (batch_b, b)):
+            for axis in range(_rank(proxy)):
+                self.same(proxy, axis, source, axis)
+        self.broadcast([batch_a, batch_b], batch_out)
+
+    def _concat(self, node: ir.Node, inputs: list[ir.Value | None], out: ir.Value) -> None:
+        rank = _rank(out)
+        if rank is None or any(_rank(v) != rank for v in inputs):
+            return
+        axis = node.attributes.get_int("axis", 0) % rank
+        for other in range(rank):
+            if other != axis:
+                for value in inputs:
+                    self.same(value, other, out, other)
+        parts = [_key(v, axis) for v in inputs]
+        if any(p is None or p[0] == "slot" for p in parts):
+            return
+        number = sum(p[1] for p in parts if p[0] == "int")
+        names = [p[1] for p in parts if p[0] == "sym"]
+        if not names:
+            total: Key = ("int", number)
+        elif number or any(not _IDENTIFIER.fullmatch(n) for n in names):
+            return  # only sums of plain symbols are reasoned about
+        else:
+            total = ("sym", _canonical(" + ".join(names)))
+        out_key = _key(out, axis)
+        if out_key is not None:
+            self.classes.union(out_key, total)
+
+    def _squeeze(self, node: ir.Node, source: ir.Value, out: ir.Value) -> None:
+        unsqueeze = node.op_type == "Unsqueeze"
+        big, small = (out, source) if unsqueeze else (source, out)
+        axes = _axes(node, _rank(big))
+        if axes is None:
+            return
+        kept = [axis for axis in range(_rank(big)) if axis not in axes]
+        if len(kept) != _rank(small):
+            return
+        for small_axis, big_axis in enumerate(kept):
+            self.same(small, small_axis, big, big_axis)
+
+    def equate_sums(self) -> bool:
+        """Two sums in one class that differ in one term each: those terms are equal. True if anything merged."""
+        merged = False
+        for root, members in self.classes.members().items():
+            sums = [m for m in members if m[0] == "sym" and _SUM.match(m[1])]
+            for i, a in enumerate(sums):
+                for b in sums[i + 1:]:
+                    terms_a = [self.classes.find(("sym", t.strip())) for t in a[1].split("+")]
+                    terms_b = [self.classes.find(("sym", t.strip())) for t in b[1].split("+")]
+                    only_a, only_b = _multiset_minus(terms_a, terms_b), _multiset_minus(terms_b, terms_a)
+                    if len(only_a) == 1 and len(only_b) == 1:
+                        merged |= self.classes.union(only_a[0], only_b[0])
+        return merged
+
+
+def _axes_input(node: ir.Node, rank: int) -> list[int] | None:
+    """Slice's constant ``axes`` (input 3; all axes when absent and the starts are known)."""
+    if len(node.inputs) > 3 and node.inputs[3] is not None:
+        array = constant_array(node.inputs[3])
+        return None if array is None else [int(a) % rank for a in array.ravel()]
+    starts = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    if starts is None:
+        return None
+    return list(range(int(starts.size)))
+
+
+def _multiset_minus(a: list[Key], b: list[Key]) -> list[Key]:
+    rest = list(b)
+    left = []
+    for item in a:
+        if item in rest:
+            rest.remove(item)
+        else:
+            left.append(item)
+    return left
+
+
+def _representative(members: Iterable[Key], input_order: dict[str, int]) -> int | str | None:
+    """The dim a class is written as: its number, else a graph input's symbol (first input first), else a plain symbol."""
+    numbers = {m[1] for m in members if m[0] == "int"}
+    if len(numbers) > 1:
+        return None  # contradictory facts: leave the class as it was
+    if numbers:
+        return numbers.pop()
+    names = [m[1] for m in members if m[0] == "sym"]
+    if not names:
+        return None
+    return min(names, key=lambda n: (input_order.get(n, len(input_order)), not _IDENTIFIER.fullmatch(n), len(n), n))
+
+
+def unify_dims(graph: ir.Graph) -> int:
+    """Give equal dims one symbol in every shape of ``graph`` (see the module doc); returns how many dims changed.
+
+    A graph input's symbol is renamed to the symbol of an earlier input it equals, never to a
+    number: the model's declared inputs stay dynamic.
+    """
+    facts = _Facts()
+    nodes = list(graph)
+    for _ in range(6):  # a fact found late (a sum, a definite dim) can decide an earlier broadcast
+        changed = False
+        for node in nodes:
+            changed |= facts.node(node)
+        changed |= facts.equate_sums()
+        if not changed:
+            break
+    input_order: dict[str, int] = {}
+    for value in graph.inputs:
+        for axis, dim in enumerate(value.shape or ()):
+            if isinstance(dim, ir.SymbolicDim) and dim.value:
+                input_order.setdefault(_canonical(str(dim.value)), len(input_order))
+    chosen: dict[Key, int | str] = {}
+    for root, members in facts.classes.members().items():
+        if len(members) < 2:
+            continue
+        representative = _representative(members, input_order)
+        if representative is not None:
+            chosen[root] = representative
+    renames: dict[str, str] = {}  # plain symbol -> plain symbol, for symbols inside expressions
+    for root, representative in chosen.items():
+        if isinstance(representative, str) and _IDENTIFIER.fullmatch(representative):
+            for key in facts.classes.members()[root]:
+                if key[0] == "sym" and _IDENTIFIER.fullmatch(key[1]) and key[1] != representative:
+                    renames[key[1]] = representative
+    for root, representative in chosen.items():  # a sum is written in its terms' chosen symbols
+        if isinstance(representative, str) and _SUM.match(representative):
+            chosen[root] = _canonical(_IDENTIFIER.sub(lambda m: renames.get(m.group(0), m.group(0)), representative))
+    changed = 0
+    inputs = {id(v) for v in graph.inputs}
+    values = [*graph.inputs, *(out for node in graph for out in node.outputs)]
+    for value in values:
+        if value.shape is None or value.const_value is not None:
+            continue
+        dims = list(value.shape)
+        for axis, dim in enumerate(dims):
+            key = _key(value, axis)
+            target = chosen.get(facts.classes.find(key)) if key is not None else None
+            if isinstance(target, int):
+                new = dim if id(value) in inputs and not isinstance(dim, int) else target
+            elif isinstance(target, str):
+                new = ir.SymbolicDim(target)
+            elif isinstance(dim, ir.SymbolicDim) and dim.value and renames:
+                new = ir.SymbolicDim(_IDENTIFIER.sub(lambda m: renames.get(m.group(0), m.group(0)), str(dim.value)))
+            else:
+                continue
+            if _same(new, dim):
+                continue
+            if id(value) in inputs and isinstance(dim, ir.SymbolicDim) and dim.value and not isinstance(new, ir.SymbolicDim):
+                continue
+            dims[axis] = new
+            changed += 1
+        if changed:
+            value.shape = ir.Shape(dims)
+    return changed
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, int) or isinstance(b, int):
+        return a == b
+    return (a.value or None) == (b.value or None)
