@@ -198,7 +198,7 @@ def test_decoder_feeds_give_past_and_total_lengths_that_add_up(tmp_path):
     output = oh.make_tensor_value_info("y", onnx.TensorProto.INT64, ["batch", "sequence"])
     graph = oh.make_graph([oh.make_node("Identity", ["input_ids"], ["y"])], "g", inputs, [output])
     onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), tmp_path / "m.onnx")
-    flat, symbolic = validation_feeds(tmp_path / "m.onnx")
+    flat, symbolic, *by_structure = validation_feeds(tmp_path / "m.onnx")  # the first two: by name
     for feed in symbolic:
         batch, sequence = feed["input_ids"].shape
         past = feed["past_key_values.0.key"].shape[2]
@@ -273,3 +273,67 @@ def test_a_half_precision_input_is_held_to_the_fp16_bound_and_its_reference_runs
     result = fuse_file(tmp_path / "in.onnx", tmp_path / "out.onnx", ModelInfo("bert"))
     assert result.validation.passed and result.validation.precision == "fp16" and result.dropped_rules == []
     assert result.op_counts["SkipLayerNormalization"] == 2 * LAYERS and result.op_counts["EmbedLayerNormalization"] == 1
+
+
+def _cache_graph(path, *, cache: str = "past_key_values.0.key", position_rows: int = 5) -> None:
+    """A decoder step as torch's dynamo exporter declares it: every input has symbols of its own.
+
+    The graph ties them only by what it computes: the past key is concatenated with new keys
+    along axis -2, and that concatenation (past + sequence) is multiplied against the mask, so
+    the mask must be past + sequence long; position ids index a table of ``position_rows`` rows.
+    """
+    from onnx import numpy_helper
+
+    float_, int_ = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
+    inputs = [
+        oh.make_tensor_value_info("input_ids", int_, ["s33", "s41"]),
+        oh.make_tensor_value_info("attention_mask", int_, ["s6", "s50"]),
+        oh.make_tensor_value_info("position_ids", int_, ["s2", "s9"]),
+        oh.make_tensor_value_info(cache, float_, ["s12", 2, "s40", 4]),
+    ]
+    rng = np.random.default_rng(0)
+    tables = [
+        numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "wte"),
+        numpy_helper.from_array(rng.standard_normal((position_rows, 8)).astype(np.float32), "wpe"),
+        numpy_helper.from_array(np.array([0, 0, 2, 4]), "heads"),
+        numpy_helper.from_array(np.array([-1]), "last"),
+        numpy_helper.from_array(np.array([1]), "one"),
+    ]
+    nodes = [
+        oh.make_node("Gather", ["wte", "input_ids"], ["tokens"]),
+        oh.make_node("Gather", ["wpe", "position_ids"], ["positions"]),
+        oh.make_node("Add", ["tokens", "positions"], ["hidden"]),  # [B, S, 8]
+        oh.make_node("Reshape", ["hidden", "heads"], ["split"]),  # [B, S, 2, 4]
+        oh.make_node("Transpose", ["split"], ["key"], perm=[0, 2, 1, 3]),  # [B, 2, S, 4]
+        oh.make_node("Concat", [cache, "key"], ["present"], axis=-2),  # [B, 2, P+S, 4]
+        oh.make_node("ReduceSum", ["present", "last"], ["scores"], keepdims=0),  # [B, 2, P+S]
+        oh.make_node("Cast", ["attention_mask"], ["mask"], to=float_),
+        oh.make_node("Unsqueeze", ["mask", "one"], ["mask3"]),  # [B, 1, T]
+        oh.make_node("Mul", ["scores", "mask3"], ["y"]),  # T must be P+S
+    ]
+    output = oh.make_tensor_value_info("y", float_, None)
+    graph = oh.make_graph(nodes, "cache", inputs, [output], initializer=tables)
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), path)
+
+
+@pytest.mark.parametrize("cache", ["past_key_values.0.key", "state"])  # found by its name and rank, or by the Concat alone
+def test_feeds_fit_a_cache_whose_axes_only_the_graph_ties(tmp_path, cache):
+    """Today's dynamo export of a decoder: the names tie no axis; the Concat and the Mul do."""
+    _cache_graph(tmp_path / "m.onnx", cache=cache)
+    sets = validation_feeds(tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    runs = []
+    for feeds in sets:
+        try:
+            runs.append([session.run(None, feed) for feed in feeds])
+        except Exception:
+            runs.append(None)
+    fitting = [feeds for feeds, ran in zip(sets, runs) if ran is not None]
+    assert fitting, "no generated feed set fits the graph"
+    for feed in fitting[0]:
+        batch, sequence = feed["input_ids"].shape
+        past = feed[cache].shape[2]
+        assert feed["attention_mask"].shape == (batch, past + sequence) and past != sequence
+        assert feed["position_ids"].max() < 5  # inside the 5-row table
+    validation = Reference(tmp_path / "m.onnx").validate(tmp_path / "m.onnx")
+    assert validation.passed and validation.feeds == 2 and not validation.notes

@@ -45,6 +45,9 @@ class GraphInput:
     dims: list[int | None]  # None = dynamic
     id_limit: int | None = None  # rows of the embedding table this input indexes, if any
     dim_names: list[str | None] = field(default_factory=list)  # symbolic name per axis (dim_param), if any
+    # The axis along which the graph concatenates this input with values it computes (a KV
+    # cache's past length: Concat(past_key, new_key, axis=-2)), if any.
+    concat_axis: int | None = None
 
 
 # Ops that pass ids through unchanged on their way to a lookup (GPT-2 reshapes input_ids first).
@@ -85,6 +88,71 @@ def _lookup_table_rows(graph: onnx.GraphProto) -> dict[str, int]:
     return limits
 
 
+# Ops that keep every axis where it was (a cache may be cast, sliced or split before its Concat).
+_AXIS_KEEPING_OPS = ("Identity", "Cast", "Slice", "Split", "Neg", "Relu", "Clip")
+
+
+def _constant_ints(graph: onnx.GraphProto, name: str) -> list[int] | None:
+    for init in graph.initializer:
+        if init.name == name:
+            return [int(v) for v in onnx.numpy_helper.to_array(init).ravel()]
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            return [int(v) for v in onnx.numpy_helper.to_array(node.attribute[0].t).ravel()] if node.attribute[0].type == onnx.AttributeProto.TENSOR else None
+    return None
+
+
+def _axis_before(node: onnx.NodeProto, axis: int, graph: onnx.GraphProto) -> int | None:
+    """The axis of ``node``'s first input that becomes ``axis`` of its output, if the op says so.
+
+    Negative axes count from the end: a Gather, Squeeze or Unsqueeze at the front (ONNX
+    Runtime's stacked past, ``past_0[0]``) leaves them where they are.
+    """
+    attrs = {attr.name: onnx.helper.get_attribute_value(attr) for attr in node.attribute}
+    if node.op_type in _AXIS_KEEPING_OPS:
+        return axis
+    if node.op_type == "Transpose" and "perm" in attrs:
+        perm = list(attrs["perm"])
+        return perm[axis] if -len(perm) <= axis < len(perm) else None
+    if node.op_type == "Gather":
+        front = attrs.get("axis", 0)
+        return axis if axis < 0 and front >= 0 else None
+    if node.op_type in ("Squeeze", "Unsqueeze"):
+        axes = attrs.get("axes")
+        if axes is None and len(node.input) > 1:
+            axes = _constant_ints(graph, node.input[1])
+        return axis if axis < 0 and axes is not None and all(a >= 0 for a in axes) else None
+    return None
+
+
+def _concatenated_axes(graph: onnx.GraphProto) -> dict[str, int]:
+    """Input name -> the axis along which a Concat joins it to something (found back through
+    casts, slices, splits, transposes and front gathers): a KV cache's past-length axis.
+
+    Negative axes count from the input's last one: ``Concat(past_key, new_key, axis=-2)``.
+    """
+    inputs = {value.name: len(value.type.tensor_type.shape.dim) for value in graph.input}
+    for init in graph.initializer:
+        inputs.pop(init.name, None)
+    producer = {out: node for node in graph.node for out in node.output}
+    found: dict[str, int] = {}
+    for node in graph.node:
+        if node.op_type != "Concat" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        axis = next((attr.i for attr in node.attribute if attr.name == "axis"), None)
+        for operand in node.input:
+            current, at, steps = operand, axis, 0
+            while at is not None and current not in inputs and current in producer and steps < 16:
+                before = producer[current]
+                at, current, steps = _axis_before(before, at, graph), before.input[0] if before.input else "", steps + 1
+            if at is None or current not in inputs:
+                continue
+            rank = inputs[current]
+            if rank and -rank <= at < rank and at % rank > 0:  # axis 0 is the batch: a concatenation of rows is no cache
+                found.setdefault(current, at % rank)
+    return found
+
+
 # A file written less than this long ago is read again each time: a rewrite within the file
 # system's timestamp granularity (2 s on FAT, a clock tick on ext4) could keep its mtime and size.
 _SETTLED_NS = 2_000_000_000
@@ -118,6 +186,7 @@ def _parsed_inputs(path: str, *identity: int) -> tuple[GraphInput, ...]:
         raise TfoptError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
     initializers = {init.name for init in model.graph.initializer}
     limits = _lookup_table_rows(model.graph)
+    concatenated = _concatenated_axes(model.graph)
     found = []
     for value in model.graph.input:
         if value.name in initializers:
@@ -126,7 +195,7 @@ def _parsed_inputs(path: str, *identity: int) -> tuple[GraphInput, ...]:
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
         dims = [dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None for dim in tensor_type.shape.dim]
         names = [dim.dim_param or None for dim in tensor_type.shape.dim]
-        found.append(GraphInput(value.name, dtype, dims, limits.get(value.name), names))
+        found.append(GraphInput(value.name, dtype, dims, limits.get(value.name), names, concatenated.get(value.name)))
     return tuple(found)
 
 
@@ -178,12 +247,16 @@ def valid_lengths(batch_size: int, sequence_length: int) -> np.ndarray:
     return sequence_length - (rows * sequence_length) // batch_size
 
 
-def _shape(spec: GraphInput, batch_size: int, sequence_length: int, dim_sizes: dict[str, int]) -> tuple[int, ...]:
+def _shape(
+    spec: GraphInput, batch_size: int, sequence_length: int, dim_sizes: dict[str, int], axes: dict[int, int] | None = None
+) -> tuple[int, ...]:
     dims = []
     for axis, dim in enumerate(spec.dims):
         name = spec.dim_names[axis] if axis < len(spec.dim_names) else None
         if dim is not None:
             dims.append(dim)
+        elif axes and axis in axes:
+            dims.append(axes[axis])
         elif name in dim_sizes:
             dims.append(dim_sizes[name])
         else:
@@ -200,15 +273,18 @@ def feed_for(
     id_limit: int = DEFAULT_ID_LIMIT,
     padded: bool = True,
     dim_sizes: dict[str, int] | None = None,
+    input_axes: dict[str, dict[int, int]] | None = None,
 ) -> dict[str, np.ndarray]:
     """One feed for every input; ``padded=False`` gives full-length rows (benchmarks).
 
     ``dim_sizes`` sizes symbolic dims by name (a past length, a total = past + sequence);
-    other dynamic axes are the batch (axis 0) or the sequence.
+    ``input_axes`` sizes axes of named inputs whatever their symbols (``{"attention_mask":
+    {1: 10}}``: each input of a dynamo export has symbols of its own); other dynamic axes
+    are the batch (axis 0) or the sequence. Position ids count up within the table they index.
     """
     feed = {}
     for spec in specs:
-        shape = _shape(spec, batch_size, sequence_length, dim_sizes or {})
+        shape = _shape(spec, batch_size, sequence_length, dim_sizes or {}, (input_axes or {}).get(spec.name))
         is_mask = "mask" in spec.name
         if is_mask and len(shape) == 2:
             mask_lengths = valid_lengths(*shape) if padded else np.full(shape[0], shape[1])
@@ -220,7 +296,7 @@ def feed_for(
             second_half = np.arange(shape[1])[None, :] >= (lengths[:, None] + 1) // 2
             value = second_half if (spec.id_limit or 2) > 1 else np.zeros(shape)
         elif spec.name == "position_ids":
-            value = np.broadcast_to(np.arange(shape[-1]), shape)
+            value = np.broadcast_to(np.arange(shape[-1]) % (spec.id_limit or shape[-1] or 1), shape)
         elif spec.dtype.kind in "iu":
             value = rng.integers(0, min(id_limit, spec.id_limit or id_limit), size=shape)
         else:

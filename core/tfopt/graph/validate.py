@@ -111,16 +111,77 @@ def _symbol_sizes(specs: list[GraphInput], batch: int, sequence: int) -> dict[st
     return sizes
 
 
+# The past length of a cache found in the graph: differs from both validation sequences.
+PAST_LENGTH = 3
+_CACHE_WORDS = ("past", "cache")
+
+
+def _batch_axis(spec: GraphInput) -> int | None:
+    """The batch axis: the first, or the second of ONNX Runtime's stacked past ([2, batch, heads, past, head])."""
+    if spec.dims and spec.dims[0] is None:
+        return 0
+    if len(spec.dims) == 5 and spec.dims[0] == 2 and spec.dims[1] is None:
+        return 1
+    return None
+
+
+def _cache_axes(specs: list[GraphInput]) -> dict[str, int]:
+    """Float inputs that hold a cache -> their past axis: the axis the graph concatenates new
+    values to (``GraphInput.concat_axis``), else, for rank >= 3 inputs named past/cache, the
+    one dynamic axis besides the batch (the second last when there are several: [B, H, P, D])."""
+    found = {}
+    for spec in specs:
+        rank = len(spec.dims)
+        if spec.dtype.kind != "f" or rank < 3:
+            continue
+        axis = spec.concat_axis
+        if axis is None and any(word in spec.name.lower() for word in _CACHE_WORDS):
+            dynamic = [a for a in range(rank) if spec.dims[a] is None and a != _batch_axis(spec)]
+            axis = dynamic[0] if len(dynamic) == 1 else rank - 2 if rank - 2 in dynamic else None
+        if axis is not None and spec.dims[axis] is None:
+            found[spec.name] = axis
+    return found
+
+
+def _cache_reading(specs: list[GraphInput], *, total: bool) -> Callable[[int, int], tuple[dict, dict]]:
+    """Sizes read off the graph's structure rather than its symbols (a dynamo export gives each
+    input symbols of its own): the batch axes take the batch, every cache's past axis
+    :data:`PAST_LENGTH`, a mask's last axis past + sequence (``total``) or the sequence, the
+    rest the sequence."""
+    caches = _cache_axes(specs)
+
+    def sizes(batch: int, sequence: int) -> tuple[dict[str, int], dict[str, dict[int, int]]]:
+        axes: dict[str, dict[int, int]] = {}
+        for spec in specs:
+            own = axes.setdefault(spec.name, {})
+            for axis, dim in enumerate(spec.dims):
+                if dim is not None:
+                    continue
+                if axis == _batch_axis(spec):
+                    own[axis] = batch
+                elif caches.get(spec.name) == axis:
+                    own[axis] = PAST_LENGTH
+                elif "mask" in spec.name.lower() and axis == len(spec.dims) - 1 and total:
+                    own[axis] = PAST_LENGTH + sequence
+                else:
+                    own[axis] = sequence
+        return {}, axes
+
+    return sizes
+
+
 def validation_feeds(
     path: Path, *, seed: int = 0, axis_sizes: dict[str, Any] | None = None
 ) -> list[list[dict[str, np.ndarray]]]:
     """Candidate feed sets for a bare ONNX file, most likely first.
 
-    Without an adapter nothing says how the inputs relate, so two readings are offered:
-    every dynamic non-batch axis is the sequence (encoders), or symbolic dims named
-    ``past*``/``total*``/``a + b`` get consistent sizes of their own (decoders with past).
-    The first set the reference model runs on is used. Models of
-    :data:`LARGE_MODEL_BYTES` and more get the first (padded) shape only.
+    Without an adapter nothing says how the inputs relate, so several readings are offered:
+    every dynamic non-batch axis is the sequence (encoders); symbolic dims named
+    ``past*``/``total*``/``a + b`` get consistent sizes of their own (decoders with past);
+    then, when the graph concatenates an input to values it computes (a KV cache; or a float
+    input named past/cache), that input's axis is a past length and a mask spans past +
+    sequence, or the sequence alone. The first set the reference model runs on is used.
+    Models of :data:`LARGE_MODEL_BYTES` and more get the first (padded) shape only.
 
     ``axis_sizes`` (``ModelInfo.axis_sizes``: ``{"samples": [400, 800]}``) sizes named axes
     that 7 and 4 do not fit (a conv front end): shape i takes the i-th size (the last when
@@ -130,18 +191,27 @@ def validation_feeds(
 
     specs = graph_inputs(path)
     large = sum(file.stat().st_size for file in model_files(path) if file.is_file()) >= LARGE_MODEL_BYTES
-    sets = []
     named = axis_sizes_from(axis_sizes, "ModelInfo.axis_sizes") or {}
-    for reading in (_batch_sizes, _symbol_sizes):
+    readings: list[Callable[[int, int], tuple[dict, dict]]] = [
+        lambda batch, sequence: (_batch_sizes(specs, batch), {}),
+        lambda batch, sequence: (_symbol_sizes(specs, batch, sequence), {}),
+    ]
+    if _cache_axes(specs):
+        readings += [_cache_reading(specs, total=True), _cache_reading(specs, total=False)]
+    sets: list[list[dict[str, np.ndarray]]] = []
+    for reading in readings:
         rng = np.random.default_rng(seed)
         feeds = []
         for index, (batch, sequence) in enumerate(VALIDATION_SHAPES[:1] if large else VALIDATION_SHAPES):
-            sizes = _batch_sizes(specs, batch) if reading is _batch_sizes else _symbol_sizes(specs, batch, sequence)
+            sizes, axes = reading(batch, sequence)
             sizes.update(_named_sizes(named, index))
-            feeds.append(feed_for(specs, batch, sequence, rng=rng, dim_sizes=sizes))
-        sets.append(feeds)
-    if sets[0] and all(_same_feed(a, b) for a, b in zip(*sets)):
-        return sets[:1]
+            for spec in specs:  # named axes keep the sizes they were given
+                for axis, name in enumerate(spec.dim_names):
+                    if name in named:
+                        axes.get(spec.name, {}).pop(axis, None)
+            feeds.append(feed_for(specs, batch, sequence, rng=rng, dim_sizes=sizes, input_axes=axes))
+        if not any(len(known) == len(feeds) and all(map(_same_feed, known, feeds)) for known in sets):
+            sets.append(feeds)
     return sets
 
 
