@@ -28,6 +28,7 @@ from tfopt.graph.validate import (
     compare_outputs,
     validate_written,
     validation_feeds,
+    validation_line,
 )
 from tfopt.optimizer import optimize_model
 from tfopt.report import warnings_for
@@ -337,3 +338,59 @@ def test_feeds_fit_a_cache_whose_axes_only_the_graph_ties(tmp_path, cache):
         assert feed["position_ids"].max() < 5  # inside the 5-row table
     validation = Reference(tmp_path / "m.onnx").validate(tmp_path / "m.onnx")
     assert validation.passed and validation.feeds == 2 and not validation.notes
+
+
+def _ill_conditioned(path, *, rescaled: bool = False, beta_shift: float = 0.0) -> None:
+    """LayerNorm over features an all-ones MatMul makes identical (ONNX Runtime's GPT-2 test graphs):
+    x - mean is rounding noise, amplified by 1/sqrt(epsilon). ``rescaled`` computes the same function
+    as x @ (W * c) / c with a scale c per column (what folding a constant into weights does): only
+    the rounding differs. ``beta_shift`` makes it wrong."""
+    from onnx import numpy_helper
+
+    hidden, float_ = 64, onnx.TensorProto.FLOAT
+    scale = (1 + np.arange(hidden) / hidden).astype(np.float32)
+    weight = np.ones((hidden, hidden), np.float32) * (scale if rescaled else 1)
+    inits = [
+        numpy_helper.from_array(weight, "w"),
+        numpy_helper.from_array(np.ones(hidden, np.float32), "gamma"),
+        numpy_helper.from_array(np.ones(hidden, np.float32) + np.float32(beta_shift), "beta"),
+        numpy_helper.from_array(scale, "scale"),
+    ]
+    nodes = [oh.make_node("MatMul", ["x", "w"], ["scaled" if rescaled else "h"])]
+    if rescaled:
+        nodes.append(oh.make_node("Div", ["scaled", "scale"], ["h"]))
+    nodes.append(oh.make_node("LayerNormalization", ["h", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-3))
+    x = oh.make_tensor_value_info("x", float_, ["batch", "sequence", hidden])
+    y = oh.make_tensor_value_info("y", float_, ["batch", "sequence", hidden])
+    onnx.save(oh.make_model(oh.make_graph(nodes, "fragile", [x], [y], initializer=inits), opset_imports=[oh.make_opsetid("", 18)]), path)
+
+
+def test_an_ill_conditioned_input_is_judged_against_its_own_rounding_noise(tmp_path):
+    _ill_conditioned(tmp_path / "in.onnx")
+    _ill_conditioned(tmp_path / "same.onnx", rescaled=True)
+    _ill_conditioned(tmp_path / "wrong.onnx", rescaled=True, beta_shift=5e-3)
+    reference = Reference(tmp_path / "in.onnx")
+    same = reference.validate(tmp_path / "same.onnx")
+    assert same.passed and same.feeds == 2 and same.max_diff > 1e-4  # beyond the plain fp32 bound
+    assert "ill-conditioned" in same.notes[0] and "when its float weights move by one ulp" in same.notes[0]
+    assert "ill-conditioned" in validation_line(same)
+    wrong = reference.validate(tmp_path / "wrong.onnx")  # a wrong rewrite of the same graph is still refused
+    assert not wrong.passed and "even 8x the input's own rounding noise" in wrong.problem
+
+
+def test_a_normal_model_is_held_to_the_plain_bound(tiny_bert, tmp_path):
+    """A subtly wrong model (one output column shifted by 3e-4 of the scale) of a well-conditioned input: refused."""
+    from onnx import numpy_helper
+
+    model = onnx.load(tiny_bert)
+    output = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = [output + "_raw" if name == output else name for name in node.output]
+    scale = float(np.abs(Reference(tiny_bert)._load()[2][0][output]).max())
+    shift = np.zeros(model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value, np.float32)
+    shift[5] = 3e-4 * max(1.0, scale)
+    model.graph.initializer.append(numpy_helper.from_array(shift, "shift"))
+    model.graph.node.append(oh.make_node("Add", [output + "_raw", "shift"], [output]))
+    onnx.save(model, tmp_path / "shifted.onnx")
+    result = Reference(tiny_bert).validate(tmp_path / "shifted.onnx")
+    assert not result.passed and "differs from the input model's" in result.problem and "noise" not in result.problem
