@@ -12,6 +12,8 @@ import io
 import logging
 import sys
 import warnings
+from dataclasses import dataclass
+from typing import Any
 
 from .console import is_verbose
 from .errors import TfoptError
@@ -87,3 +89,74 @@ def perturb_vector_params(model, *, seed: int = 0, scale: float = 0.02) -> None:
         for parameter in model.parameters():
             if parameter.dim() == 1:
                 parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
+
+
+# How users spell dynamic shapes when they export themselves: the export matrix the fusion
+# rules are tested on (each family's tests/test_export_forms.py). A rule that only fuses the
+# adapter's own spelling fails there.
+SPELLINGS = {
+    "dynamo": ("Dim.DYNAMIC", "Dim.AUTO", "named", "named-distinct", "bounded", "static"),
+    "legacy": ("dynamic_axes", "dynamic_axes-distinct", "static"),
+}
+
+
+@dataclass(frozen=True)
+class ExportForm:
+    """One way of exporting: exporter, dynamic-shape spelling (:data:`SPELLINGS`), opset (None: the exporter's default)."""
+
+    exporter: str
+    spelling: str
+    opset: int | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.exporter}-{self.spelling}" + (f"-opset{self.opset}" if self.opset else "")
+
+
+def export_in_form(
+    module, args: tuple, path, form: ExportForm, *, input_names: list[str], output_names: list[str],
+    axes: dict[str, dict[int, str]], varargs_from: int | None = None,
+) -> None:
+    """Export ``module`` (called with ``args``, in ``input_names`` order) as ``form`` spells it.
+
+    ``axes`` names each input's dynamic axes by role (``{"input_ids": {0: "batch", 1: "sequence"}}``).
+    "named" uses one ``torch.export.Dim`` per role, "named-distinct" one per input and role
+    (torch then merges what it proves equal, and leaves the rest apart), "bounded" named Dims
+    with min/max; a role spelled as a sum ("past+sequence") has no Dim arithmetic in torch and
+    stays ``Dim.DYNAMIC`` in the named spellings. "dynamic_axes-distinct" gives every input's
+    axes names of their own. "static" declares nothing dynamic. ``varargs_from``: the inputs
+    from this index on are the module's ``*args`` (GPT-2's past tensors).
+    """
+    import torch
+
+    Dim = torch.export.Dim
+    common = dict(input_names=input_names, output_names=output_names, verbose=False)
+    if form.opset:
+        common["opset_version"] = form.opset
+    with quiet_export():
+        if form.exporter == "legacy":
+            dynamic = None
+            if form.spelling != "static":
+                distinct = form.spelling == "dynamic_axes-distinct"
+                dynamic = {name: {axis: f"{name}_{role}" if distinct else role for axis, role in spec.items()} for name, spec in axes.items()}
+            torch.onnx.export(module, args, str(path), dynamo=False, dynamic_axes=dynamic, **common)
+            return
+        named: dict[str, Any] = {}
+
+        def dim(name: str, role: str):
+            if form.spelling == "Dim.DYNAMIC" or "+" in role:
+                return Dim.DYNAMIC
+            if form.spelling == "Dim.AUTO":
+                return Dim.AUTO
+            key = f"{name}_{role}" if form.spelling == "named-distinct" else role
+            if key not in named:
+                bounds = {"min": 1, "max": 1024} if form.spelling == "bounded" else {}
+                named[key] = Dim(key.replace(".", "_"), **bounds)
+            return named[key]
+
+        shapes = None
+        if form.spelling != "static":
+            shapes = tuple({axis: dim(name, role) for axis, role in axes.get(name, {}).items()} or None for name in input_names)
+            if varargs_from is not None:
+                shapes = (*shapes[:varargs_from], shapes[varargs_from:])
+        torch.onnx.export(module, args, str(path), dynamo=True, dynamic_shapes=shapes, **common)

@@ -159,11 +159,14 @@ class MaskSizer:
 
     def __init__(self, mask_input: ir.Value, past: ir.Value | None, graph: ir.Graph, known: dict[ir.Value, ShapeOf] | None = None):
         self.roles: dict[str, str] = {}
+        self.fixed: dict[str, int] = {}  # roles a static graph fixes: {"batch": 2, "total": 8}
         dims = _symbols(mask_input)
         if len(dims) == 2:
             for dim, role in zip(dims, ("batch", "total")):
                 if isinstance(dim, str):
                     self.roles[dim] = role
+                elif isinstance(dim, int):
+                    self.fixed[role] = dim
         by_size = {size: role for role, size in _ROLE_PROBE.items()}
         for value, shape_of in (known or {}).items():
             dims = _symbols(value)
@@ -173,6 +176,8 @@ class MaskSizer:
             for dim, size in zip(dims, probe):
                 if isinstance(dim, str) and size in by_size:
                     self.roles.setdefault(dim, by_size[size])
+                elif isinstance(dim, int) and size in by_size:
+                    self.fixed.setdefault(by_size[size], dim)
         source = _traced_input(past, graph) if past is not None else None
         if source is not None:
             dims = _symbols(source)
@@ -180,6 +185,23 @@ class MaskSizer:
                 for dim, role in ((dims[-2], "past"), (dims[-4], "batch")):
                     if isinstance(dim, str):
                         self.roles.setdefault(dim, role)
+
+    def fitted(self, shapes) -> list[tuple[int, int, int]]:
+        """The probe (batch, past, sequence) shapes moved onto the sizes a static graph fixes, without repeats."""
+        fitted = []
+        for batch, past, sequence in shapes:
+            batch = self.fixed.get("batch", batch)
+            sequence = self.fixed.get("sequence", sequence)
+            if "total" in self.fixed:
+                if "sequence" in self.fixed or self.fixed["total"] - past < 1:
+                    past = self.fixed["total"] - sequence
+                else:
+                    sequence = self.fixed["total"] - past
+            past = self.fixed.get("past", past)
+            shape = (batch, past, sequence)
+            if past >= 0 and sequence >= 1 and shape not in fitted:
+                fitted.append(shape)
+        return fitted
 
     def shape(self, value: ir.Value, batch: int, past: int, sequence: int) -> tuple[int, ...] | str:
         sizes = {"batch": batch, "past": past, "total": past + sequence, "sequence": sequence}
@@ -281,8 +303,8 @@ def causal_mask_problem(
     sizer = MaskSizer(mask_input, past, graph, known)
     rng = np.random.default_rng(0)
     mask_type = numpy_type(mask_input)
-    probes = [(shape, holes, False) for shape in PROBE_SHAPES for holes in (False, True)]
-    probes += [(shape, False, True) for shape in LONG_PROBE_SHAPES]
+    probes = [(shape, holes, False) for shape in sizer.fitted(PROBE_SHAPES) for holes in (False, True)]
+    probes += [(shape, False, True) for shape in sizer.fitted(LONG_PROBE_SHAPES)]
     ran = 0
     for (batch, past_length, sequence), holes, optional in probes:
         total = past_length + sequence

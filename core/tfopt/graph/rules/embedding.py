@@ -179,11 +179,52 @@ class SlicedPositionTable(pattern.RewriteRuleClassBase):
         return op.Gather(table, op.Expand(positions, batch_sequence), axis=0)
 
 
+class FoldedPositionLookup(pattern.RewriteRuleClassBase):
+    """word lookup (+ segment lookup) + constant [1, S, H] -> the same + Gather(that constant as a table, [[0..S-1]]).
+
+    At static shapes torch's dynamo exporter folds the position lookup itself: positions
+    0..S-1 of the table become one constant addend. Read as a lookup of S rows by positions
+    0..S-1 (the same numbers, exactly), it is the form EmbedLayerNormalization takes.
+    """
+
+    def __init__(self, with_segment: bool):
+        super().__init__(name="FoldedPositionLookup" if with_segment else "FoldedPositionLookupNoSegment", remove_nodes=False)
+        self.with_segment = with_segment
+
+    def pattern(self, op, word_table, ids, segment_table, segment_ids, positions):
+        total = op.Gather(word_table, ids, _outputs=["word"])
+        if self.with_segment:
+            total = op.Add(total, op.Gather(segment_table, segment_ids))
+        return op.Add(total, positions, _outputs=["out"])
+
+    def check(self, context, word_table, ids, positions, out, **_):
+        result = pattern.MatchResult()
+        table, added = constant_array(word_table), constant_array(positions)
+        if table is None or table.ndim != 2 or added is None or added.ndim != 3 or added.shape[0] != 1 or added.shape[2] != table.shape[1]:
+            return result.fail("the addend is not a constant (1, sequence, hidden) table next to a word lookup")
+        if traced_graph_input(ids, context.graph_or_function) is None:
+            return result.fail("word ids are computed, not a model input")
+        if not any(node.op_type == "LayerNormalization" for node, _ in out.uses()):
+            return result.fail("the sum is not normalized (not an embedding layer)")
+        return result
+
+    def rewrite(self, op, word_table, ids, positions, out, **kw):
+        added = constant_array(positions)
+        table = op.initializer(ir.tensor(np.ascontiguousarray(added[0]), name=f"{positions.name or 'positions'}_table"))
+        rows = op.Constant(value=ir.tensor(np.arange(added.shape[1], dtype=np.int64)[None, :]))
+        total = op.Gather(word_table, ids, axis=0)
+        if self.with_segment:
+            total = op.Add(total, op.Gather(kw["segment_table"], kw["segment_ids"], axis=0))
+        return op.Add(total, op.Gather(table, rows, axis=0))
+
+
 def embed_layer_norm_rules() -> list[pattern.RewriteRule]:
-    # The first two put Keras' lookups into the plain Gather form the fusion matches.
+    # The first four put Keras' lookups and torch's folded positions into the plain Gather form the fusion matches.
     return [
         WrappedIdsLookup.rule(),
         SlicedPositionTable.rule(),
+        FoldedPositionLookup.rule(with_segment=True),
+        FoldedPositionLookup.rule(with_segment=False),
         EmbedLayerNorm.rule(with_segment=True),
         EmbedLayerNorm.rule(with_segment=False),
     ]

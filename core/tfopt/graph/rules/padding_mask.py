@@ -78,7 +78,7 @@ def key_padding_problem(
     cone, session = cut
     sizer = MaskSizer(mask_input, None, graph, known)
     rng = np.random.default_rng(0)
-    for batch, sequence in PROBE_SHAPES:
+    for batch, _, sequence in sizer.fitted((batch, 0, sequence) for batch, sequence in PROBE_SHAPES):
         for padding in _paddings(batch, sequence, rng):
             feed = {}
             for value in cone.inputs:
