@@ -394,3 +394,82 @@ def test_a_normal_model_is_held_to_the_plain_bound(tiny_bert, tmp_path):
     onnx.save(model, tmp_path / "shifted.onnx")
     result = Reference(tiny_bert).validate(tmp_path / "shifted.onnx")
     assert not result.passed and "differs from the input model's" in result.problem and "noise" not in result.problem
+
+
+def _norm_model(path, *, form: str, opset: int, external: bool = False) -> None:
+    """RMSNorm or LayerNorm over 16 features: ``decomposed`` (standard ops), or one node as ONNX
+    Runtime registers it in the default domain (``simplified``: SimplifiedLayerNormalization;
+    ``layernorm``: LayerNormalization, below opset 17 unknown to onnx). ``unknown``: an op no one
+    registers; ``dangling``: SimplifiedLayerNormalization reading a value nothing defines."""
+    from onnx import numpy_helper
+
+    float_ = onnx.TensorProto.FLOAT
+    weights = [
+        numpy_helper.from_array(np.linspace(0.5, 1.5, 16).astype(np.float32), "gamma"),
+        numpy_helper.from_array(np.linspace(-0.1, 0.1, 16).astype(np.float32), "beta"),
+        numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+        numpy_helper.from_array(np.array(1e-5, np.float32), "eps"),
+    ]
+    rms = form in ("simplified", "unknown", "dangling", "decomposed-rms")
+    if form.startswith("decomposed"):
+        nodes = [oh.make_node("ReduceMean", ["x"], ["mean"], axes=[-1]), oh.make_node("Sub", ["x", "mean"], ["centered"])] if not rms else []
+        centered = "x" if rms else "centered"
+        nodes += [
+            oh.make_node("Pow", [centered, "two"], ["squared"]),
+            oh.make_node("ReduceMean", ["squared"], ["variance"], axes=[-1]),
+            oh.make_node("Add", ["variance", "eps"], ["shifted"]),
+            oh.make_node("Sqrt", ["shifted"], ["deviation"]),
+            oh.make_node("Div", [centered, "deviation"], ["normed"]),
+            oh.make_node("Mul", ["normed", "gamma"], ["scaled" if not rms else "y"]),
+        ]
+        if not rms:
+            nodes.append(oh.make_node("Add", ["scaled", "beta"], ["y"]))
+    else:
+        op, inputs = {"simplified": ("SimplifiedLayerNormalization", ["x", "gamma"]), "layernorm": ("LayerNormalization", ["x", "gamma", "beta"]),
+                      "unknown": ("NoSuchNormalization", ["x", "gamma"]), "dangling": ("SimplifiedLayerNormalization", ["x", "nowhere"])}[form]
+        nodes = [oh.make_node(op, inputs, ["y"], axis=-1, epsilon=1e-5)]
+    x = oh.make_tensor_value_info("x", float_, ["batch", "sequence", 16])
+    y = oh.make_tensor_value_info("y", float_, ["batch", "sequence", 16])
+    model = oh.make_model(oh.make_graph(nodes, "norm", [x], [y], initializer=weights), opset_imports=[oh.make_opsetid("", opset)])
+    model.ir_version = 8
+    if external:
+        onnx.save(model, path, save_as_external_data=True, location=path.name + ".data", size_threshold=0)
+    else:
+        onnx.save(model, path)
+
+
+@pytest.mark.parametrize(
+    "reference_form, candidate_form, opset",
+    [("decomposed-rms", "simplified", 17), ("decomposed", "layernorm", 14)],
+)
+@pytest.mark.parametrize("external", [False, True])
+def test_default_domain_ops_onnx_runtime_registers_are_valid(tmp_path, reference_form, candidate_form, opset, external):
+    """onnx.checker: "No Op registered for SimplifiedLayerNormalization" (and LayerNormalization
+    below opset 17); ONNX Runtime registers both in the default domain and runs them: its schemas judge."""
+    _norm_model(tmp_path / "in.onnx", form=reference_form, opset=opset)
+    (tmp_path / "out").mkdir()
+    _norm_model(tmp_path / "out" / "fused.onnx", form=candidate_form, opset=opset, external=external)
+    with pytest.raises(onnx.checker.ValidationError, match="No Op registered for"):
+        onnx.checker.check_model(str(tmp_path / "out" / "fused.onnx"))
+    validation = Reference(tmp_path / "in.onnx").validate(tmp_path / "out" / "fused.onnx")
+    assert validation.passed and validation.feeds == 2, validation.problem
+
+
+@pytest.mark.parametrize(
+    "form, problem",
+    [("unknown", "No Op registered for NoSuchNormalization"), ("dangling", "nowhere")],
+)
+def test_the_checker_still_judges_ops_no_one_registers_and_the_structure(tmp_path, form, problem):
+    _norm_model(tmp_path / "in.onnx", form="decomposed-rms", opset=17)
+    _norm_model(tmp_path / "bad.onnx", form=form, opset=17)
+    validation = Reference(tmp_path / "in.onnx").validate(tmp_path / "bad.onnx")
+    assert not validation.passed and validation.problem.startswith("the ONNX checker rejects it") and problem in validation.problem
+
+
+def test_onnx_runtime_schemas_are_read_once():
+    from tfopt.graph.ort_schemas import ort_registers, ort_schema_versions
+
+    assert ort_registers("SimplifiedLayerNormalization", "", 1) and ort_registers("LayerNormalization", "ai.onnx", 14)
+    assert ort_registers("MultiHeadAttention", "com.microsoft", 1) and ort_registers("NoSuchOp", "", 17) is False
+    assert ort_registers("RMSNormalization", "", 22) is False and ort_registers("RMSNormalization", "", 23)
+    assert ort_schema_versions() is ort_schema_versions()

@@ -94,11 +94,71 @@ def _ort_session(path: Path, threads: int = 0, *, optimized: bool = True, initia
 
 
 def _checker_problem(path: Path) -> str | None:
+    """``onnx.checker``'s complaint about the file, if any; ops onnx does not know in the default
+    domain are judged by ONNX Runtime's schemas instead (:func:`_checked_as_ort_reads_it`)."""
     try:
         onnx.checker.check_model(str(path))
     except Exception as exc:  # onnx raises ValidationError, and others for unreadable data
+        problem = first_line(exc)
+        return _checked_as_ort_reads_it(path, problem) if problem.startswith("No Op registered for") else problem
+    return None
+
+
+# The domain default-domain ops that only ONNX Runtime registers move to for onnx.checker's second look.
+_ORT_ONLY_DOMAIN = "tfopt.onnxruntime-registered"
+
+
+def _checked_as_ort_reads_it(path: Path, problem: str) -> str | None:
+    """``problem`` (onnx has no schema for an op), unless every default-domain op onnx does not
+    know at the model's opset is one ONNX Runtime registers there (SimplifiedLayerNormalization,
+    LayerNormalization below opset 17): then those nodes are set aside in a domain of their own
+    and the checker looks at the rest again (structure, SSA, the other ops), its answer standing.
+
+    ONNX Runtime's loader still resolves each of them against its schemas, with their type and
+    shape inference, in validation's next step. The weights are not read: the path-based check
+    that gave ``problem`` checked the initializers before the nodes.
+    """
+    from .ort_schemas import ort_registers
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return problem
+    version = next((opset.version for opset in model.opset_import if opset.domain in ("", "ai.onnx")), None)
+    if version is None:
+        return problem
+    moved = 0
+    for graph in _graphs(model.graph):
+        for node in graph.node:
+            if node.domain not in ("", "ai.onnx") or onnx.defs.has(node.op_type, version, ""):
+                continue
+            if not ort_registers(node.op_type, "", version):
+                return problem  # neither onnx nor ONNX Runtime knows it
+            node.domain, moved = _ORT_ONLY_DOMAIN, moved + 1
+    if not moved:
+        return problem
+    model.opset_import.append(onnx.helper.make_opsetid(_ORT_ONLY_DOMAIN, 1))
+    for graph in _graphs(model.graph):
+        for tensor in graph.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:  # a stand-in: checked on the file already
+                tensor.ClearField("external_data")
+                tensor.data_location = onnx.TensorProto.DEFAULT
+                del tensor.dims[:]
+                tensor.dims.append(0)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
         return first_line(exc)
     return None
+
+
+def _graphs(graph: onnx.GraphProto):
+    """``graph`` and every subgraph in it (If/Loop/Scan bodies), depth first."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
+                yield from _graphs(sub)
 
 
 def _batch_sizes(specs: list[GraphInput], batch: int) -> dict[str, int]:
