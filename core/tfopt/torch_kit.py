@@ -123,7 +123,7 @@ def export_in_form(
     "named" uses one ``torch.export.Dim`` per role, "named-distinct" one per input and role
     (torch then merges what it proves equal, and leaves the rest apart), "bounded" named Dims
     with min/max; a role spelled as a sum ("past+sequence") has no Dim arithmetic in torch and
-    stays ``Dim.DYNAMIC`` in the named spellings. "dynamic_axes-distinct" gives every input's
+    stays ``Dim.DYNAMIC`` in the named spellings, and is "total_length" to the legacy exporter. "dynamic_axes-distinct" gives every input's
     axes names of their own. "static" declares nothing dynamic. ``varargs_from``: the inputs
     from this index on are the module's ``*args`` (GPT-2's past tensors).
     """
@@ -138,7 +138,12 @@ def export_in_form(
             dynamic = None
             if form.spelling != "static":
                 distinct = form.spelling == "dynamic_axes-distinct"
-                dynamic = {name: {axis: f"{name}_{role}" if distinct else role for axis, role in spec.items()} for name, spec in axes.items()}
+
+                def label(name: str, role: str) -> str:  # a sum is one more name to the legacy exporter
+                    role = "total_length" if "+" in role else role
+                    return f"{name}_{role}" if distinct else role
+
+                dynamic = {name: {axis: label(name, role) for axis, role in spec.items()} for name, spec in axes.items()}
             torch.onnx.export(module, args, str(path), dynamo=False, dynamic_axes=dynamic, **common)
             return
         named: dict[str, Any] = {}

@@ -234,7 +234,9 @@ def prepare(model: ir.Model) -> None:
         reshape_constant_weights(model.graph)
         RewriteRuleSet(simplifications).apply_to_model(model)
         onnxscript.optimizer.remove_unused_nodes(model)
-    if unify_dims(model.graph):  # equal sizes under different names (Dim.DYNAMIC exports) become one symbol
+    for _ in range(2):  # equal sizes under different names (Dim.DYNAMIC exports) become one symbol;
+        if not unify_dims(model.graph):  # inference then fills in more dims, which may show more
+            break
         onnxscript.optimizer.fold_constants(model, onnx_shape_inference=True, should_fold=_is_embedding_lookup)
     if merge_repeated_centering(model.graph):
         onnxscript.optimizer.remove_unused_nodes(model)

@@ -8,7 +8,8 @@ that s89 is s15; the graph does, where it computes with both:
 - a MatMul contracts ``A[..., k]`` with ``B[..., k, n]``: both k are one size;
 - a Concat joins tensors equal on every axis but its own, and its axis is the sum;
 - an elementwise op broadcasts: every input dim of an axis that is not 1 is the output's;
-- Transpose, Split, Gather, Squeeze/Unsqueeze and shape-keeping ops move dims without changing them.
+- Transpose, Split, Gather, Squeeze/Unsqueeze and shape-keeping ops move dims without changing them;
+- a Reshape whose target reads ``Shape(x)[axis]`` gives its output that dim of x.
 
 :func:`unify_dims` collects those facts in a union-find over (value, axis) slots, reasons once
 more over sums (``s15 + s70`` equal to ``s70 + s89`` gives s15 = s89), and then writes one
@@ -28,10 +29,12 @@ from typing import Iterable
 
 import onnx_ir as ir
 
+from .rules.reshapes import DimOf, target_entries
 from .values import constant_array
 
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_SUM = re.compile(r"^\s*[A-Za-z_]\w*(\s*\+\s*[A-Za-z_]\w*)+\s*$")
+# A symbol: exporters write s10, batch, past_key_values.0.key_past (the legacy exporter's input-named axes).
+_IDENTIFIER = re.compile(r"[A-Za-z_][\w.]*")
+_SUM = re.compile(r"^\s*[A-Za-z_][\w.]*(\s*\+\s*[A-Za-z_][\w.]*)+\s*$")
 
 _BROADCASTING = {
     "Add", "Sub", "Mul", "Div", "Pow", "Mod", "And", "Or", "Xor", "Equal", "Less", "LessOrEqual", "Greater",
@@ -176,18 +179,19 @@ class _Facts:
         elif op == "Transpose" and _rank(first) is not None:
             rank = _rank(first)
             perm = node.attributes.get_ints("perm", list(range(rank))[::-1])
-            for axis, source in enumerate(perm):
-                self.same(first, source, out, axis)
+            if sorted(perm) == list(range(rank)):  # a malformed perm says nothing
+                for axis, source in enumerate(perm):
+                    self.same(first, source, out, axis)
         elif op == "Concat":
             self._concat(node, inputs, out)
-        elif op == "Split" and _rank(first) is not None:
+        elif op == "Split" and _rank(first):
             rank = _rank(first)
             axis = node.attributes.get_int("axis", 0) % rank
             for piece in outputs:
                 for other in range(rank):
                     if other != axis:
                         self.same(first, other, piece, other)
-        elif op == "Gather" and len(inputs) == 2 and _rank(first) is not None and _rank(inputs[1]) is not None:
+        elif op == "Gather" and len(inputs) == 2 and _rank(first) and _rank(inputs[1]) is not None:
             rank, index_rank = _rank(first), _rank(inputs[1])
             axis = node.attributes.get_int("axis", 0) % rank
             for a in range(axis):
@@ -204,7 +208,9 @@ class _Facts:
                 key = _key(first, axis)
                 if key is not None and _is_definite(key):
                     self.same(first, axis, out, axis + offset)
-        elif op == "Slice" and _rank(first) is not None and _rank(first) == _rank(out):
+        elif op == "Reshape" and len(inputs) > 1 and _rank(out) is not None:
+            self._reshape(node, first, inputs[1], out)
+        elif op == "Slice" and _rank(first) and _rank(first) == _rank(out):
             axes = _axes_input(node, _rank(first))
             if axes is not None:
                 for axis in range(_rank(first)):
@@ -229,7 +235,7 @@ class _Facts:
 
     def _concat(self, node: ir.Node, inputs: list[ir.Value | None], out: ir.Value) -> None:
         rank = _rank(out)
-        if rank is None or any(_rank(v) != rank for v in inputs):
+        if not rank or any(_rank(v) != rank for v in inputs):
             return
         axis = node.attributes.get_int("axis", 0) % rank
         for other in range(rank):
@@ -250,6 +256,28 @@ class _Facts:
         out_key = _key(out, axis)
         if out_key is not None:
             self.classes.union(out_key, total)
+
+    def _reshape(self, node: ir.Node, data: ir.Value | None, target: ir.Value | None, out: ir.Value) -> None:
+        """An entry of the target read off another tensor's shape (``Shape(x)[axis]``) is that dim;
+        a 0 entry copies the input's dim (unless ``allowzero``)."""
+        entries = target_entries(target)
+        if entries is None or len(entries) != _rank(out):
+            return
+        copies_zero = not node.attributes.get_int("allowzero", 0)
+        kept = []  # axes whose entry provably keeps the input's dim there
+        for axis, entry in enumerate(entries):
+            if isinstance(entry, DimOf):
+                self.same(entry.value, entry.axis, out, axis)
+                kept.append(entry.value is data and entry.axis == axis)
+            elif entry == 0 and copies_zero and data is not None and _rank(data) is not None and axis < _rank(data):
+                self.same(data, axis, out, axis)
+                kept.append(True)
+            else:
+                kept.append(data is not None and _key(data, axis) == ("int", entry) and entry > 0)
+        # Same rank, every axis but one kept: the -1 there is the input's dim too.
+        if entries.count(-1) == 1 and _rank(data) == len(entries) and kept.count(False) == 1:
+            axis = entries.index(-1)
+            self.same(data, axis, out, axis)
 
     def _squeeze(self, node: ir.Node, source: ir.Value, out: ir.Value) -> None:
         unsqueeze = node.op_type == "Unsqueeze"

@@ -37,7 +37,7 @@ MAX_NODES = 600
 MAX_CONSTANT_BYTES = 64 << 20
 
 ShapeOf = Callable[[int, int, int], tuple[int, ...]]  # (batch, past, sequence) -> shape
-_SUM = re.compile(r"^\s*([A-Za-z_]\w*)\s*\+\s*([A-Za-z_]\w*)\s*$")
+_SUM = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*\+\s*([A-Za-z_][\w.]*)\s*$")
 _UNSTACK = {"Squeeze", "Split", "Gather", "Identity", "Slice", "Unsqueeze", "Reshape"}
 
 
@@ -179,9 +179,14 @@ class MaskSizer:
                 elif isinstance(dim, int) and size in by_size:
                     self.fixed.setdefault(by_size[size], dim)
         source = _traced_input(past, graph) if past is not None else None
-        if source is not None:
-            dims = _symbols(source)
-            if len(dims) >= 4:
+        if source is not None and len(_symbols(source)) >= 4:
+            # This layer's past input, and every input of the same layout (the other layers'
+            # pasts, which a graph may read the past length from): axis -2 is the past.
+            layout = [d if isinstance(d, int) else None for d in _symbols(source)]
+            for value in graph.inputs:
+                dims = _symbols(value)
+                if value is not source and [d if isinstance(d, int) else None for d in dims] != layout:
+                    continue
                 for dim, role in ((dims[-2], "past"), (dims[-4], "batch")):
                     if isinstance(dim, str):
                         self.roles.setdefault(dim, role)
