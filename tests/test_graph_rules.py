@@ -81,6 +81,41 @@ def test_decomposed_layer_norm_becomes_one_op(opset, square):
     _assert_same(original, fused, {"x": RNG.normal(size=(2, 5, H)).astype(np.float32)})
 
 
+def _decomposed_layer_norm(opset):
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["mean"], axes=[-1]),
+        helper.make_node("Sub", ["x", "mean"], ["d"]),
+        helper.make_node("Pow", ["d", "two"], ["sq"]),
+        helper.make_node("ReduceMean", ["sq"], ["var"], axes=[-1]),
+        helper.make_node("Add", ["var", "eps"], ["var_eps"]),
+        helper.make_node("Sqrt", ["var_eps"], ["std"]),
+        helper.make_node("Div", ["d", "std"], ["norm"]),
+        helper.make_node("Mul", ["norm", "gamma"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "beta"], ["y"]),
+    ]
+    inits = [_const("two", 2.0), _const("eps", 1e-6), _const("gamma", RNG.normal(size=H)), _const("beta", RNG.normal(size=H))]
+    return _model(nodes, [_float_input()], inits, opset=opset)
+
+
+@pytest.mark.parametrize("opset", [14, 16])
+def test_below_opset_17_a_layer_norm_no_fusion_took_stays_in_that_opsets_ops(opset):
+    original = _decomposed_layer_norm(opset)
+    fused, stats = _fuse(original)
+    assert stats.rule_counts["DecomposedLayerNorm"] == 1  # matched, then written back: nothing newer than the opset
+    assert "LayerNormalization" not in count_ops(fused)
+    onnx.checker.check_model(ir.serde.serialize_model(fused), full_check=True)
+    _assert_same(original, fused, {"x": RNG.normal(size=(2, 5, H)).astype(np.float32)})
+
+
+def test_below_opset_17_a_layer_norm_the_input_had_is_kept():
+    """ONNX Runtime runs LayerNormalization at any opset (it registers it itself); tfopt leaves the user's node alone."""
+    nodes = [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-6)]
+    original = _model(nodes, [_float_input()], [_const("gamma", RNG.normal(size=H)), _const("beta", RNG.normal(size=H))], opset=14)
+    fused, _ = _fuse(original)
+    assert count_ops(fused) == {"LayerNormalization": 1}
+    _assert_same(original, fused, {"x": RNG.normal(size=(2, 5, H)).astype(np.float32)})
+
+
 def test_reduce_over_other_axis_is_not_layer_norm():
     nodes = [
         helper.make_node("ReduceMean", ["x"], ["mean"], axes=[1]),

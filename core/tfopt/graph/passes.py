@@ -11,6 +11,7 @@ from onnxscript.rewriter.rules import common as common_rules
 
 from ..errors import TfoptError
 from .rules.decoder_forms import reshape_ranks
+from .rules.normalization import expand_new_layer_norms, mark_input_layer_norms
 from .shape_facts import unify_dims
 from .values import MS_DOMAIN, constant_array
 
@@ -226,6 +227,7 @@ def prepare(model: ir.Model) -> None:
     after this they look like dynamo exports to the rules.
     """
     normalize_opset_imports(model)
+    mark_input_layer_norms(model.graph)
     name_unknown_dims(model.graph)
     simplifications = _exact_simplifications(model.opset_imports.get("", 1))
     for _ in range(2):
@@ -246,8 +248,10 @@ def prepare(model: ir.Model) -> None:
 
 
 def cleanup(model: ir.Model) -> None:
-    """Drop what fusion left dead (mask subgraphs, unpacked Q/K/V weights), merge duplicate casts."""
+    """Drop what fusion left dead (mask subgraphs, unpacked Q/K/V weights), merge duplicate casts;
+    below opset 17, write a LayerNormalization no fusion took back in the ops that opset has."""
     common_passes.RemoveUnusedNodesPass()(model)
+    expand_new_layer_norms(model.graph, model.opset_imports.get("", 1))
     common_passes.CommonSubexpressionEliminationPass()(model)
     common_passes.RemoveUnusedNodesPass()(model)
     common_passes.RemoveUnusedOpsetsPass()(model)

@@ -292,3 +292,71 @@ def skip_layer_norm_rules() -> list[pattern.RewriteRule]:
         for keep_sum in (False, True)
         for bias in ("left", "right", "none")
     ]
+
+
+LAYER_NORM_OPSET = 17  # the first ONNX opset with LayerNormalization
+_INPUT_NODE = "tfopt.input_node"  # meta mark: the node was in the model tfopt was given
+
+
+def mark_input_layer_norms(graph: ir.Graph) -> None:
+    """Mark the LayerNormalization nodes the input already has (a model may carry ORT's own below opset 17)."""
+    for node in graph:
+        if node.op_type == "LayerNormalization" and node.domain == "":
+            node.meta[_INPUT_NODE] = True
+
+
+def expand_new_layer_norms(graph: ir.Graph, opset: int) -> int:
+    """Below opset 17, write every LayerNormalization tfopt made (and no fusion took) back as ReduceMean/Sub/Mul/Sqrt/Div.
+
+    The fusions that read a LayerNormalization (SkipLayerNormalization, EmbedLayerNormalization)
+    are contrib ops valid at any opset; a LayerNormalization left over would be an op the
+    model's opset does not have. Returns how many were expanded.
+    """
+    if opset >= LAYER_NORM_OPSET:
+        return 0
+    expanded = 0
+    for node in list(graph):
+        if node.op_type != "LayerNormalization" or node.domain != "" or node.meta.get(_INPUT_NODE):
+            continue
+        if len(node.outputs) > 1 and any(out.uses() for out in node.outputs[1:]):
+            continue  # mean / inverse std read elsewhere: keep the op
+        x, gamma, beta = (list(node.inputs) + [None, None])[:3]
+        epsilon = node.attributes.get_float("epsilon", 1e-5)
+        narrow = x.dtype in _NARROW_FLOATS
+
+        def constant(value: float, name: str) -> ir.Node:
+            return ir.node("Constant", [], attributes={"value": ir.tensor(np.array(value, np.float32), name=name)})
+
+        nodes = []
+        source = x
+        if narrow:
+            nodes.append(ir.node("Cast", [x], attributes={"to": ir.DataType.FLOAT}))
+            source = nodes[-1].outputs[0]
+        nodes.append(ir.node("ReduceMean", [source], attributes={"axes": [-1], "keepdims": 1}))
+        nodes.append(ir.node("Sub", [source, nodes[-1].outputs[0]]))
+        centered = nodes[-1].outputs[0]
+        nodes.append(ir.node("Mul", [centered, centered]))
+        nodes.append(ir.node("ReduceMean", [nodes[-1].outputs[0]], attributes={"axes": [-1], "keepdims": 1}))
+        nodes.append(constant(epsilon, f"{node.name}_epsilon"))
+        nodes.append(ir.node("Add", [nodes[-2].outputs[0], nodes[-1].outputs[0]]))
+        nodes.append(ir.node("Sqrt", [nodes[-1].outputs[0]]))
+        nodes.append(ir.node("Div", [centered, nodes[-1].outputs[0]]))
+        if narrow:
+            nodes.append(ir.node("Cast", [nodes[-1].outputs[0]], attributes={"to": x.dtype}))
+        nodes.append(ir.node("Mul", [nodes[-1].outputs[0], gamma]))
+        result = nodes[-1].outputs[0]
+        if beta is not None:
+            nodes.append(ir.node("Add", [result, beta]))
+            result = nodes[-1].outputs[0]
+        for index, new in enumerate(nodes):
+            new.name = f"{node.name or 'layer_norm'}_expanded_{index}"
+        graph.insert_before(node, nodes)
+        old = node.outputs[0]
+        result.dtype, result.shape = old.dtype, old.shape
+        if old.is_graph_output():  # the model's output keeps its name
+            name, old.name = old.name, f"{old.name}_unexpanded"
+            result.name = name
+        old.replace_all_uses_with(result, replace_graph_outputs=True)
+        graph.remove(node, safe=True)
+        expanded += 1
+    return expanded
