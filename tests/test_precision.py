@@ -197,4 +197,4 @@ def test_first_line_keeps_what_follows_a_newline():
 
     exc = ValueError("Nodes in a graph must be topologically sorted, however input 'c' of node: \nname: late OpType: Relu\n is not output of any previous nodes.")
     line = first_line(exc)
-    assert "\n" not in line and "name: late OpType: Relu" in line and line.endswith("previous nodes.")
+    assert "\n" not in line and "node 'late' (Relu)" in line and line.endswith("previous nodes.")

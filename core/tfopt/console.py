@@ -2,7 +2,10 @@
 
 Exit codes: 0 success, 1 verification failed (the report is kept), 2 bad input or a
 failed stage (one line ``tfopt: error: ...`` on stderr, no traceback), 130 interrupted.
-``TFOPT_TRACEBACK=1`` prints the traceback as well, for bug reports.
+The error line holds at most :data:`ERROR_LINE_LIMIT` characters where the quotes of other
+libraries' text can be shortened to fit (:func:`tfopt.errors.fit_line`); ``tfopt -v`` prints
+those texts whole on the lines before it. ``TFOPT_TRACEBACK=1`` prints the traceback as
+well, for bug reports.
 
 Quiet by default: while a command runs, the libraries tfopt drives (ONNX Runtime, torch
 and its exporters, transformers, TensorFlow, onnxscript) print nothing of their own,
@@ -22,9 +25,10 @@ from typing import Iterator
 
 import click
 
-from .errors import TfoptError, VerificationFailed
+from .errors import TfoptError, VerificationFailed, fit_line, quoted_details
 
 PROG = "tfopt"
+ERROR_LINE_LIMIT = 200
 EXIT_VERIFICATION_FAILED = 1
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -32,8 +36,10 @@ TRACEBACK_ENV = "TFOPT_TRACEBACK"
 
 
 def error_line(message: str) -> str:
-    first = " ".join(str(message).split("\n")[0].split()) or "unknown error"
-    return f"{PROG}: error: {first}"
+    """``tfopt: error: ...``: the message on one line, its quotes shortened to fit :data:`ERROR_LINE_LIMIT`."""
+    prefix = f"{PROG}: error: "
+    text = " ".join(str(message).split()) or "unknown error"
+    return prefix + fit_line(text, ERROR_LINE_LIMIT - len(prefix))
 
 
 def warning_line(message: str) -> str:
@@ -51,8 +57,20 @@ def progress_printer(quiet: bool = False):
 def _fail(message: str, code: int, exc: BaseException | None = None) -> None:
     if exc is not None and os.environ.get(TRACEBACK_ENV):
         traceback.print_exception(exc, file=sys.stderr)
+    if _error_details:
+        for whole in quoted_details(str(message)):
+            click.echo(f"{PROG}: in full: {whole}", err=True)
     click.echo(error_line(message), err=True)
     sys.exit(code)
+
+
+_error_details = False  # set for the command running under ``tfopt -v``: the error's quotes are printed whole
+
+
+def show_error_details(show: bool = True) -> None:
+    """Print the whole text behind each quote of this command's error line (``tfopt -v``, ``optimize --verbose``)."""
+    global _error_details
+    _error_details = show
 
 
 class OneLineErrors:
@@ -61,6 +79,7 @@ class OneLineErrors:
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        show_error_details(False)
         try:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
@@ -117,6 +136,7 @@ def third_party_output(verbose: bool, *, onnxruntime: bool = True) -> Iterator[N
     previous_verbose = _verbose
     _verbose = verbose
     if verbose:
+        show_error_details()  # kept after the command ends: the error line is printed after that
         try:
             yield
         finally:
