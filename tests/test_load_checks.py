@@ -112,7 +112,7 @@ def test_external_data_symlinked_out_of_the_folder_is_refused(tmp_path):
     path = _save(_model(), folder / "m.onnx", external=True)
     os.replace(folder / "m.onnx.data", tmp_path / "blob")
     (folder / "m.onnx.data").symlink_to(tmp_path / "blob")
-    assert "outside the model's folder" in _refused(path)
+    assert "is a link out of the model's folder" in _refused(path)
 
 
 def test_external_data_length_zero_means_not_given(tmp_path):
@@ -203,10 +203,22 @@ def test_graph_without_outputs_or_nodes_is_refused(tmp_path):
     assert "no nodes" in _refused(_save(_model(nodes=[]), tmp_path / "b.onnx"))
 
 
-def test_two_definitions_of_a_name_are_refused(tmp_path):
+def test_two_definitions_of_a_name_are_refused_unless_onnx_runtime_reads_one(tmp_path):
     model = _model()
     model.graph.initializer.append(numpy_helper.from_array(np.ones(4, np.float32), "b"))
-    assert "initializer 'b' is defined twice" in _refused(_save(model, tmp_path / "a.onnx"))
+    loaded = load_model(_save(model, tmp_path / "twice.onnx"))  # ONNX Runtime reads the last small one: so does the repair
+    assert np.array_equal(loaded.graph.initializers["b"].const_value.numpy(), np.ones(4, np.float32))
+    model = _model()
+    model.graph.initializer.append(numpy_helper.from_array(np.ones((4, 4), np.float32), "w"))
+    loaded = load_model(_save(model, tmp_path / "big.onnx"))  # 64 bytes each: the last
+    assert np.array_equal(loaded.graph.initializers["w"].const_value.numpy(), np.ones((4, 4), np.float32))
+    model = _model()
+    model.graph.initializer.append(numpy_helper.from_array(np.ones((4, 40), np.float32), "w"))  # 64 and 640 bytes
+    assert "initializer 'w' is defined twice, in ways ONNX Runtime reads differently" in _refused(_save(model, tmp_path / "mixed.onnx"))
+    model = _model()
+    model.graph.initializer.append(numpy_helper.from_array(np.ones(4, np.float32), "b"))
+    model.graph.input.append(helper.make_tensor_value_info("b", TensorProto.FLOAT, [4]))  # and an input: ambiguous
+    assert "initializer 'b' is defined twice and is a graph input too" in _refused(_save(model, tmp_path / "a.onnx"))
     model = _model()
     model.graph.node[1].output[0] = "xw"  # Add also defines MatMul's output
     assert "'xw' is defined twice" in _refused(_save(model, tmp_path / "b.onnx"))

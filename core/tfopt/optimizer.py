@@ -33,11 +33,11 @@ import click
 import onnx
 import onnx_ir as ir
 
-from .console import TfoptCommand, progress_printer
-from .errors import TfoptError
+from .console import TfoptCommand, progress_printer, show_error_details
+from .errors import TfoptError, first_line
 from .graph.fusion import FUSION_NAMES, MODEL_TYPES, fuse_model
-from .graph.io import load_model, model_files, save_model
-from .graph.validate import dropped_rule_line, validation_line
+from .graph.io import INPUT_SHAPES, load_model, model_files, save_model
+from .graph.validate import Reference, dropped_rule_line, validation_line
 from .results import ModelInfo
 
 OPT_LEVELS = (0, 1, 2, 99)
@@ -148,11 +148,107 @@ def _ort_offline_optimize(model: ir.Model, level: int, use_gpu: bool) -> ir.Mode
         try:
             ort.InferenceSession(str(source), options, providers=providers)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TfoptError(f"ONNX Runtime could not optimize the model ({first})") from None
+            raise TfoptError(f"ONNX Runtime could not optimize the model ({first_line(exc)})") from None
         return ir.serde.deserialize_model(onnx.load(str(tmp_dir / "out.onnx")))  # weights into memory
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _refuse_if_onnxruntime_cannot_load(input_path: str | Path) -> None:
+    """A one-line error when ONNX Runtime cannot load the input either (called when fusion failed unexpectedly):
+    a graph whose declared types or shapes contradict what it computes can break a pass."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        ort.InferenceSession(str(input_path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise TfoptError(f"{input_path}: ONNX Runtime cannot load the model ({first_line(exc)})") from None
+
+
+def _is_onnxruntime_error(exc: BaseException | None) -> bool:
+    return exc is not None and type(exc).__module__.startswith("onnxruntime")
+
+
+class InputReference(Reference):
+    """The input as validation's reference, for a bare ONNX file: it must load and run in ONNX Runtime.
+
+    Without an adapter there is no way to size the generated inputs differently, so an input
+    ONNX Runtime cannot run on them is a one-line error (``--no-validate`` writes the model
+    unchecked) instead of a model written with parity not checked. Inputs that declare no
+    shape are fed the shape the graph implies (:func:`tfopt.graph.input_checks.input_shapes_from_graph`,
+    the one the loader gives the optimized model): the reference is then a copy of the input
+    with those shapes declared, in a temp folder until :meth:`close`.
+    """
+
+    def __init__(self, input_path: str | Path, input_shapes: dict[str, list] | None = None):
+        from .graph.input_checks import set_shape
+
+        self.input_path = Path(input_path)
+        self.inferred = dict(input_shapes or {})
+        self._tmp: Path | None = None
+        path = self.input_path
+        unknown = [name for name, dims in self.inferred.items() if not dims]
+        if unknown:
+            raise TfoptError(
+                f"{path}: input {unknown[0]!r} declares no shape and the graph does not imply one, so validation "
+                "cannot generate it; declare its shape, or pass --no-validate"
+            )
+        if self.inferred:
+            proto = onnx.load(str(path))  # the weights too: the copy lives in another folder
+            for value in proto.graph.input:
+                if value.name in self.inferred:
+                    set_shape(value, self.inferred[value.name])
+            self._tmp = Path(tempfile.mkdtemp(prefix="tfopt-reference-"))
+            path = self._tmp / path.name
+            external = len(model_files(self.input_path)) > 1
+            onnx.save_model(proto, str(path), save_as_external_data=external, location=path.name + ".data")
+        super().__init__(path)
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def _problem(self, what: str, exc: BaseException | None) -> str:
+        because = f" ({first_line(exc)})" if exc is not None else ""
+        if self.inferred:
+            shapes = ", ".join(f"{name} [{', '.join(map(str, dims))}]" for name, dims in self.inferred.items())
+            return (f"{self.input_path}: ONNX Runtime cannot {what} the model with the shapes taken from the graph for "
+                    f"inputs that declare none ({shapes}){because}; declare them, or pass --no-validate")
+        action = "load the model" if what == "load" else "run the model on generated inputs"
+        return f"{self.input_path}: ONNX Runtime cannot {action}{because}; pass --no-validate to optimize it unchecked"
+
+    def _run_failure(self) -> BaseException | None:
+        """What ONNX Runtime says when it runs the input on the first generated feed (for the error line)."""
+        import onnxruntime as ort
+
+        from .feeds import session_feed
+        from .graph.validate import validation_feeds
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            session.run(None, session_feed(session, validation_feeds(self.path)[0][0]))
+        except Exception as exc:
+            return exc
+        return None
+
+    def validate(self, candidate: str | Path, precision: str = "fp32"):
+        try:
+            result = super().validate(candidate, precision)
+        except TfoptError as exc:
+            cause = exc.__cause__ or exc.__context__
+            if _is_onnxruntime_error(cause):  # the input does not load in ONNX Runtime
+                raise TfoptError(self._problem("load", cause)) from None
+            raise
+        if result.passed and not result.feeds:  # the input loads but runs on none of the generated feeds
+            raise TfoptError(self._problem("run", self._run_failure()))
+        return result
 
 
 class OptimizedModel:
@@ -168,8 +264,10 @@ class OptimizedModel:
     own edits; then a failing model is an error and nothing is written.
     """
 
-    def __init__(self, model: ir.Model, *, input_path: Path, stats=None, rebuild=None, validate: bool = True):
+    def __init__(self, model: ir.Model, *, input_path: Path, stats=None, rebuild=None, validate: bool = True,
+                 input_shapes: dict[str, list | None] | None = None):
         self._ir: ir.Model | None = model
+        self.input_shapes = dict(input_shapes or {})  # what the loader gave inputs that declared no shape
         self._proto: onnx.ModelProto | None = None
         self.input_path = Path(input_path)
         self.stats = stats  # tfopt.graph.FusionStats, or None when tfopt's fusions did not run
@@ -258,15 +356,19 @@ class OptimizedModel:
 
         check_output_path(self.input_path, output_path)
         fp16 = self._fp16_options is not None
+        reference = InputReference(self.input_path, self.input_shapes) if self.validate else self.input_path
         try:
             outcome = write_validated(
-                self._built_without, output_path, self.input_path, refuse=self.input_path,
+                self._built_without, output_path, reference, refuse=self.input_path,
                 convert=self._to_fp16 if fp16 and self._fp32 is not None else None,
                 precision="fp16" if fp16 else "fp32", validate=self.validate,
                 external=len(model_files(self.input_path)) > 1,  # the input kept its weights beside it
             )
         except OSError as exc:
             raise TfoptError(f"{output_path}: cannot write ({exc.strerror or exc})") from None
+        finally:
+            if isinstance(reference, InputReference):
+                reference.close()
         if outcome.dropped:
             self._ir, self._proto, self.stats = outcome.model, None, outcome.built
         self.validation, self.dropped_rules = outcome.validation, outcome.dropped
@@ -312,18 +414,29 @@ def optimize_model(
         raise TfoptError(f"unknown fusion name(s) {', '.join(sorted(unknown))}; known: {', '.join(FUSION_NAMES)}")
     if only_onnxruntime:
         level = 99 if opt_level is None else opt_level
-        return OptimizedModel(_ort_offline_optimize(load_model(input), level, use_gpu), input_path=Path(input), validate=validate)
+        loaded = load_model(input)
+        return OptimizedModel(_ort_offline_optimize(loaded, level, use_gpu), input_path=Path(input), validate=validate,
+                              input_shapes=loaded.meta.get(INPUT_SHAPES))
     info = ModelInfo(model_type=model_type, num_heads=int(num_heads), hidden_size=int(hidden_size))
+    input_shapes: dict[str, list | None] = {}
 
     def fused_without(skip_rules: frozenset[str] = frozenset()):
         model = load_model(input)
-        stats = fuse_model(model, info, disabled=disabled, input_int32=input_int32, target="cuda" if use_gpu else "cpu", skip_rules=skip_rules)
+        input_shapes.update(model.meta.get(INPUT_SHAPES, {}))
+        try:
+            stats = fuse_model(model, info, disabled=disabled, input_int32=input_int32, target="cuda" if use_gpu else "cpu", skip_rules=skip_rules)
+        except TfoptError:
+            raise
+        except Exception:
+            _refuse_if_onnxruntime_cannot_load(input)  # the input's own fault, said in its terms
+            raise  # tfopt's: a bug, with its traceback
         if opt_level in (2, 99):
             model = _ort_offline_optimize(model, opt_level, use_gpu)
         return model, stats
 
     model, stats = fused_without()
-    return OptimizedModel(model, input_path=Path(input), stats=stats, rebuild=fused_without, validate=validate)
+    return OptimizedModel(model, input_path=Path(input), stats=stats, rebuild=fused_without, validate=validate,
+                          input_shapes=input_shapes)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -376,6 +489,8 @@ def optimize_options(function):
 def optimize_command(input_path, output_path, model_type, num_heads, hidden_size, input_int32, float16, opt_level,
                      use_gpu, only_onnxruntime, verbose, no_validate, **disable_flags):
     say = progress_printer()
+    if verbose:
+        show_error_details()  # an error's quotes of ONNX Runtime's text are printed whole, as under tfopt -v
     check_model_type(model_type)
     check_heads(num_heads, hidden_size)
     check_output_path(input_path, output_path)

@@ -242,7 +242,7 @@ def fuse_model(
         # Rules that keep matched nodes leave them dead; dead readers would block later matches.
         remove_unused_nodes(model)
     cleanup(model)
-    notes = []
+    notes = list(model.meta.get("tfopt.load_notes", ()))  # the loader's repairs (graph.io.LOAD_NOTES)
     if input_int32:
         converted = inputs_to_int32(model)
         notes.append(f"inputs now int32: {', '.join(converted) or 'none'}")

@@ -15,6 +15,11 @@ from ..errors import TfoptError, first_line
 from ..results import IOSpec
 from .input_checks import check_input_file, check_model_proto
 
+# ``ir.Model.meta`` keys: the notes of the repairs the loader made (``check_model_proto``), for fusion's
+# notes, and the shapes it gave inputs that declared none (validation feeds the input those shapes).
+LOAD_NOTES = "tfopt.load_notes"
+INPUT_SHAPES = "tfopt.input_shapes"
+
 # From this many bytes of weights on, tensors go to "<model>.data" beside the model: protobuf
 # cannot hold 2 GB, and serializing a big single-file model costs twice its size in memory and
 # seconds of time (bert-base: 3 s and +1.3 GB embedded vs 0.2 s and +0 MB external).
@@ -25,7 +30,9 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     """Load a model; weights in external data stay on disk until they are used.
 
     What would fail later in a pass (bad external data, cycles, wrong attribute types,
-    duplicate names, no outputs) is refused here in one line: see :mod:`.input_checks`.
+    duplicate names, no outputs) is refused here in one line; what ONNX Runtime runs although
+    ONNX forbids it is repaired, each repair noted in ``model.meta[LOAD_NOTES]`` (the shapes
+    given to inputs that declared none in ``model.meta[INPUT_SHAPES]``): see :mod:`.input_checks`.
     """
     path = Path(path)
     check_input_file(path)
@@ -34,7 +41,7 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     except Exception as exc:  # protobuf's DecodeError, truncated files
         raise TfoptError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
     try:
-        check_model_proto(proto, path.parent)
+        repairs = check_model_proto(proto, path.parent)
     except TfoptError as exc:
         raise TfoptError(f"{path}: {exc}") from None
     try:
@@ -42,6 +49,8 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     except Exception as exc:  # what the checks above do not foresee, still one line
         raise TfoptError(f"{path}: not a usable ONNX model ({first_line(exc)})") from None
     ir.external_data.set_base_dir(model.graph, path.parent)  # where ir.load would resolve locations
+    model.meta[LOAD_NOTES] = repairs.notes
+    model.meta[INPUT_SHAPES] = repairs.input_shapes
     return model
 
 
