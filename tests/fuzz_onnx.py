@@ -2,8 +2,11 @@
 
 Every case must end one of two ways: exit 2 with one ``tfopt: error:`` line and nothing
 written, or exit 0 with a model ONNX Runtime loads and that computes what the input
-computes (when ONNX Runtime can run the input). Whatever happens, the input's files keep
-their bytes. Seeds are small models tfopt fuses: a 1-layer BERT and a 1-layer GPT-2
+computes (when ONNX Runtime can run the input). The error line holds at most 200
+characters (the case folder's path not counted: paths are as long as the user makes them)
+and quotes none of ONNX Runtime's raw text (issue 17); exit 0 with "parity not checked" is
+a failure too (an input ONNX Runtime cannot run on generated inputs is an error). Whatever
+happens, the input's files keep their bytes. Seeds are small models tfopt fuses: a 1-layer BERT and a 1-layer GPT-2
 exported by the adapters' own ``export_model`` (when those adapters are installed) and
 three hand-built graphs. Each case mutates one seed, deterministically for its index.
 
@@ -57,11 +60,17 @@ NO_OUTPUT = "exit 0 but OUT missing / temp files beside it"
 OUTPUT_UNLOADABLE = "exit 0, ORT cannot load output"
 OUTPUT_FAILS = "exit 0, output fails where input runs"
 OUTPUT_DIFFERS = "exit 0, output differs from input"
+LONG_LINE = "error line over 200 characters"
+RAW_TEXT = "error quotes ONNX Runtime's raw text"
+UNCHECKED_WRITTEN = "exit 0, parity not checked"
 FINE = (OK_PARITY, OK_UNCHECKED, REFUSED, REFUSED_RUNNABLE)
 CATEGORIES = FINE + (
-    TRACEBACK, HANG, BAD_EXIT, NOT_ONE_LINE, LEFT_FILES, INPUT_CHANGED, NO_OUTPUT, OUTPUT_UNLOADABLE, OUTPUT_FAILS,
-    OUTPUT_DIFFERS,
+    TRACEBACK, HANG, BAD_EXIT, NOT_ONE_LINE, LONG_LINE, RAW_TEXT, LEFT_FILES, INPUT_CHANGED, NO_OUTPUT, OUTPUT_UNLOADABLE,
+    OUTPUT_FAILS, OUTPUT_DIFFERS, UNCHECKED_WRITTEN,
 )
+ERROR_LINE_LIMIT = 200  # characters of the `tfopt: error:` line, the case folder's own path not counted
+# What ONNX Runtime's text says about itself, not about the model: an error line must not quote it.
+RAW_MARKERS = ("[ONNXRuntimeError]", "onnxruntime_src", "Status Message:", "onnxruntime::")
 
 
 # ----------------------------------------------------------------------------- seeds
@@ -791,11 +800,16 @@ def value_info_wrong(m: Mutant) -> Path:
 
 @mutation("strip_shapes")
 def strip_shapes(m: Mutant) -> Path:
-    """No intermediate shapes and no output shapes (a valid model; shape inference must cope)."""
+    """No intermediate shapes and no output shapes, in half the cases no input shapes either (the same
+    function: shape inference must cope, and feeds take the shapes the graph implies)."""
     graph = m.model.graph
     del graph.value_info[:]
     for value in graph.output:
         value.type.tensor_type.ClearField("shape")
+    if m.rng.random() < 0.5:
+        for value in graph.input:
+            value.type.tensor_type.ClearField("shape")
+        m.say("inputs too")
     return m.save()
 
 
@@ -1045,8 +1059,11 @@ def _dim(dim, shape: FeedShape) -> int:
     return shape.sequence
 
 
-def make_feeds(session, seed: int) -> list[dict[str, np.ndarray]]:
-    """Feeds for the inputs a session declares: ids in range, right-padded masks, normal floats."""
+def make_feeds(session, seed: int, shapes: dict[str, list] | None = None) -> list[dict[str, np.ndarray]]:
+    """Feeds for the inputs a session declares: ids in range, right-padded masks, normal floats.
+
+    ``shapes``: dims for inputs the session's model declares no shape for (ORT then says ``[]``).
+    """
     rng = np.random.default_rng(seed)
     feeds = []
     for shape in FEED_SHAPES:
@@ -1055,7 +1072,7 @@ def make_feeds(session, seed: int) -> list[dict[str, np.ndarray]]:
             dtype = _NUMPY_TYPES.get(spec.type)
             if dtype is None:
                 raise ValueError(f"no feed for {spec.type}")
-            dims = tuple(_dim(dim, shape) for dim in (spec.shape or []))
+            dims = tuple(_dim(dim, shape) for dim in ((shapes or {}).get(spec.name) or spec.shape or []))
             name = spec.name.lower()
             if "mask" in name and len(dims) == 2:
                 lengths = np.maximum(dims[1] - np.arange(dims[0]), 1)
@@ -1085,11 +1102,20 @@ def ort_session(path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def reference_outputs(path: Path, seed: int):
-    """(feeds, outputs by name per feed) of ORT on the input, or None when ORT cannot load or run it."""
+def shapeless_inputs(path: Path) -> set[str]:
+    """Inputs the model declares no shape for (not even a rank)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {value.name for value in graph.input if not value.type.tensor_type.HasField("shape")}
+
+
+def reference_outputs(path: Path, seed: int, shapes: dict[str, list] | None = None):
+    """(feeds, outputs by name per feed) of ORT on the input, or None when ORT cannot load or run it.
+
+    ``shapes``: dims for the inputs the input declares no shape for (the optimized model's).
+    """
     try:
         session = ort_session(path)
-        feeds = make_feeds(session, seed)
+        feeds = make_feeds(session, seed, shapes)
         names = [output.name for output in session.get_outputs()]
         return feeds, [dict(zip(names, session.run(names, feed))) for feed in feeds]
     except Exception:
@@ -1169,7 +1195,7 @@ def run_case(case: Case, work_dir: Path, *, timeout: int = CASE_TIMEOUT_S) -> Ou
         except CaseTimeout as exc:  # raised outside CliRunner's own handler
             return Outcome(case, HANG, str(exc), note, time.perf_counter() - started)
     after = snapshot(case_dir / "in") | {"..outside": repr(snapshot_outside(case_dir))}
-    category, detail = judge(result, input_path, output_path, before, after, case.index)
+    category, detail = judge(result, input_path, output_path, before, after, case.index, folder=case_dir)
     return Outcome(case, category, detail, note, time.perf_counter() - started)
 
 
@@ -1178,7 +1204,13 @@ def snapshot_outside(case_dir: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in case_dir.iterdir() if p.is_file()}
 
 
-def judge(result, input_path: Path, output_path: Path, before: dict, after: dict, feed_seed: int) -> tuple[str, str]:
+def error_length(line: str, folder: Path | None) -> int:
+    """The error line's length as a user with a short path sees it: the case folder's own path is not counted."""
+    return len(line.replace(f"{folder}{os.sep}", "")) if folder is not None else len(line)
+
+
+def judge(result, input_path: Path, output_path: Path, before: dict, after: dict, feed_seed: int,
+          folder: Path | None = None) -> tuple[str, str]:
     stderr = result.stderr
     text = result.output  # stdout and stderr, interleaved
     exception = result.exception
@@ -1206,6 +1238,10 @@ def judge(result, input_path: Path, output_path: Path, before: dict, after: dict
         lines = [line for line in stderr.splitlines() if line.strip()]
         if len(errors) != 1 or lines[-1] != errors[0]:
             return NOT_ONE_LINE, " | ".join(lines)[-300:]
+        if error_length(errors[0], folder) > ERROR_LINE_LIMIT:
+            return LONG_LINE, f"{error_length(errors[0], folder)} characters: {errors[0]}"
+        if any(marker in errors[0] for marker in RAW_MARKERS):
+            return RAW_TEXT, errors[0]
         if left:
             return LEFT_FILES, ", ".join(left)
         if reference_outputs(input_path, feed_seed) is not None:
@@ -1213,11 +1249,15 @@ def judge(result, input_path: Path, output_path: Path, before: dict, after: dict
         return REFUSED, errors[0]
     if left not in ([OUTPUT_FILE], sorted([OUTPUT_FILE, OUTPUT_FILE + ".data"])):
         return NO_OUTPUT, ", ".join(left) or "nothing written"
+    if "parity not checked" in stderr:  # an input ORT cannot run on generated inputs must be an error
+        return UNCHECKED_WRITTEN, next(line for line in stderr.splitlines() if "parity not checked" in line)[:300]
     try:
         session = ort_session(output_path)
     except Exception as exc:
         return OUTPUT_UNLOADABLE, " ".join(str(exc).split())[:200]
-    reference = reference_outputs(input_path, feed_seed)
+    shapeless = shapeless_inputs(input_path)
+    shapes = {spec.name: spec.shape for spec in session.get_inputs() if spec.name in shapeless}
+    reference = reference_outputs(input_path, feed_seed, shapes)
     if reference is None:
         return OK_UNCHECKED, ""
     feeds, expected_runs = reference

@@ -1,5 +1,9 @@
 """Mutated ONNX inputs through `tfopt optimize`: a one-line error or a faithful model, never a traceback.
 
+An error is ONE line of at most 200 characters that quotes no raw ONNX Runtime text; an exit 0
+must not be "parity not checked" (``fuzz_onnx.judge``: LONG_LINE, RAW_TEXT, NOT_ONE_LINE,
+TRACEBACK, UNCHECKED_WRITTEN are failures).
+
 The cases come from ``fuzz_onnx.py`` (deterministic by index); CI runs the first
 :data:`CI_CASES`, ``-m slow`` another :data:`SLOW_CASES`. A failing case's id names its
 index, seed and mutation: ``python tests/fuzz_onnx.py --start INDEX --cases 1 --keep DIR``
@@ -92,6 +96,33 @@ def test_harness_reports_a_traceback(monkeypatch, tmp_path, fuzz_seeds):
 
     outcome = _outcome_of(monkeypatch, tmp_path, fuzz_seeds, "optimize_model", explode)
     assert outcome.category == fuzz.TRACEBACK and "KeyError" in outcome.detail
+
+
+@pytest.mark.parametrize(
+    "message, category",
+    [("x" * 300, fuzz.LONG_LINE), ("ONNX Runtime cannot load it ([ONNXRuntimeError] : 1 : FAIL : boom)", fuzz.RAW_TEXT)],
+    ids=["long", "raw"],
+)
+def test_harness_reports_an_error_line_that_is_too_long_or_raw(monkeypatch, tmp_path, fuzz_seeds, message, category):
+    from tfopt.errors import TfoptError
+
+    def fail(original, *args, **kwargs):
+        raise TfoptError(message)
+
+    outcome = _outcome_of(monkeypatch, tmp_path, fuzz_seeds, "optimize_model", fail)
+    assert outcome.category == category, outcome.describe()
+
+
+def test_harness_reports_a_model_written_with_parity_not_checked(monkeypatch, tmp_path, fuzz_seeds):
+    def unchecked(original, *args, **kwargs):
+        import click
+
+        result = original(*args, **kwargs)
+        click.echo("tfopt: validated: loads in ONNX Runtime; parity not checked: (stand-in)", err=True)
+        return result
+
+    outcome = _outcome_of(monkeypatch, tmp_path, fuzz_seeds, "OptimizedModel.save_model_to_file", unchecked)
+    assert outcome.category == fuzz.UNCHECKED_WRITTEN, outcome.describe()
 
 
 def test_harness_reports_an_output_that_computes_something_else(monkeypatch, tmp_path, fuzz_seeds):
