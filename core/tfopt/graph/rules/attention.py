@@ -475,9 +475,11 @@ class CausalSelfAttentionWithPast(SelfAttention):
     ``GroupQueryAttention`` assumes right padding, while generation pads on the left).
     """
 
-    def __init__(self, num_heads: int = 0, target: str = "cpu"):
+    def __init__(self, num_heads: int = 0, target: str = "cpu", with_past: bool = True):
         super().__init__(num_heads, target)
-        self.name = "AttentionWithPast"
+        # Without past: the same attention exported without a cache (GPT2Model(use_cache=False)).
+        self.name = "AttentionWithPast" if with_past else "CausalAttention"
+        self.with_past = with_past
 
     def pattern(self, op, x, w_qkv, b_qkv, q_shape, k_shape, v_shape, past_key, past_value, q_factor, k_factor, s_factor, mask, zero):
         projected = op.MatMul(x, w_qkv, _outputs=["qkv_matmul"])
@@ -488,12 +490,18 @@ class CausalSelfAttentionWithPast(SelfAttention):
         def heads(value, shape, name):
             return op.Transpose(op.Reshape(value, shape, _allow_other_attributes=True), perm=[0, 2, 1, 3], _outputs=[name])
 
-        present_key = op.Concat(past_key, heads(k, k_shape, "key_heads"), _allow_other_attributes=True, _outputs=["present_key"])
-        present_value = op.Concat(
-            past_value, heads(v, v_shape, "value_heads"), _allow_other_attributes=True, _outputs=["present_value"]
-        )
+        if self.with_past:
+            present_key = op.Concat(past_key, heads(k, k_shape, "key_heads"), _allow_other_attributes=True, _outputs=["present_key"])
+            present_value = op.Concat(
+                past_value, heads(v, v_shape, "value_heads"), _allow_other_attributes=True, _outputs=["present_value"]
+            )
+        else:
+            present_key, present_value = heads(k, k_shape, "present_key"), heads(v, v_shape, "present_value")
         query = _scaled(op, heads(q, q_shape, "query_heads"), q_factor, "q_scaling")
-        key_t = _scaled(op, _key_transposed(op, present_key), k_factor, "k_scaling")
+        key_t = _key_transposed(op, present_key)
+        if not self.with_past:  # the head split and K^T as one Transpose (two folded by prepare)
+            key_t = pattern.OrValue([key_t, op.Transpose(op.Reshape(k, k_shape, _allow_other_attributes=True), perm=[0, 2, 3, 1])])
+        key_t = _scaled(op, key_t, k_factor, "k_scaling")
         scores = _scaled(op, op.MatMul(query, key_t, _outputs=["scores"]), s_factor, "s_scaling")
         probs = _masked_softmax(op, scores, mask, zero)
         context = op.MatMul(probs, present_value)
@@ -501,7 +509,7 @@ class CausalSelfAttentionWithPast(SelfAttention):
         context = op.Transpose(context, perm=[0, 2, 1, 3])
         return op.Reshape(context, pattern.Var("out_shape"), _allow_other_attributes=True, _outputs=["attn_out"])
 
-    def check(self, context, x, w_qkv, b_qkv, q_shape, q, present_key, present_value, probs, masked, mask=None, zero=None, **tags):
+    def check(self, context, x, w_qkv, b_qkv, q_shape, q, probs, masked, present_key=None, present_value=None, mask=None, zero=None, **tags):
         weight, bias = constant_array(w_qkv), constant_array(b_qkv)
         if weight is None or weight.ndim != 2 or bias is None or bias.ndim != 1 or weight.shape[1] % 3:
             return pattern.MatchResult().fail("QKV projection is not a constant [D, 3D] weight with a bias")
@@ -513,7 +521,7 @@ class CausalSelfAttentionWithPast(SelfAttention):
             sizes = np.array(split.attributes.get_ints("split"))
         if sizes is not None and (len(sizes) != 3 or len(set(int(v) for v in sizes)) != 1):
             return pattern.MatchResult().fail("QKV split into unequal parts")
-        for concat in (present_key.producer(), present_value.producer()):
+        for concat in (present_key.producer(), present_value.producer()) if self.with_past else ():
             if concat.attributes.get_int("axis", 0) not in (-2, 2):
                 return pattern.MatchResult().fail("past is not concatenated along the sequence axis")
         hidden = weight.shape[1] // 3
@@ -548,17 +556,17 @@ class CausalSelfAttentionWithPast(SelfAttention):
 
         known = {x: tokens(hidden), tags["qkv_matmul"]: tokens(3 * hidden), tags["scores"]: lambda b, p, s: (b, heads, s, p + s)}
         known.update({tags[name]: tokens(hidden) for name in ("q", "k", "v")})
-        known.update({tags[name]: (lambda b, p, s: (b, heads, s, size)) for name in ("query_heads", "key_heads", "value_heads")})
-        known.update({tags[name]: (lambda b, p, s: (b, heads, p, size)) for name in ("past_key", "past_value")})
-        known.update({value: (lambda b, p, s: (b, heads, p + s, size)) for value in (present_key, present_value)})
+        known.update({tags[name]: (lambda b, p, s: (b, heads, s, size)) for name in ("query_heads", "key_heads", "value_heads") if tags.get(name) is not None})
+        known.update({tags[name]: (lambda b, p, s: (b, heads, p, size)) for name in ("past_key", "past_value") if tags.get(name) is not None})
+        known.update({value: (lambda b, p, s: (b, heads, p + s, size)) for value in (present_key, present_value) if value is not None})
         problem = causal_mask_problem(
             keep, model=context.model, graph=context.graph_or_function, mask_input=self._mask_input, known=known,
-            past=tags["past_key"], additive=masked == "add",
+            past=tags.get("past_key"), additive=masked == "add", with_past=self.with_past,
         )
         self._causal_verdicts[id(keep)] = problem
         return problem
 
-    def rewrite(self, op, x, b_qkv, qkv_matmul, past_key, past_value, attn_out, present_key, present_value, **_):
+    def rewrite(self, op, x, b_qkv, qkv_matmul, attn_out, present_key=None, present_value=None, past_key=None, past_value=None, **_):
         num_heads, head_size = self._heads
         attributes = {"num_heads": num_heads, "unidirectional": 1}
         if not math.isclose(self._scale, 1.0 / math.sqrt(head_size), rel_tol=1e-5):
@@ -570,12 +578,15 @@ class CausalSelfAttentionWithPast(SelfAttention):
             q, k, v = op.Split(qkv_matmul, _int64_constant(op, [self._hidden] * 3), axis=-1, _outputs=3)
         else:
             q, k, v = op.Split(qkv_matmul, axis=-1, split=[self._hidden] * 3, _outputs=3)
-        output, new_present_key, new_present_value = op.MultiHeadAttention(
-            q, k, v, b_qkv, mask, None, past_key, past_value, **attributes, _domain=MS_DOMAIN, _outputs=3
-        )
+        if not self.with_past:  # heads read elsewhere (a present output) stay computed by the graph's own nodes
+            output = op.MultiHeadAttention(q, k, v, b_qkv, mask, **attributes, _domain=MS_DOMAIN)
+        else:
+            output, new_present_key, new_present_value = op.MultiHeadAttention(
+                q, k, v, b_qkv, mask, None, past_key, past_value, **attributes, _domain=MS_DOMAIN, _outputs=3
+            )
+            self._present_swaps += [(present_key, new_present_key), (present_value, new_present_value)]
         if _output_rank(attn_out) == 2:  # GPT-2 merges heads straight into Gemm's 2-D input
             output = op.Reshape(output, _int64_constant(op, [-1, self._hidden]))
-        self._present_swaps += [(present_key, new_present_key), (present_value, new_present_value)]
         return output
 
     def setup(self):
@@ -647,4 +658,5 @@ def attention_rules(num_heads: int = 0, target: str = "cpu", hidden_size: int = 
         SubtractedMask.rule(),
         SelfAttention.rule(num_heads, target, hidden_size),
         CausalSelfAttentionWithPast.rule(num_heads, target),
+        CausalSelfAttentionWithPast.rule(num_heads, target, with_past=False),
     ]

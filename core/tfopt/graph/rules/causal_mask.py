@@ -294,18 +294,22 @@ def causal_mask_problem(
     known: dict[ir.Value, ShapeOf],
     past: ir.Value | None = None,
     additive: bool = True,
+    with_past: bool = True,
 ) -> str | None:
     """None if ``mask`` is the causal + key padding mask of ``mask_input``; else why not, in a few words.
 
     ``mask`` is what is added to the scores (``additive``) or a boolean "keep" condition;
     ``known`` maps values of the matched attention to their shape; ``past`` is the
-    per-layer past key, to name the past axis of the graph input it comes from.
+    per-layer past key, to name the past axis of the graph input it comes from; ``with_past=False``
+    for an attention without a cache (every probe then has past 0).
     """
     cut = mask_session(mask, model=model, graph=graph, known=known)
     if isinstance(cut, str):
         return cut
     cone, session = cut
     sizer = MaskSizer(mask_input, past, graph, known)
+    if not with_past:  # an attention without a cache: its mask covers the new tokens only
+        sizer.fixed["past"] = 0
     rng = np.random.default_rng(0)
     mask_type = numpy_type(mask_input)
     probes = [(shape, holes, False) for shape in sizer.fitted(PROBE_SHAPES) for holes in (False, True)]
