@@ -291,3 +291,19 @@ def test_read_io_spec_refuses_an_input_without_a_numpy_type(tmp_path):
     model.graph.input[0].type.tensor_type.elem_type = 77
     with pytest.raises(TfoptError, match="no numpy element type"):
         read_io_spec(_save(model, tmp_path / "m.onnx"))
+
+
+def test_text_that_is_not_utf8_is_decoded_where_it_only_describes_and_refused_in_names(tmp_path):
+    """A flipped byte in a name: protobuf hands out bytes, onnx-ir could not write the model back (SerdeError)."""
+    model = _model()
+    model.producer_name = "PRODX"
+    model.graph.node[0].name = "NODEA"
+    data = model.SerializeToString().replace(b"PRODX", b"PR\xcfDX").replace(b"NODEA", b"NO\xffEA")
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data)
+    loaded = load_model(path)
+    assert loaded.producer_name == "PR\ufffdDX" and any(node.name == "NO\ufffdEA" for node in loaded.graph)
+    path.write_bytes(_model().SerializeToString().replace(b"Relu", b"Re\xffu"))
+    assert "a node's op_type is not UTF-8 text" in _refused(path)
+    path.write_bytes(_model().SerializeToString().replace(b"batch", b"ba\xfech"))  # ONNX Runtime's Python API fails on it
+    assert "a graph input's or output's dim's dim_param is not UTF-8 text" in _refused(path)

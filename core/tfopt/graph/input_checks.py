@@ -100,6 +100,7 @@ def check_model_proto(model: onnx.ModelProto, folder: Path) -> Repairs:
     if not 0 <= model.ir_version <= onnx.IR_VERSION:  # ONNX Runtime loads 0-2 too, so they pass
         raise TfoptError(f"IR version {model.ir_version} is not one onnx {onnx.__version__} knows (up to {onnx.IR_VERSION})")
     notes: list[str] = []
+    _check_text(model, notes)
     opsets = _normalized_opsets(model, notes)
     _check_names(graph, notes, folder)
     sort_nodes(graph)
@@ -115,6 +116,59 @@ def check_model_proto(model: onnx.ModelProto, folder: Path) -> Repairs:
             set_shape(value, shapes[value.name])
             notes.append(f"input {value.name!r} declares no shape; took {_shape_text(shapes[value.name])} from the graph")
     return Repairs(notes, shapes)
+
+
+# String fields that only describe (names of the producer, the graph, nodes; documentation; symbols of
+# dims): text that is not UTF-8 there is decoded with replacement characters. Anywhere else (value,
+# op, domain and attribute names, external-data entries) the model is refused: onnx-ir cannot write
+# such a name back, and ONNX Runtime's Python API cannot show it.
+_DESCRIPTIVE_TEXT = {
+    ("ModelProto", "producer_name"), ("ModelProto", "producer_version"), ("ModelProto", "domain"),
+    ("ModelProto", "doc_string"), ("GraphProto", "name"), ("GraphProto", "doc_string"), ("NodeProto", "name"),
+    ("NodeProto", "doc_string"), ("ValueInfoProto", "doc_string"), ("TensorProto", "doc_string"),
+    ("AttributeProto", "doc_string"), ("FunctionProto", "doc_string"), ("TypeProto", "denotation"),
+    ("Dimension", "denotation"), ("Dimension", "dim_param"), ("metadata_props", "key"), ("metadata_props", "value"),
+}
+
+
+_PROTO_WORDS = {
+    "NodeProto": "a node", "ValueInfoProto": "a value", "TensorProto": "a tensor", "AttributeProto": "an attribute",
+    "GraphProto": "a graph", "OperatorSetIdProto": "an opset import", "StringStringEntryProto": "an external data entry",
+    "FunctionProto": "a function", "ModelProto": "the model", "SparseTensorProto": "a sparse tensor",
+    "Dimension": "a graph input's or output's dim",
+}
+
+
+def _check_text(model: onnx.ModelProto, notes: list[str]) -> None:
+    """Every string field holds UTF-8 text (protobuf hands out ``bytes`` for one that does not)."""
+    repaired: list[str] = []
+
+    def walk(message, owner: str, io: bool = False) -> None:
+        for field, value in message.ListFields():
+            if field.type == field.TYPE_MESSAGE:
+                context = "metadata_props" if field.name == "metadata_props" else None
+                # ONNX Runtime's Python API decodes the dims of graph inputs and outputs: refused there
+                inner = io or (owner == "GraphProto" and field.name in ("input", "output"))
+                for item in (value if field.is_repeated else [value]):
+                    walk(item, context or type(item).__name__, inner)
+            elif field.type == field.TYPE_STRING:
+                items = list(value) if field.is_repeated else [value]
+                if not any(isinstance(item, bytes) for item in items):
+                    continue
+                if (owner, field.name) not in _DESCRIPTIVE_TEXT or (io and field.name == "dim_param"):
+                    raw = next(item for item in items if isinstance(item, bytes))
+                    what = _PROTO_WORDS.get(owner, owner)
+                    raise TfoptError(f"{what}'s {field.name} is not UTF-8 text ({raw[:40]!r}); the file is damaged")
+                text = [item.decode("utf-8", "replace") if isinstance(item, bytes) else item for item in items]
+                if field.is_repeated:
+                    getattr(message, field.name)[:] = text
+                else:
+                    setattr(message, field.name, text[0])
+                repaired.append(f"{owner}.{field.name}")
+
+    walk(model, "ModelProto")
+    if repaired:
+        notes.append(f"text that is not UTF-8 decoded with replacement characters in {', '.join(sorted(set(repaired)))}")
 
 
 def _normalized_opsets(model: onnx.ModelProto, notes: list[str]) -> dict[str, int]:

@@ -97,7 +97,7 @@ def model_files(path: str | os.PathLike) -> set[Path]:
     for tensor in graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             location = next((entry.value for entry in tensor.external_data if entry.key == "location"), None)
-            if location:
+            if isinstance(location, str) and location:  # bytes: not UTF-8, refused by load_model
                 try:
                     files.add((path.parent / location).resolve())
                 except (RuntimeError, OSError):  # a symlink loop: load_model refuses it in one line
