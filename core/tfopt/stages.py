@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pluggy
 
-from .errors import TfoptError
+from .errors import TfoptError, first_line
 from .feeds import describe_feeds
 from .plugins import adapter_caller, generic_caller
 from .results import BenchResult, ExportResult, FuseResult, PrecisionResult, RunContext, VerifyResult
@@ -35,8 +35,8 @@ TRACEBACK_ENV = "TFOPT_TRACEBACK"
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    """``Type: message``, the message as :func:`tfopt.errors.first_line` quotes it (summarized, whole under -v)."""
+    return f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
 
 
 def _check_feeds(value: Any) -> str | None:
