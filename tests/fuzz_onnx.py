@@ -1238,6 +1238,8 @@ def judge(result, input_path: Path, output_path: Path, before: dict, after: dict
         lines = [line for line in stderr.splitlines() if line.strip()]
         if len(errors) != 1 or lines[-1] != errors[0]:
             return NOT_ONE_LINE, " | ".join(lines)[-300:]
+        if result.stdout.strip():  # a library's print (ONNX Runtime's "EP Error" banner) is a line too
+            return NOT_ONE_LINE, "stdout: " + " | ".join(result.stdout.strip().splitlines())[-300:]
         if error_length(errors[0], folder) > ERROR_LINE_LIMIT:
             return LONG_LINE, f"{error_length(errors[0], folder)} characters: {errors[0]}"
         if any(marker in errors[0] for marker in RAW_MARKERS):
