@@ -350,7 +350,10 @@ class OptimizedModel:
         """Validate, then write atomically; weights go to ``<name>.data`` when large or external in the input.
 
         ``use_external_data_format`` is accepted for compatibility: tfopt decides by size
-        (100 MB and up, or external in the input), which covers models over 2 GB.
+        (100 MB and up, or external in the input), which covers models over 2 GB. An input
+        ONNX Runtime cannot load, or cannot run on the generated inputs, is a one-line
+        :class:`TfoptError` and nothing is written (:class:`InputReference`); ``validate=False``
+        writes the model unchecked.
         """
         from .graph.validate import write_validated
 
