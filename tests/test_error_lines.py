@@ -115,3 +115,27 @@ def test_input_onnx_runtime_cannot_run_on_generated_inputs_is_an_error_unless_no
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx"]
     unchecked = _optimize("optimize", "--input", str(path), "--output", str(out), "--no_validate")
     assert unchecked.exit_code == 0 and out.is_file()
+
+
+def _shapeless(tmp_path, name, nodes, inits=()):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, None)  # no shape at all
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    model = helper.make_model(helper.make_graph(nodes, name, [x], [y], list(inits)), opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_verify_and_bench_take_a_shapeless_input_from_the_graph_or_refuse_it_in_one_line(tmp_path):
+    """feeds for verify/bench/profile: a shapeless input gets the shape the graph implies, else one line (was IndexError)."""
+    weight = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    implied = _shapeless(tmp_path, "matmul", [helper.make_node("MatMul", ["x", "w"], ["y"])], [weight])
+    result = CliRunner().invoke(main, ["verify", str(implied), "--reference", str(implied)])
+    assert result.exit_code == 0, result.output
+    silent = _shapeless(tmp_path, "identity", [helper.make_node("Identity", ["x"], ["y"])])
+    for command in (["verify", str(silent), "--reference", str(silent)], ["bench", str(silent)]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code != 0 and result.exception is None or isinstance(result.exception, SystemExit), result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and "declares no shape" in lines[0] and len(lines[0]) <= ERROR_LINE_LIMIT, result.output

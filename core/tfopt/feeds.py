@@ -184,17 +184,27 @@ def _parsed_inputs(path: str, *identity: int) -> tuple[GraphInput, ...]:
         model = onnx.load(path, load_external_data=False)
     except Exception as exc:
         raise TfoptError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    from .graph.input_checks import input_shapes_from_graph, shapeless_inputs
+
     initializers = {init.name for init in model.graph.initializer}
     limits = _lookup_table_rows(model.graph)
     concatenated = _concatenated_axes(model.graph)
+    implied = input_shapes_from_graph(model)  # for inputs that declare no shape at all
+    for value in shapeless_inputs(model.graph):
+        if value.name not in implied:
+            raise TfoptError(f"{Path(path).name}: input {value.name!r} declares no shape and the graph implies none; declare its shape")
     found = []
     for value in model.graph.input:
         if value.name in initializers:
             continue
         tensor_type = value.type.tensor_type
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
-        dims = [dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None for dim in tensor_type.shape.dim]
-        names = [dim.dim_param or None for dim in tensor_type.shape.dim]
+        if value.name in implied:
+            dims = [dim if isinstance(dim, int) else None for dim in implied[value.name]]
+            names = [dim if isinstance(dim, str) else None for dim in implied[value.name]]
+        else:
+            dims = [dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None for dim in tensor_type.shape.dim]
+            names = [dim.dim_param or None for dim in tensor_type.shape.dim]
         found.append(GraphInput(value.name, dtype, dims, limits.get(value.name), names, concatenated.get(value.name)))
     return tuple(found)
 
