@@ -155,8 +155,13 @@ def encoder(
     opset_domain="",
     layers=LAYERS,
     seed=0,
+    mask_first=False,
 ) -> onnx.ModelProto:
-    """A BERT-like encoder, legacy-export style; ``dims`` is how the inputs declare (batch, sequence)."""
+    """A BERT-like encoder, legacy-export style; ``dims`` is how the inputs declare (batch, sequence).
+
+    ``mask_first``: the mask is the first operand of the scores' Add (ONNX Runtime's
+    ``attention_fusion_reverse_add_order`` graph).
+    """
     b = Builder(dtype, seed)
     elem = FLOAT_TYPES[dtype]
     word = b.op("Gather", b.weights(VOCAB, HIDDEN, scale=1.0), "input_ids")
@@ -173,7 +178,8 @@ def encoder(
             split = b.op("Reshape", b.dense(hidden, HIDDEN, HIDDEN), b.ints([0, 0, HEADS, HEAD_SIZE]))
             heads.append(b.op("Transpose", split, perm=perm))
         q, k_t, v = heads
-        scores = b.op("Add", b.op("Div", b.op("MatMul", q, k_t), b.const(math.sqrt(HEAD_SIZE))), mask)
+        scaled = b.op("Div", b.op("MatMul", q, k_t), b.const(math.sqrt(HEAD_SIZE)))
+        scores = b.op("Add", mask, scaled) if mask_first else b.op("Add", scaled, mask)
         context = b.op("MatMul", b.op("Softmax", scores, axis=-1), v)
         merged = b.op("Reshape", b.op("Transpose", context, perm=[0, 2, 1, 3]), b.ints([0, 0, HIDDEN]))
         hidden = layer_norm(b, b.op("Add", b.dense(merged, HIDDEN, HIDDEN), hidden), ln)
@@ -271,6 +277,13 @@ def test_base_encoder_fuses_fully_and_matches():
 
 
 # --- opset imports naming the default domain "ai.onnx" -------------------------------------
+
+
+def test_mask_added_as_the_first_operand():
+    original = encoder(mask_first=True)
+    fused, stats = fuse(original)
+    assert_fully_fused(fused, stats, fully_fused())
+    assert max_diff(original, fused) < 2e-5
 
 
 def test_default_domain_spelled_ai_onnx(tmp_path):

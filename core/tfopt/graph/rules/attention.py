@@ -67,8 +67,9 @@ def _masked_softmax(op, scores, mask, zero):
     def select(kept, dropped):
         return op.Add(op.Mul(op.Cast(condition), kept), op.Mul(op.Cast(op.Not(condition)), dropped))
 
+    added = pattern.OrValue([op.Add(scores, mask), op.Add(mask, scores)])  # either operand order
     scores = pattern.OrValue(
-        [op.Add(scores, mask), select(scores, pattern.Var("fill")), scores],
+        [added, select(scores, pattern.Var("fill")), scores],
         tag_var="masked",
         tag_values=["add", "select", "none"],
     )
