@@ -585,14 +585,15 @@ class CausalSelfAttentionWithPast(SelfAttention):
             output, new_present_key, new_present_value = op.MultiHeadAttention(
                 q, k, v, b_qkv, mask, None, past_key, past_value, **attributes, _domain=MS_DOMAIN, _outputs=3
             )
-            self._present_swaps += [(present_key, new_present_key), (present_value, new_present_value)]
+            # A graph without value_info may leave the old presents untyped: the past's type is theirs.
+            self._present_swaps += [(present_key, new_present_key, past_key.dtype), (present_value, new_present_value, past_value.dtype)]
         if _output_rank(attn_out) == 2:  # GPT-2 merges heads straight into Gemm's 2-D input
             output = op.Reshape(output, _int64_constant(op, [-1, self._hidden]))
         return output
 
     def setup(self):
         super().setup()
-        self._present_swaps: list[tuple[ir.Value, ir.Value]] = []
+        self._present_swaps: list[tuple[ir.Value, ir.Value, ir.DataType | None]] = []
         self._causal_verdicts: dict[int, str | None] = {}  # per mask value: all layers share one
 
     def cleanup(self):
@@ -601,13 +602,13 @@ class CausalSelfAttentionWithPast(SelfAttention):
         The pattern has one output on purpose: multi-output patterns make the matcher try
         node combinations (seconds per model); the present values are swapped here instead.
         """
-        for old, new in self._present_swaps:
+        for old, new, past_type in self._present_swaps:
             if old.is_graph_output():
                 name = old.name
                 old.name = f"{name}_unfused"
                 new.name = name  # the model's IO keeps its names
             # The fused op's outputs carry no type: an output without one fails the ONNX checker.
-            new.dtype = new.dtype or old.dtype
+            new.dtype = new.dtype or old.dtype or past_type
             new.shape = new.shape or old.shape
             old.replace_all_uses_with(new, replace_graph_outputs=True)
         self._present_swaps = []

@@ -28,8 +28,12 @@ from onnxscript.rewriter import pattern
 
 from ..values import constant_array, scalar
 
-# ``s + fill == fill`` in float32 for any score below 1e20: the rewrite is exact only then.
-_HUGE_NEGATIVE = -1e30
+# What a fill must be at most for Where(keep, s, fill) and s + Where(keep, 0, fill) to give the same
+# softmax: at -1e4 (ONNX Runtime's own mask value, which its generated GPT-2 graphs write), a dropped
+# key's exp(fill - max) and exp(s + fill - max) both round to 0 in float32 whenever the row's scores
+# are within ~9,800 of each other (exp underflows below -104); transformers' float32 min makes
+# s + fill == fill outright. A row with no kept key is a padded query, which nothing reads.
+_HUGE_NEGATIVE = -1e4
 _SCORE_OPS = {"MatMul", "Div", "Mul"}
 _MAX_DEPTH = 16
 
@@ -97,8 +101,9 @@ def _reaches(value: ir.Value | None, target: ir.Value, limit: int = 400) -> bool
 class WhereMaskedScores(pattern.RewriteRuleClassBase):
     """Softmax(Where(keep, s, fill) [+ m]) -> Softmax(s + (Where(keep, 0, fill) [+ m])).
 
-    Exact for a fill so negative that ``s + fill`` rounds to ``fill`` (transformers 4.x
-    writes float32's min): kept scores add 0, dropped ones get ``fill`` either way.
+    Kept scores add 0; dropped ones get ``fill`` or ``s + fill``, which the softmax turns into
+    exactly 0 either way for a fill of -1e4 or less (see ``_HUGE_NEGATIVE``; transformers 4.x
+    writes float32's min, ONNX Runtime's GPT-2 test graphs -1e4).
     """
 
     def pattern(self, op, keep, scores, fill, extra):
