@@ -72,6 +72,30 @@ def name_unknown_dims(graph: ir.Graph) -> int:
     return changed
 
 
+# Ops ONNX Runtime runs at opsets where onnx has no schema (so no shape inference): output 0 has input 0's shape.
+_SHAPE_KEEPING_WITHOUT_SCHEMA = {"LayerNormalization", "SimplifiedLayerNormalization"}
+
+
+def shape_ops_without_schema(graph: ir.Graph) -> int:
+    """Give a LayerNormalization below opset 17 (an ONNX Runtime op there) the shape and type of its input.
+
+    onnx's shape inference knows no such node, so everything after it was left without
+    shapes, and no rule that needs a rank could match downstream (ONNX Runtime's
+    opset-11 GPT-2 test graphs). Returns how many outputs were given one.
+    """
+    given = 0
+    for node in graph:
+        if node.op_type not in _SHAPE_KEEPING_WITHOUT_SCHEMA or node.domain != "" or not node.inputs or node.inputs[0] is None:
+            continue
+        source, out = node.inputs[0], node.outputs[0]
+        if out.shape is None and source.shape is not None:
+            out.shape = source.shape
+            given += 1
+        if out.dtype is None and source.dtype is not None:
+            out.dtype = source.dtype
+    return given
+
+
 def _is_embedding_lookup(node: ir.Node) -> bool | None:
     """``should_fold`` for constant folding: keep Gather(table, constant ids) as a lookup.
 
@@ -230,9 +254,13 @@ def prepare(model: ir.Model) -> None:
     mark_input_layer_norms(model.graph)
     name_unknown_dims(model.graph)
     simplifications = _exact_simplifications(model.opset_imports.get("", 1))
-    for _ in range(2):
+    for round in range(3):  # the last round only infers: the rules' new values get shapes too
+        shape_ops_without_schema(model.graph)
         reshape_ranks(model.graph)  # before opset 13, shape inference leaves computed Reshapes rankless
         onnxscript.optimizer.fold_constants(model, onnx_shape_inference=True, should_fold=_is_embedding_lookup)
+        shape_ops_without_schema(model.graph)
+        if round == 2:
+            break
         reshape_constant_weights(model.graph)
         RewriteRuleSet(simplifications).apply_to_model(model)
         onnxscript.optimizer.remove_unused_nodes(model)

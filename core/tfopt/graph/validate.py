@@ -19,6 +19,7 @@ the rule by bisection over the rules that fired, rebuilds without it and says so
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import tempfile
@@ -58,6 +59,9 @@ MAX_NOISE_BOUND = 1e-3
 
 # Feed shapes: (batch, sequence); batch 2 so the second row is padded, and an odd length.
 VALIDATION_SHAPES = ((2, 7), (1, 4))
+# Tried last, when no reading runs at the shapes above: graphs with a short length limit (ONNX
+# Runtime's GPT-2 test graphs keep an 8-position causal buffer: sequence 7 + past 3 exceeds it).
+SHORT_VALIDATION_SHAPES = ((2, 2), (1, 1))  # lengths other than the past's 3
 # From this size on (weights on disk), only the first shape is run: every run of an unpacked
 # session streams all weights once, the bulk of validation's cost at bert-base size.
 LARGE_MODEL_BYTES = 100_000_000
@@ -253,7 +257,8 @@ def validation_feeds(
     ``past*``/``total*``/``a + b`` get consistent sizes of their own (decoders with past);
     then, when the graph concatenates an input to values it computes (a KV cache; or a float
     input named past/cache), that input's axis is a past length and a mask spans past +
-    sequence, or the sequence alone. The first set the reference model runs on is used.
+    sequence, or the sequence alone; each reading at the usual shapes, then at short ones
+    (:data:`SHORT_VALIDATION_SHAPES`). The first set the reference model runs on is used.
     Models of :data:`LARGE_MODEL_BYTES` and more get the first (padded) shape only.
 
     ``axis_sizes`` (``ModelInfo.axis_sizes``: ``{"samples": [400, 800]}``) sizes named axes
@@ -272,10 +277,11 @@ def validation_feeds(
     if _cache_axes(specs):
         readings += [_cache_reading(specs, total=True), _cache_reading(specs, total=False)]
     sets: list[list[dict[str, np.ndarray]]] = []
-    for reading in readings:
+    shape_sets = [VALIDATION_SHAPES[:1] if large else VALIDATION_SHAPES, SHORT_VALIDATION_SHAPES]
+    for shapes, reading in itertools.product(shape_sets, readings):
         rng = np.random.default_rng(seed)
         feeds = []
-        for index, (batch, sequence) in enumerate(VALIDATION_SHAPES[:1] if large else VALIDATION_SHAPES):
+        for index, (batch, sequence) in enumerate(shapes):
             sizes, axes = reading(batch, sequence)
             sizes.update(_named_sizes(named, index))
             for spec in specs:  # named axes keep the sizes they were given

@@ -1,15 +1,17 @@
 """Older GPT-2 exports rewritten, exactly, into the form :class:`attention.CausalSelfAttentionWithPast` matches.
 
 transformers 4.x (as ONNX Runtime's ``convert_to_onnx`` exported it) differs from today's
-exports in two places inside attention; each rule here turns one into today's form
-and keeps the graph's numbers bit for bit:
+exports in two places inside attention, transformers 2.x/3.x in a third; each rule here turns
+one into today's form and keeps the graph's numbers bit for bit:
 
 - the causal mask is a slice of a constant tril buffer applied with
   ``Where(keep, scores, min)`` before the additive padding mask; that is
   ``scores + (Where(keep, 0, min) + padding)``, the one additive mask the attention rule
   expects (whose meaning it then checks by running it, see :mod:`causal_mask`);
 - the scale is ``scores / sqrt(value.size(-1))``, a scalar computed at run time from a
-  shape whose head axis is static; it becomes the constant it always is.
+  shape whose head axis is static; it becomes the constant it always is;
+- (2.x/3.x) the keys are concatenated already transposed, along the last axis
+  (:class:`TransposedKeyConcat`).
 
 Both apply only where the keys are concatenated after a past (decoder attention with
 past); encoder graphs are left to their own rule.
@@ -108,7 +110,7 @@ class WhereMaskedScores(pattern.RewriteRuleClassBase):
 
     def pattern(self, op, keep, scores, fill, extra):
         selected = op.Where(keep, scores, fill)
-        summed = pattern.OrValue([op.Add(selected, extra), selected], tag_var="added", tag_values=[True, False])
+        summed = pattern.OrValue([op.Add(selected, extra), op.Add(extra, selected), selected])  # either operand order
         return op.Softmax(summed, _allow_other_attributes=True, _outputs=["probs"])
 
     def check(self, context, keep, scores, fill, extra=None, **_):
@@ -235,5 +237,44 @@ class StaticScoreScale(pattern.RewriteRuleClassBase):
         return getattr(op, self.kind)(op.MatMul(a, b), constant)
 
 
+_SWAP_LAST = [0, 1, 3, 2]
+
+
+class TransposedKeyConcat(pattern.RewriteRuleClassBase):
+    """Concat(Transpose(past_k, p1), Transpose(k, p2), axis=-1) -> Transpose(Concat(.., .., axis=2), [0, 1, 3, 2]).
+
+    transformers 2.x / 3.x GPT-2 (ONNX Runtime's stored ``gpt2_past.onnx`` and its C++ fusion
+    inputs) concatenates the keys already transposed, along the last axis. Each operand's
+    perm is its untransposed perm followed by the last-axes swap, so the concat of the
+    keys along the sequence axis, transposed once, is the same tensor: today's form.
+    """
+
+    def __init__(self):
+        super().__init__(remove_nodes=False)  # the old concat may also be a present output
+
+    def pattern(self, op, past_key, key):
+        return op.Concat(op.Transpose(past_key, _outputs=["past_t"]), op.Transpose(key, _outputs=["key_t"]), _outputs=["joined"])
+
+    def check(self, context, past_t, key_t, joined, **_):
+        result = pattern.MatchResult()
+        rank = joined.shape.rank() if joined.shape is not None else 4
+        if rank != 4 or joined.producer().attributes.get_int("axis", 0) not in (-1, 3):
+            return result.fail("not a concat of 4-D tensors along their last axis")
+        for value in (past_t, key_t):
+            perm = list(value.producer().attributes.get_ints("perm", []))
+            if sorted(perm) != [0, 1, 2, 3] or perm[:2] != [0, 2] and perm[:2] != [0, 1]:
+                return result.fail("an operand is not a transposed (batch, heads, ...) tensor")
+        return result
+
+    def rewrite(self, op, past_key, key, past_t, key_t, **_):
+        def untransposed(value, transposed):
+            perm = list(transposed.producer().attributes.get_ints("perm"))
+            inner = [perm[i] for i in _SWAP_LAST]
+            return value if inner == [0, 1, 2, 3] else op.Transpose(value, perm=inner)
+
+        keys = op.Concat(untransposed(past_key, past_t), untransposed(key, key_t), axis=2)
+        return op.Transpose(keys, perm=_SWAP_LAST)
+
+
 def decoder_form_rules() -> list[pattern.RewriteRule]:
-    return [StaticScoreScale.rule("Div"), StaticScoreScale.rule("Mul"), WhereMaskedScores.rule()]
+    return [TransposedKeyConcat.rule(), StaticScoreScale.rule("Div"), StaticScoreScale.rule("Mul"), WhereMaskedScores.rule()]
