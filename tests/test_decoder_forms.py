@@ -25,7 +25,11 @@ HIDDEN, HEADS, MAX_POSITIONS = 16, 2, 32
 HEAD_SIZE = HIDDEN // HEADS
 
 
-def _gpt2_attention(fill: float, mask_first: bool = False, max_positions: int = MAX_POSITIONS) -> onnx.ModelProto:
+def _gpt2_attention(
+    fill: float, mask_first: bool = False, max_positions: int = MAX_POSITIONS, *, padding_mask: bool = True, buffer=np.tril
+) -> onnx.ModelProto:
+    """``padding_mask=False``: no ``input_mask`` input, the causal Where alone (GPT-2 exported without
+    attention_mask); ``buffer`` builds the causal buffer (np.tril; anything else is a wrong mask)."""
     rng = np.random.default_rng(3)
     inits = []
 
@@ -67,16 +71,21 @@ def _gpt2_attention(fill: float, mask_first: bool = False, max_positions: int = 
         node("Shape", ["key"], ["k_shape"]),
         node("Slice", ["k_shape", "minus2", "minus1", "axis0"], ["k_len"]),
         node("Sub", ["k_len", "q_len"], ["first_row"]),
-        node("Slice", [const("causal", np.tril(np.ones((1, 1, max_positions, max_positions))).astype(np.uint8), np.uint8), "first_row", "k_len", ints("axis2", [2])], ["rows"]),
+        node("Slice", [const("causal", buffer(np.ones((1, 1, max_positions, max_positions))).astype(np.uint8), np.uint8), "first_row", "k_len", ints("axis2", [2])], ["rows"]),
         node("Slice", ["rows", ints("zero", [0]), "k_len", ints("axis3", [3])], ["causal_window"]),
         node("Cast", ["causal_window"], ["keep"], to=TensorProto.BOOL),
         node("Where", ["keep", "scores", const("fill", fill)], ["causal_scores"]),
-        node("Unsqueeze", ["input_mask", ints("axes12", [1, 2])], ["mask4"]),
-        node("Cast", ["mask4"], ["mask_float"], to=TensorProto.FLOAT),
-        node("Sub", [const("one", 1.0), "mask_float"], ["dropped"]),
-        node("Mul", ["dropped", const("minus_big", -10000.0)], ["additive"]),
-        node("Add", ["additive", "causal_scores"] if mask_first else ["causal_scores", "additive"], ["masked"]),
-        node("Softmax", ["masked"], ["probs"], axis=3),
+    ]
+    if padding_mask:
+        nodes += [
+            node("Unsqueeze", ["input_mask", ints("axes12", [1, 2])], ["mask4"]),
+            node("Cast", ["mask4"], ["mask_float"], to=TensorProto.FLOAT),
+            node("Sub", [const("one", 1.0), "mask_float"], ["dropped"]),
+            node("Mul", ["dropped", const("minus_big", -10000.0)], ["additive"]),
+            node("Add", ["additive", "causal_scores"] if mask_first else ["causal_scores", "additive"], ["masked"]),
+        ]
+    nodes += [
+        node("Softmax", ["masked" if padding_mask else "causal_scores"], ["probs"], axis=3),
         node("MatMul", ["probs", "value"], ["context"]),
         node("Transpose", ["context"], ["context_t"], perm=[0, 2, 1, 3]),
         node("Reshape", ["context_t", ints("merged_shape", [0, 0, HIDDEN])], ["merged"]),
@@ -92,6 +101,8 @@ def _gpt2_attention(fill: float, mask_first: bool = False, max_positions: int = 
         helper.make_tensor_value_info("input_mask", TensorProto.INT64, ["batch", "past + sequence"]),
         helper.make_tensor_value_info("past", TensorProto.FLOAT, [2, "batch", HEADS, "past", HEAD_SIZE]),
     ]
+    if not padding_mask:
+        inputs.pop(2)
     outputs = [
         helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", "sequence", HIDDEN]),
         helper.make_tensor_value_info("present", TensorProto.FLOAT, [2, "batch", HEADS, "past + sequence", HEAD_SIZE]),
@@ -159,3 +170,22 @@ def test_shapes_flow_past_a_layer_norm_onnx_has_no_schema_for():
     prepare(model)
     relu = next(node for node in model.graph if node.op_type == "Relu")
     assert relu.outputs[0].shape is not None and relu.outputs[0].shape.rank() == 3
+
+
+@pytest.mark.parametrize("buffer", [np.tril, lambda ones: np.tril(ones, k=-1)], ids=["causal", "strictly-below-diagonal"])
+def test_a_causal_mask_without_a_padding_input_is_proved_causal(buffer):
+    """GPT-2 exported without attention_mask: the mask comes from shapes alone; it fuses only if exactly causal."""
+    original = _gpt2_attention(-10000.0, padding_mask=False, buffer=buffer)
+    model = ir.serde.deserialize_model(original)
+    fuse_model(model, ModelInfo(model_type="gpt2", num_layers=1))
+    causal = buffer is np.tril
+    assert count_ops(model).get("MultiHeadAttention", 0) == (1 if causal else 0)
+    if causal:
+        fused = ir.serde.serialize_model(model)
+        sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (original, fused)]
+        rng = np.random.default_rng(1)
+        for batch, past, sequence in ((1, 0, 5), (2, 3, 2)):
+            feed = _feed(batch, past, sequence, rng)
+            del feed["input_mask"]
+            expected, actual = (session.run(None, feed) for session in sessions)
+            np.testing.assert_allclose(actual[0], expected[0], atol=2e-5, rtol=0)

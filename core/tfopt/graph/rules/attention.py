@@ -205,6 +205,8 @@ def _is_flat(value: ir.Value) -> bool:
 
 
 class SelfAttention(pattern.RewriteRuleClassBase):
+    causal_only_mask = False  # a mask read from no graph input: only the causal rule can prove what it is
+
     def __init__(self, num_heads: int = 0, target: str = "cpu", hidden_size: int = 0):
         # remove_nodes=False: exports take Shape() of intermediate Q/K/V tensors to build
         # the Reshape targets inside this very pattern; those uses die with the pattern,
@@ -389,6 +391,8 @@ class SelfAttention(pattern.RewriteRuleClassBase):
         if masked != "none":
             condition = mask if masked == "add" else tags["condition"]
             sources = source_graph_inputs(condition, context.graph_or_function)
+            if not sources and self.causal_only_mask:
+                return result  # a causal mask from shapes alone (a decoder without attention_mask): probed later
             if len(sources) != 1:
                 return result.fail(f"mask is not computed from exactly one graph input: {sorted(sources)}")
             (name,) = sources
@@ -481,6 +485,7 @@ class CausalSelfAttentionWithPast(SelfAttention):
         # Without past: the same attention exported without a cache (GPT2Model(use_cache=False)).
         self.name = "AttentionWithPast" if with_past else "CausalAttention"
         self.with_past = with_past
+        self.causal_only_mask = True  # GPT-2 exported without attention_mask: the probe proves it causal
 
     def pattern(self, op, x, w_qkv, b_qkv, q_shape, k_shape, v_shape, past_key, past_value, q_factor, k_factor, s_factor, mask, zero):
         projected = op.MatMul(x, w_qkv, _outputs=["qkv_matmul"])

@@ -157,10 +157,10 @@ class MaskSizer:
     other symbol is the new tokens' length. A dim it cannot name makes the check refuse.
     """
 
-    def __init__(self, mask_input: ir.Value, past: ir.Value | None, graph: ir.Graph, known: dict[ir.Value, ShapeOf] | None = None):
+    def __init__(self, mask_input: ir.Value | None, past: ir.Value | None, graph: ir.Graph, known: dict[ir.Value, ShapeOf] | None = None):
         self.roles: dict[str, str] = {}
         self.fixed: dict[str, int] = {}  # roles a static graph fixes: {"batch": 2, "total": 8}
-        dims = _symbols(mask_input)
+        dims = _symbols(mask_input) if mask_input is not None else []
         if len(dims) == 2:
             for dim, role in zip(dims, ("batch", "total")):
                 if isinstance(dim, str):
@@ -290,7 +290,7 @@ def causal_mask_problem(
     *,
     model: ir.Model,
     graph: ir.Graph,
-    mask_input: ir.Value,
+    mask_input: ir.Value | None,
     known: dict[ir.Value, ShapeOf],
     past: ir.Value | None = None,
     additive: bool = True,
@@ -300,7 +300,8 @@ def causal_mask_problem(
 
     ``mask`` is what is added to the scores (``additive``) or a boolean "keep" condition;
     ``known`` maps values of the matched attention to their shape; ``past`` is the
-    per-layer past key, to name the past axis of the graph input it comes from; ``with_past=False``
+    per-layer past key, to name the past axis of the graph input it comes from; ``mask_input``
+    None for a mask computed from shapes alone (no padding: it must be exactly causal); ``with_past=False``
     for an attention without a cache (every probe then has past 0).
     """
     cut = mask_session(mask, model=model, graph=graph, known=known)
@@ -311,14 +312,16 @@ def causal_mask_problem(
     if not with_past:  # an attention without a cache: its mask covers the new tokens only
         sizer.fixed["past"] = 0
     rng = np.random.default_rng(0)
-    mask_type = numpy_type(mask_input)
+    mask_type = numpy_type(mask_input) if mask_input is not None else np.int64
     probes = [(shape, holes, False) for shape in sizer.fitted(PROBE_SHAPES) for holes in (False, True)]
     probes += [(shape, False, True) for shape in sizer.fitted(LONG_PROBE_SHAPES)]
     ran, longest, with_past_ran = 0, 0, False
     failures: list[tuple[int, str]] = []  # (total length, why): a graph may stop at a length (a causal buffer)
     for (batch, past_length, sequence), holes, optional in probes:
         total = past_length + sequence
-        padding = _padding(batch, total, rng, holes)
+        if mask_input is None and holes:
+            continue  # no padding to vary: the mask must be the causal one alone
+        padding = _padding(batch, total, rng, holes) if mask_input is not None else np.ones((batch, total), np.int64)
         feed = {}
         for value in cone.inputs:
             if value is mask_input:
@@ -336,12 +339,17 @@ def causal_mask_problem(
             if not optional:
                 failures.append((total, f"mask subgraph fails at batch {batch}, past {past_length}, length {sequence} ({str(exc).splitlines()[0][:120]})"))
             continue
-        ran += 1
-        longest = max(longest, total)
-        with_past_ran |= past_length > 0
         causal = np.arange(total)[None, :] <= past_length + np.arange(sequence)[:, None]
         allowed = (causal[None, :, :] & (padding[:, None, :] != 0))[:, None]
         problem = _compare(np.asarray(result), allowed, additive)
+        if problem and problem.startswith("mask of shape"):
+            # a mask that cannot cover the scores stops the input graph there too: its length limit
+            if not optional:
+                failures.append((total, f"{problem} (batch {batch}, past {past_length}, length {sequence})"))
+            continue
+        ran += 1
+        longest = max(longest, total)
+        with_past_ran |= past_length > 0
         if problem:
             kind = "holed" if holes else "left-padded"
             return f"{problem} (batch {batch}, past {past_length}, length {sequence}, {kind})"

@@ -13,8 +13,9 @@ one into today's form and keeps the graph's numbers bit for bit:
 - (2.x/3.x) the keys are concatenated already transposed, along the last axis
   (:class:`TransposedKeyConcat`).
 
-Both apply only where the keys are concatenated after a past (decoder attention with
-past); encoder graphs are left to their own rule.
+They apply only where the keys are concatenated after a past (decoder attention with
+past) or, for the causal Where, split from a packed QKV projection (GPT-2 without a cache);
+encoder graphs are left to their own rule.
 
 Its stacked ``past_i`` [2, B, N, P, H] unstacked by Split/Squeeze (or Gather) and its
 ``present_i`` stacked by Concat of Unsqueezes need no rewrite: the attention rule takes
@@ -61,10 +62,11 @@ def reshape_ranks(graph: ir.Graph) -> int:
     return changed
 
 
-def _attends_over_past(scores: ir.Value) -> bool:
-    """Scores ``Q . K^T`` (maybe scaled) whose keys are a Concat, past first: decoder attention with past.
+def _attends_over_past(scores: ir.Value, *, or_packed: bool = False) -> bool:
+    """Scores ``Q . K^T`` (maybe scaled) whose keys are a Concat, past first: decoder attention with past;
+    with ``or_packed``, also keys split from a packed QKV projection (GPT-2 exported without a cache).
 
-    The rewrites here serve that rule only; encoder graphs keep the forms their own rule knows.
+    The rewrites here serve the decoder rules only; encoder graphs keep the forms their own rule knows.
     """
     node = scores.producer()
     while node is not None and node.op_type in ("Div", "Mul"):
@@ -76,7 +78,7 @@ def _attends_over_past(scores: ir.Value) -> bool:
         producer = key.producer() if key is not None else None
         if producer is None:
             return False
-        if producer.op_type == "Concat":
+        if producer.op_type == "Concat" or (or_packed and producer.op_type == "Split"):
             return True
         if producer.op_type not in ("Transpose", "Mul", "Div", "Reshape"):
             return False
@@ -125,8 +127,8 @@ class WhereMaskedScores(pattern.RewriteRuleClassBase):
             return result.fail("Where does not select from attention scores")
         if _reaches(keep, scores) or (extra is not None and _reaches(extra, scores)):
             return result.fail("the mask depends on the scores")
-        if not _attends_over_past(scores):
-            return result.fail("not attention over a past (the keys are no Concat)")
+        if not _attends_over_past(scores, or_packed=True):
+            return result.fail("not decoder attention (the keys are no Concat after a past, nor split from packed QKV)")
         return result
 
     def rewrite(self, op, keep, scores, fill, probs, extra=None, **_):
