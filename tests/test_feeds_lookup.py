@@ -46,3 +46,22 @@ def test_ids_through_a_negative_id_wrap_stay_inside_the_table(tmp_path):
     for feed in dummy_feeds(path, batch_sizes=(2,), sequence_lengths=(16,)):
         assert feed["segment_ids"].max() <= 1
         session.run(None, feed)  # ORT refuses an index outside the table
+
+
+def test_ids_sliced_before_their_lookup_stay_inside_the_table(tmp_path):
+    """transformers 2.x GPT-2 (ONNX Runtime's gpt2_past.onnx) slices input_ids before the word lookup."""
+    nodes = [
+        helper.make_node("Slice", ["input_ids", "start", "end", "axis"], ["sliced"]),
+        helper.make_node("Gather", ["table", "sliced"], ["out"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.ones((20, 4), np.float32), "table"),
+        *(numpy_helper.from_array(np.array([v], np.int64), n) for n, v in (("start", 0), ("end", 2**62), ("axis", 1))),
+    ]
+    graph = helper.make_graph(
+        nodes, "sliced", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits,
+    )
+    path = tmp_path / "sliced.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert graph_inputs(path)[0].id_limit == 20

@@ -51,7 +51,7 @@ class GraphInput:
 
 
 # Ops that pass ids through unchanged on their way to a lookup (GPT-2 reshapes input_ids first).
-_ID_PRESERVING_OPS = ("Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+_ID_PRESERVING_OPS = ("Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Slice", "Expand", "Transpose")
 # Ops that compute an index from ids: tf2onnx writes a Keras lookup's negative-id wrap
 # (``ids + (ids < 0) * rows``) as Less, Cast, Mul and Add before the Gather.
 _ID_WRAPPING_OPS = ("Add", "Sub", "Mul", "Where", "Less", "Greater", "Max", "Min", "Mod", "Abs")
