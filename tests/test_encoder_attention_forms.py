@@ -80,6 +80,13 @@ def _project(g: Graph, x: str, width: int, heads: int, head_size: int, form: str
         unflat = g.op("Reshape", g.op("MatMul", flat, w), g.op("Concat", g.dims_of(x, 0, 2), g.ints([width]), axis=0))
         target = g.op("Concat", g.dims_of(x, 0, 1), g.ints([-1, heads, head_size]), axis=0)
         split = g.op("Reshape", g.op("Add", unflat, bias), target)
+    elif form == "tensordot_stacked":  # keras2onnx: the flatten target is stack(prod(shape[:2]), prod(shape[2:]))
+        rows = g.op("ReduceProd", g.dims_of(x, 0, 2), keepdims=1)
+        columns = g.op("ReduceProd", g.dims_of(x, 2, 3), keepdims=1)
+        flat = g.op("Reshape", x, g.op("Concat", rows, columns, axis=0))
+        unflat = g.op("Reshape", g.op("MatMul", flat, w), g.op("Concat", g.dims_of(x, 0, 2), g.ints([width]), axis=0))
+        target = g.op("Concat", g.dims_of(x, 0, 1), g.ints([-1, heads, head_size]), axis=0)
+        split = g.op("Reshape", g.op("Add", unflat, bias), target)
     elif form == "tensordot_nobias":  # TF dropped the zero bias: the head split reads the 2-D product
         flat = g.op("Reshape", x, g.ints([-1, D]))
         parts = g.op("Concat", g.dims_of(x, 0, 1, cast=True), g.const([-1, heads, head_size], np.int32), axis=0)
@@ -234,6 +241,7 @@ FORMS = {
     "pruned_heads": dict(heads=3),
     "v_wider_than_qk": dict(v_head_size=12),
     "keras2onnx_sub_mask_2d_merge": dict(projection="tensordot", mask="sub", merge="2d"),
+    "keras2onnx_stacked_flatten": dict(projection="tensordot_stacked"),
     "no_mask": dict(mask="none"),
     "always_true_range_mask": dict(mask="all_true_range"),
     "always_true_constant_mask": dict(mask="all_true_const", projection="tensordot_nobias"),

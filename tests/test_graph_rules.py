@@ -247,20 +247,29 @@ def _ints(name: str, values) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(values, dtype=np.int64), name)
 
 
-def _keras_layer_norm(nodes, inits, x, name, out=None):
-    """keras-hub's LayerNorm through tf2onnx: x * inv + ((-mean) * inv + beta), gamma/beta [1, 1, H]."""
+def _keras_layer_norm(nodes, inits, x, name, out=None, reduce="GlobalAveragePool"):
+    """keras-hub's LayerNorm through tf2onnx: x * inv + ((-mean) * inv + beta), gamma/beta [1, 1, H].
+
+    ``reduce="ReduceMean"``: the means as ReduceMean over the last axis (keras2onnx's form).
+    """
     out = out or f"{name}_out"
+
+    def mean(source, target):
+        if reduce == "GlobalAveragePool":
+            return helper.make_node("GlobalAveragePool", [source], [target])
+        return helper.make_node("ReduceMean", [source], [target], axes=[-1], keepdims=1)
+
     inits += [
         _const(f"{name}_eps", 1e-12),
         _const(f"{name}_gamma", 1 + 0.1 * RNG.normal(size=(1, 1, H))),
         _const(f"{name}_beta", 0.1 * RNG.normal(size=(1, 1, H))),
     ]
     nodes += [
-        helper.make_node("GlobalAveragePool", [x], [f"{name}_mean"]),
+        mean(x, f"{name}_mean"),
         helper.make_node("Neg", [f"{name}_mean"], [f"{name}_neg"]),
         helper.make_node("Sub", [x, f"{name}_mean"], [f"{name}_d"]),
         helper.make_node("Mul", [f"{name}_d", f"{name}_d"], [f"{name}_sq"]),
-        helper.make_node("GlobalAveragePool", [f"{name}_sq"], [f"{name}_var"]),
+        mean(f"{name}_sq", f"{name}_var"),
         helper.make_node("Add", [f"{name}_var", f"{name}_eps"], [f"{name}_ve"]),
         helper.make_node("Sqrt", [f"{name}_ve"], [f"{name}_std"]),
         helper.make_node("Reciprocal", [f"{name}_std"], [f"{name}_rstd"]),
@@ -273,13 +282,14 @@ def _keras_layer_norm(nodes, inits, x, name, out=None):
     return out
 
 
-def test_keras_layer_norm_becomes_one_op():
+@pytest.mark.parametrize("reduce", ["GlobalAveragePool", "ReduceMean"])
+def test_keras_layer_norm_becomes_one_op(reduce):
     nodes, inits = [], []
-    _keras_layer_norm(nodes, inits, "x", "ln", out="y")
+    _keras_layer_norm(nodes, inits, "x", "ln", out="y", reduce=reduce)
     original = _model(nodes, [_float_input()], inits)
     fused, stats = _fuse(original)
     assert count_ops(fused) == {"LayerNormalization": 1}
-    assert stats.rule_counts["TfLayerNorm"] == 1
+    assert stats.rule_counts["TfLayerNorm" if reduce == "GlobalAveragePool" else "TfLayerNorm[ReduceMean]"] == 1
     _assert_same(original, fused, {"x": RNG.normal(size=(2, 5, H)).astype(np.float32)})
 
 

@@ -114,7 +114,7 @@ class FlattenedMatMul(_RefinesShapes):
             return pattern.MatchResult().fail("not a flatten/unflatten of a 3-D hidden state")
         if x.shape is not None and isinstance(x.shape[-1], int) and x.shape[-1] != w.shape[0]:
             return pattern.MatchResult().fail("input width differs from the weight's rows")
-        if not _flattens_rows(flat_shape, w.shape[0]):
+        if not _flattens_rows(flat_shape, w.shape[0], x):
             return pattern.MatchResult().fail("the flatten is not [-1, width]")
         if restores_leading(target_entries(out_shape), x, 2, w.shape[1]) != [w.shape[1]]:
             return pattern.MatchResult().fail("the unflatten does not restore the input's batch and sequence")
@@ -124,10 +124,19 @@ class FlattenedMatMul(_RefinesShapes):
         return self._known(op.MatMul(x, weight), [*_leading_dims(x), constant_array(weight).shape[1]])
 
 
-def _flattens_rows(flat_shape: ir.Value, width: int) -> bool:
-    """``Reshape(x, flat_shape)`` merges every axis but the last of an x that is ``width`` wide."""
+def _flattens_rows(flat_shape: ir.Value, width: int, x: ir.Value | None = None) -> bool:
+    """``Reshape(x, flat_shape)`` merges every axis but the last of an x that is ``width`` wide.
+
+    A target computed from shapes (tf2onnx's Tensordot stacks ``prod(shape[free])`` and
+    ``prod(shape[axes])``) is read as [-1, width] when x is known to be ``width`` wide and the
+    target has two entries: the MatMul after it takes ``width`` columns, so wherever the graph
+    runs the rows are x's merged leading axes.
+    """
     entries = target_entries(flat_shape)
-    return entries is not None and len(entries) == 2 and entries[0] == -1 and entries[1] in (width, -1)
+    if entries is not None:
+        return len(entries) == 2 and entries[0] == -1 and entries[1] in (width, -1)
+    known_width = x is not None and x.shape is not None and x.shape.rank() and x.shape[-1] == width
+    return bool(known_width) and flat_shape.shape is not None and flat_shape.shape.rank() == 1 and flat_shape.shape[0] == 2
 
 
 class FlattenedHeadSplit(_RefinesShapes):
@@ -156,7 +165,7 @@ class FlattenedHeadSplit(_RefinesShapes):
             return result.fail("bias is not a constant vector of the projection width")
         if known_rank(x) != 3 or (x.shape is not None and isinstance(x.shape[-1], int) and x.shape[-1] != w.shape[0]):
             return result.fail("input is not a 3-D hidden state of the weight's width")
-        if not _flattens_rows(flat_shape, w.shape[0]):
+        if not _flattens_rows(flat_shape, w.shape[0], x):
             return result.fail("the flatten is not [-1, width]")
         for node in (out.producer(),):
             if node.attributes.get_int("allowzero", 0):

@@ -153,17 +153,25 @@ class TfLayerNorm(pattern.RewriteRuleClassBase):
     gamma/beta are [1, 1, H]; they are passed on as [H], what the fused ops take).
     """
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, reduce: str = "GlobalAveragePool"):
+        # reduce="ReduceMean": the same graph with reduce_mean kept as ReduceMean over the last
+        # axis (keras2onnx, ONNX Runtime's TFBertForQuestionAnswering test model).
+        super().__init__(name="TfLayerNorm" if reduce == "GlobalAveragePool" else f"TfLayerNorm[{reduce}]")
+        self.reduce = reduce
         self._vectors: dict[int, ir.Value] = {}
 
     def setup(self):
         self._vectors = {}
 
+    def _mean(self, op, value, name):
+        if self.reduce == "GlobalAveragePool":
+            return op.GlobalAveragePool(value, _outputs=[name])
+        return op.ReduceMean(value, _allow_other_inputs=True, _outputs=[name])
+
     def pattern(self, op, x, eps, gamma, beta):
-        mean = op.GlobalAveragePool(x, _outputs=["mean"])
+        mean = self._mean(op, x, "mean")
         centered = op.Sub(x, mean)
-        variance = op.GlobalAveragePool(op.Mul(centered, centered), _outputs=["variance"])
+        variance = self._mean(op, op.Mul(centered, centered), "variance")
         inv = op.Mul(op.Reciprocal(op.Sqrt(op.Add(variance, eps))), gamma)
         shift = pattern.OrValue([op.Sub(beta, op.Mul(mean, inv)), op.Add(op.Mul(op.Neg(mean), inv), beta)])
         return op.Add(op.Mul(x, inv), shift)
@@ -174,6 +182,8 @@ class TfLayerNorm(pattern.RewriteRuleClassBase):
         g, b = _row_vector(gamma), _row_vector(beta)
         if g is None or b is None or g.shape != b.shape:
             return False
+        if self.reduce == "ReduceMean":
+            return all(_reduces_last_axis(v.producer()) and _keeps_dims(v) for v in (mean, variance))
         return _is_last_axis_mean(mean) and _is_last_axis_mean(variance)
 
     def _vector(self, op, value: ir.Value) -> ir.Value:
@@ -283,7 +293,10 @@ class SkipLayerNorm(pattern.RewriteRuleClassBase):
 
 def layer_norm_rules() -> list[pattern.RewriteRule]:
     # The cast-round-trip rule runs last: it takes the LayerNormalization the others wrote.
-    return [DecomposedLayerNorm.rule(cast=True), DecomposedLayerNorm.rule(), TfLayerNorm.rule(), LayerNormCastRoundTrip.rule()]
+    return [
+        DecomposedLayerNorm.rule(cast=True), DecomposedLayerNorm.rule(), TfLayerNorm.rule(), TfLayerNorm.rule("ReduceMean"),
+        LayerNormCastRoundTrip.rule(),
+    ]
 
 
 def skip_layer_norm_rules() -> list[pattern.RewriteRule]:
