@@ -62,7 +62,8 @@ def test_builtin_counts_per_layout():
     assert expected_counts(ModelInfo("vit"), 3) == encoder_counts(3, embed_layer_norm=False)
     assert "EmbedLayerNormalization" not in expected_counts(ModelInfo("vit"), 3)
     assert expected_counts(ModelInfo("bert"), 3)["EmbedLayerNormalization"] == 1
-    assert expected_counts(ModelInfo("gpt2"), 3)["SkipLayerNormalization"] == 7 == decoder_counts(3)["SkipLayerNormalization"]
+    assert expected_counts(ModelInfo("gpt2"), 3)["SkipLayerNormalization"] == 6 == decoder_counts(3)["SkipLayerNormalization"]
+    assert decoder_counts(3)["EmbedLayerNormalization"] == 1  # layer 0's ln_1 over the word + position lookups
     assert expected_counts(ModelInfo("some-new-family"), 3) == {}
     assert "vit" in MODEL_TYPES
     stated = {"MyAttention": 3}

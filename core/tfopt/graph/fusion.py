@@ -95,10 +95,13 @@ def encoder_counts(
 def decoder_counts(num_layers: int) -> dict[str, int]:
     """A fully fused pre-LN decoder (GPT-2's layout) with ``num_layers`` layers.
 
-    Every LayerNorm follows an Add (word + position embeddings for layer 0's ln_1, a
-    residual for the others and ln_f), so all 2L + 1 become SkipLayerNormalization.
+    Layer 0's ln_1 normalizes the word + position lookups: EmbedLayerNormalization (which
+    also emits the sum, the residual into layer 0); the other 2L LayerNorms follow a
+    residual Add (ln_f included) and become SkipLayerNormalization.
     """
-    return {ATTENTION_KEY: num_layers, "SkipLayerNormalization": 2 * num_layers + 1, GELU_KEY: num_layers}
+    return {
+        "EmbedLayerNormalization": 1, ATTENTION_KEY: num_layers, "SkipLayerNormalization": 2 * num_layers, GELU_KEY: num_layers,
+    }
 
 
 def expected_counts(info: ModelInfo, num_layers: int) -> dict[str, int]:

@@ -4,7 +4,7 @@ Each cell exports the adapter's decoder step (flat ``past_key_values.{i}.key/val
 mask over past + sequence, position ids) itself, spelled as tfopt.torch_kit.SPELLINGS lists, with
 none of the adapter's own clean-up (it renames the dynamo exporter's symbols; a user's export
 keeps ``s10``, ``s15 + s70``...). ``fuse_file`` must reach the full decoder counts (L attentions
-with past, 2L + 1 SkipLayerNormalization, L gelus, no Softmax left) and the fused model must
+with past, 1 EmbedLayerNormalization and 2L SkipLayerNormalization, L gelus, no Softmax left) and the fused model must
 match torch within 1e-4 on left-padded batches with and without past (the export's own shape
 only, for static exports). GPT-2 exported without a cache (causal attention, no past) is checked
 the same way.
@@ -67,6 +67,7 @@ def _check_cell(tmp_path, form: ExportForm, attn: str = "sdpa", model: str = "ti
     assert fused.missing == [], (form.id, fused.missing)
     assert counts.get("MultiHeadAttention", 0) == layers
     assert counts.get("SkipLayerNormalization", 0) == decoder_counts(layers)["SkipLayerNormalization"]
+    assert counts.get("EmbedLayerNormalization", 0) == 1
     assert sum(counts.get(op, 0) for op in GELU_OPS) == layers
     assert counts.get("Softmax", 0) == 0
     session = ort_session(fused.model_path)
@@ -182,4 +183,4 @@ def test_without_past_a_mask_that_is_not_causal_is_not_fused(tmp_path):
     layers = builtin.config().n_layer
     fused = fuse_file(path, tmp_path / "optimized.onnx", ModelInfo(model_type="gpt2", num_layers=layers), validate=False)
     assert fused.op_counts.get("MultiHeadAttention", 0) == 0 and fused.op_counts.get("Softmax", 0) == layers
-    assert fused.op_counts.get("SkipLayerNormalization", 0) == 2 * layers + 1  # the rest still fuses
+    assert fused.op_counts.get("SkipLayerNormalization", 0) + fused.op_counts.get("EmbedLayerNormalization", 0) == 2 * layers + 1  # the rest fuses

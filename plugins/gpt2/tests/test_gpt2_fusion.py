@@ -46,7 +46,7 @@ def test_every_layer_is_fused(fused_variant, model, exporter, attn):
     for key, want in expected.items():
         assert _count(fused.op_counts, key) == want, (key, fused.op_counts)
     assert not fused.missing
-    assert _count(fused.op_counts, "SkipLayerNormalization|LayerNormalization") >= 2 * layers + 1
+    assert _count(fused.op_counts, "SkipLayerNormalization|EmbedLayerNormalization|LayerNormalization") >= 2 * layers + 1
     assert fused.op_counts.get("FastGelu", 0) == layers
     assert fused.op_counts.get("Softmax", 0) == 0
 

@@ -23,7 +23,7 @@ def test_v4_layout_quantizes_every_linear_and_keeps_fused_attention(source, fuse
     counts = Counter(node.op_type for node in onnx.load(str(converted.model_path)).graph.node)
     linears = Counter(node.op_type for node in onnx.load(str(fused_path)).graph.node)["MatMul"]
     assert counts[quantized_op] == linears and counts["MatMul"] == 0 and counts["Gemm"] == 0
-    assert counts["MultiHeadAttention"] == LAYERS and counts["SkipLayerNormalization"] == 2 * LAYERS + 1
+    assert counts["MultiHeadAttention"] == LAYERS and counts["SkipLayerNormalization"] + counts["EmbedLayerNormalization"] == 2 * LAYERS + 1
     reference, candidate = ort_session(fused_path), ort_session(converted.model_path)
     agree = total = 0
     for feed in _v4_feeds(source, "opset14", seed=3):

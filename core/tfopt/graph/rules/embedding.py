@@ -30,15 +30,20 @@ class EmbedLayerNorm(pattern.RewriteRuleClassBase):
     one with the smaller table (2 token types vs hundreds of positions).
     """
 
-    def __init__(self, with_segment: bool):
-        super().__init__(name="EmbedLayerNorm" if with_segment else "EmbedLayerNormNoSegment")
+    def __init__(self, with_segment: bool, keep_sum: bool = False):
+        # keep_sum: the embedding sum is read elsewhere too (a pre-LN decoder's residual into
+        # layer 0, as GPT-2's): the fused op emits it as its embedding_sum output.
+        name = "EmbedLayerNorm" if with_segment else "EmbedLayerNormNoSegment"
+        super().__init__(name=name + ("+Sum" if keep_sum else ""))
         self.with_segment = with_segment
+        self.keep_sum = keep_sum
 
     def pattern(self, op, word_table, ids, table_a, index_a, table_b, index_b, gamma, beta):
         total = op.Add(op.Gather(word_table, ids, _outputs=["word"]), op.Gather(table_a, index_a, _outputs=["lookup_a"]))
         if self.with_segment:
             total = op.Add(total, op.Gather(table_b, index_b, _outputs=["lookup_b"]))
-        return op.LayerNormalization(total, gamma, beta, _outputs=["out"])
+        out = op.LayerNormalization(total, gamma, beta, _outputs=["out"])
+        return (out, total) if self.keep_sum else out
 
     def check(self, context, word_table, ids, gamma, beta, out, word, table_a, index_a, lookup_a, **kw):
         result = pattern.MatchResult()
@@ -70,7 +75,7 @@ class EmbedLayerNorm(pattern.RewriteRuleClassBase):
         epsilon = out.producer().attributes.get_float("epsilon", 1e-5)
         position_table, position_ids, _ = self._position
         segment_table, segment_ids = (self._segment[0], int32_of(op, self._segment[1])) if self._segment else (None, None)
-        output, _mask_index = op.EmbedLayerNormalization(
+        outputs = op.EmbedLayerNormalization(
             int32_of(op, ids),
             segment_ids,
             word_table,
@@ -82,9 +87,9 @@ class EmbedLayerNorm(pattern.RewriteRuleClassBase):
             int32_of(op, position_ids),
             epsilon=epsilon,
             _domain=MS_DOMAIN,
-            _outputs=2,  # ORT's schema requires the mask_index output; nothing reads it
+            _outputs=3 if self.keep_sum else 2,  # ORT's schema requires the mask_index output; nothing reads it
         )
-        return output
+        return (outputs[0], outputs[2]) if self.keep_sum else outputs[0]
 
 
 class WrappedIdsLookup(pattern.RewriteRuleClassBase):
@@ -225,6 +230,5 @@ def embed_layer_norm_rules() -> list[pattern.RewriteRule]:
         SlicedPositionTable.rule(),
         FoldedPositionLookup.rule(with_segment=True),
         FoldedPositionLookup.rule(with_segment=False),
-        EmbedLayerNorm.rule(with_segment=True),
-        EmbedLayerNorm.rule(with_segment=False),
+        *(EmbedLayerNorm.rule(with_segment=segment, keep_sum=keep) for keep in (False, True) for segment in (True, False)),
     ]
