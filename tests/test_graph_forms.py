@@ -532,3 +532,22 @@ def test_formulas_that_are_not_gelu_are_left_alone(change):
     counts = count_ops(fused)
     assert not {"FastGelu", "QuickGelu", "Gelu", "BiasGelu"} & set(counts), counts
     _check_activation(model, fused)
+
+
+def test_embedding_layer_norm_already_fused_as_skip_layer_norm_becomes_embed_layer_norm():
+    """A graph through another fusion tool: SkipLayerNormalization(word + position lookups, segment lookup)."""
+    b = Builder()
+    pair = b.op("Add", b.op("Gather", b.weights(VOCAB, HIDDEN, scale=1.0), "input_ids"),
+                b.op("Gather", b.weights(POSITIONS, HIDDEN, scale=1.0), "input_ids"))
+    segment = b.op("Gather", b.weights(2, HIDDEN, scale=1.0), "token_type_ids")
+    gamma, beta = b.const(1 + 0.1 * b.rng.normal(size=HIDDEN)), b.const(0.1 * b.rng.normal(size=HIDDEN))
+    b.nodes.append(helper.make_node("SkipLayerNormalization", [pair, segment, gamma, beta], ["y"], domain="com.microsoft", epsilon=1e-5))
+    ints = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"]) for n in ("input_ids", "token_type_ids")]
+    graph = helper.make_graph(b.nodes, "skip_ln_embedding", ints, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    fused, _ = fuse(model)
+    assert {op: n for op, n in count_ops(fused).items() if op != "Cast"} == {"EmbedLayerNormalization": 1}  # + int32 casts of the ids
+    rng = np.random.default_rng(0)
+    feed = {"input_ids": rng.integers(0, 2, (2, 7)), "token_type_ids": rng.integers(0, 2, (2, 7))}  # ids index every table
+    np.testing.assert_allclose(_session(fused).run(None, feed)[0], _session(model).run(None, feed)[0], atol=2e-5)

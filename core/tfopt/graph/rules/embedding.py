@@ -223,12 +223,46 @@ class FoldedPositionLookup(pattern.RewriteRuleClassBase):
         return op.Add(total, op.Gather(table, rows, axis=0))
 
 
+class EmbeddingSkipLayerNorm(pattern.RewriteRuleClassBase):
+    """com.microsoft.SkipLayerNormalization(Gather + Gather, Gather) -> LayerNormalization(Gather + Gather + Gather).
+
+    A graph that already went through a fusion tool may hold its embedding LayerNorm as a
+    SkipLayerNormalization of the lookups (ONNX Runtime's ``embedlayer_fusion`` test graphs).
+    Written back as the sum and LayerNorm it computes (no bias input: exactly that), the
+    EmbedLayerNormalization rules below take it. Only lookups of constant tables qualify, so
+    every other SkipLayerNormalization stays as it is.
+    """
+
+    def __init__(self):
+        super().__init__(remove_nodes=False)
+
+    def pattern(self, op, a, b, skip, gamma, beta):
+        lookups = op.Add(op.Gather(pattern.Var("table_a"), a), op.Gather(pattern.Var("table_b"), b), _outputs=["pair"])
+        return op.SkipLayerNormalization(lookups, skip, gamma, beta, _domain=MS_DOMAIN, _outputs=["out"])
+
+    def check(self, context, skip, table_a, table_b, out, **_):
+        node = out.producer()
+        if len(node.inputs) > 4 or any(o.uses() for o in node.outputs[1:]) or any(o.is_graph_output() for o in node.outputs[1:]):
+            return pattern.MatchResult().fail("a bias input, or the mean / inverse std / sum read elsewhere")
+        lookup = skip.producer()
+        tables = [table_a, table_b, lookup.inputs[0] if lookup is not None and lookup.op_type == "Gather" else None]
+        if not all(_is_table(t) for t in tables) or len({constant_array(t).shape[1] for t in tables}) != 1:
+            return pattern.MatchResult().fail("not three lookups of constant tables of one width")
+        return pattern.MatchResult()
+
+    def rewrite(self, op, skip, gamma, beta, pair, out, **_):
+        epsilon = out.producer().attributes.get_float("epsilon", 1e-12)
+        return op.LayerNormalization(op.Add(pair, skip), gamma, beta, axis=-1, epsilon=epsilon)
+
+
 def embed_layer_norm_rules() -> list[pattern.RewriteRule]:
-    # The first four put Keras' lookups and torch's folded positions into the plain Gather form the fusion matches.
+    # The first five put Keras' lookups, torch's folded positions and a fused tool's SkipLayerNormalization
+    # into the plain Gather + LayerNorm form the fusion matches.
     return [
         WrappedIdsLookup.rule(),
         SlicedPositionTable.rule(),
         FoldedPositionLookup.rule(with_segment=True),
         FoldedPositionLookup.rule(with_segment=False),
+        EmbeddingSkipLayerNorm.rule(),
         *(EmbedLayerNorm.rule(with_segment=segment, keep_sum=keep) for keep in (False, True) for segment in (True, False)),
     ]
