@@ -144,27 +144,27 @@ def _check_text(model: onnx.ModelProto, notes: list[str]) -> None:
     repaired: list[str] = []
 
     def walk(message, owner: str, io: bool = False) -> None:
-        for field, value in message.ListFields():
-            if field.type == field.TYPE_MESSAGE:
-                context = "metadata_props" if field.name == "metadata_props" else None
+        for descriptor, value in message.ListFields():
+            if descriptor.type == descriptor.TYPE_MESSAGE:
+                context = "metadata_props" if descriptor.name == "metadata_props" else None
                 # ONNX Runtime's Python API decodes the dims of graph inputs and outputs: refused there
-                inner = io or (owner == "GraphProto" and field.name in ("input", "output"))
-                for item in (value if field.is_repeated else [value]):
+                inner = io or (owner == "GraphProto" and descriptor.name in ("input", "output"))
+                for item in (value if descriptor.is_repeated else [value]):
                     walk(item, context or type(item).__name__, inner)
-            elif field.type == field.TYPE_STRING:
-                items = list(value) if field.is_repeated else [value]
+            elif descriptor.type == descriptor.TYPE_STRING:
+                items = list(value) if descriptor.is_repeated else [value]
                 if not any(isinstance(item, bytes) for item in items):
                     continue
-                if (owner, field.name) not in _DESCRIPTIVE_TEXT or (io and field.name == "dim_param"):
+                if (owner, descriptor.name) not in _DESCRIPTIVE_TEXT or (io and descriptor.name == "dim_param"):
                     raw = next(item for item in items if isinstance(item, bytes))
                     what = _PROTO_WORDS.get(owner, owner)
-                    raise TfoptError(f"{what}'s {field.name} is not UTF-8 text ({raw[:40]!r}); the file is damaged")
+                    raise TfoptError(f"{what}'s {descriptor.name} is not UTF-8 text ({raw[:40]!r}); the file is damaged")
                 text = [item.decode("utf-8", "replace") if isinstance(item, bytes) else item for item in items]
-                if field.is_repeated:
-                    getattr(message, field.name)[:] = text
+                if descriptor.is_repeated:
+                    getattr(message, descriptor.name)[:] = text
                 else:
-                    setattr(message, field.name, text[0])
-                repaired.append(f"{owner}.{field.name}")
+                    setattr(message, descriptor.name, text[0])
+                repaired.append(f"{owner}.{descriptor.name}")
 
     walk(model, "ModelProto")
     if repaired:
