@@ -175,8 +175,9 @@ ERROR_CATEGORIES = (
     (r"No opset import for domain", "refused: contrib op without its opset import"),
     (r"defined twice", "refused: a value defined twice"),
     (r"No Op registered|onnx\.checker|checker", "refused by onnx.checker"),
-    (r"contradict|does not match the graph|num_heads|hidden_size", "refused: --num_heads/--hidden_size vs graph"),
-    (r"parity|differ|tolerance|validat", "tfopt's validation failed"),
+    (r"cannot run the model", "refused: the input does not run in ONNX Runtime on tfopt's inputs"),
+    (r"(num_heads|hidden_size)=\d+ does not match|contradict", "refused: --num_heads/--hidden_size vs graph"),
+    (r"parity|differs|tolerance|fails validation", "tfopt's validation failed"),
 )
 
 

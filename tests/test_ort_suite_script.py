@@ -47,6 +47,9 @@ def test_error_line_and_category():
     assert suite.first_error_line("Traceback ...\n  File x\nNameError: name 'f' is not defined\n") == "NameError: name 'f' is not defined"
     assert suite.error_category(line) == "refused: contrib op without its opset import"
     assert suite.error_category("value '284' is defined twice") == "refused: a value defined twice"
+    assert suite.error_category("hidden_size=8 does not match the model: ...") == "refused: --num_heads/--hidden_size vs graph"
+    assert suite.error_category("m.onnx: ONNX Runtime cannot run the model on generated inputs (hidden_size should be "
+                                "divisible by...); pass --no-validate") == "refused: the input does not run in ONNX Runtime on tfopt's inputs"
     assert suite.error_category("something 'x' odd 12").startswith("tfopt error: something … odd …")
 
 
