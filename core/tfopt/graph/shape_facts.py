@@ -130,7 +130,6 @@ def _axes(node: ir.Node, rank: int) -> list[int] | None:
 class _Facts:
     def __init__(self) -> None:
         self.classes = _Classes()
-        self.sums_seen: set[str] = set()
 
     def same(self, a: ir.Value | None, axis_a: int, b: ir.Value | None, axis_b: int) -> None:
         if a is None or b is None:
