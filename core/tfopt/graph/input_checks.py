@@ -194,7 +194,7 @@ def _normalized_opsets(model: onnx.ModelProto, notes: list[str]) -> dict[str, in
         kept = [onnx.OperatorSetIdProto(domain=o.domain, version=o.version) for o in unique.values()]
         del model.opset_import[:]
         model.opset_import.extend(kept)
-    for graph in _graphs(model.graph):
+    for graph in graphs_within(model.graph):
         for node in graph.node:
             if node.domain == DEFAULT_DOMAIN_ALIAS:
                 node.domain = ""
@@ -202,23 +202,23 @@ def _normalized_opsets(model: onnx.ModelProto, notes: list[str]) -> dict[str, in
         for node in function.node:
             if node.domain == DEFAULT_DOMAIN_ALIAS:
                 node.domain = ""
-    if CONTRIB_DOMAIN not in opsets and any(node.domain == CONTRIB_DOMAIN for graph in _graphs(model.graph) for node in graph.node):
+    if CONTRIB_DOMAIN not in opsets and any(node.domain == CONTRIB_DOMAIN for graph in graphs_within(model.graph) for node in graph.node):
         model.opset_import.append(onnx.helper.make_opsetid(CONTRIB_DOMAIN, 1))
         opsets[CONTRIB_DOMAIN] = 1
         notes.append(f"added the missing opset import {CONTRIB_DOMAIN!r} version 1 for its contrib nodes")
     return opsets
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+def graphs_within(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """The graph and every subgraph (If/Loop/Scan bodies) in it."""
     yield graph
     for node in graph.node:
         for attribute in node.attribute:
             if attribute.type == AttributeProto.GRAPH:
-                yield from _graphs(attribute.g)
+                yield from graphs_within(attribute.g)
             elif attribute.type == AttributeProto.GRAPHS:
                 for subgraph in attribute.graphs:
-                    yield from _graphs(subgraph)
+                    yield from graphs_within(subgraph)
 
 
 def _describe(node: onnx.NodeProto) -> str:
@@ -648,7 +648,7 @@ def _known_type(elem_type: int) -> bool:
 
 def _tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
     """Initializers and tensor-valued attributes (Constant nodes), subgraphs included."""
-    for each in _graphs(graph):
+    for each in graphs_within(graph):
         yield from each.initializer
         for node in each.node:
             for attribute in node.attribute:

@@ -35,6 +35,7 @@ import onnx
 from ..errors import TfoptError, first_line
 from ..feeds import GraphInput, axis_sizes_from, feed_for, graph_inputs, session_feed
 from ..results import DroppedRule, Validation
+from .input_checks import graphs_within
 
 # Max |candidate - reference| over valid finite positions, as a fraction of max(1, max |reference|).
 RELATIVE_TOLERANCES = {"fp32": 1e-4, "fp16": 3e-2}
@@ -132,7 +133,7 @@ def _checked_as_ort_reads_it(path: Path, problem: str) -> str | None:
     if version is None:
         return problem
     moved = 0
-    for graph in _graphs(model.graph):
+    for graph in graphs_within(model.graph):
         for node in graph.node:
             if node.domain not in ("", "ai.onnx") or onnx.defs.has(node.op_type, version, ""):
                 continue
@@ -142,7 +143,7 @@ def _checked_as_ort_reads_it(path: Path, problem: str) -> str | None:
     if not moved:
         return problem
     model.opset_import.append(onnx.helper.make_opsetid(_ORT_ONLY_DOMAIN, 1))
-    for graph in _graphs(model.graph):
+    for graph in graphs_within(model.graph):
         for tensor in graph.initializer:
             if tensor.data_location == onnx.TensorProto.EXTERNAL:  # a stand-in: checked on the file already
                 tensor.ClearField("external_data")
@@ -154,15 +155,6 @@ def _checked_as_ort_reads_it(path: Path, problem: str) -> str | None:
     except Exception as exc:
         return first_line(exc)
     return None
-
-
-def _graphs(graph: onnx.GraphProto):
-    """``graph`` and every subgraph in it (If/Loop/Scan bodies), depth first."""
-    yield graph
-    for node in graph.node:
-        for attribute in node.attribute:
-            for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
-                yield from _graphs(sub)
 
 
 def _batch_sizes(specs: list[GraphInput], batch: int) -> dict[str, int]:
