@@ -254,12 +254,12 @@ def prepare(model: ir.Model) -> None:
     mark_input_layer_norms(model.graph)
     name_unknown_dims(model.graph)
     simplifications = _exact_simplifications(model.opset_imports.get("", 1))
-    for round in range(3):  # the last round only infers: the rules' new values get shapes too
-        shape_ops_without_schema(model.graph)
+    shape_ops_without_schema(model.graph)
+    for step in range(3):  # the last round only infers: the rules' new values get shapes too
         reshape_ranks(model.graph)  # before opset 13, shape inference leaves computed Reshapes rankless
         onnxscript.optimizer.fold_constants(model, onnx_shape_inference=True, should_fold=_is_embedding_lookup)
         shape_ops_without_schema(model.graph)
-        if round == 2:
+        if step == 2:
             break
         reshape_constant_weights(model.graph)
         RewriteRuleSet(simplifications).apply_to_model(model)

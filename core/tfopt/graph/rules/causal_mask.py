@@ -145,7 +145,8 @@ def _symbols(value: ir.Value) -> list[int | str | None]:
 
 
 # Sizes the known values' shape functions are probed with: distinct, so each axis tells its role.
-_ROLE_PROBE = {"batch": 101, "past": 103, "sequence": 107, "total": 210}
+_ROLE_PROBE = {"batch": 101, "past": 103, "sequence": 107}
+_ROLE_PROBE["total"] = _ROLE_PROBE["past"] + _ROLE_PROBE["sequence"]
 
 
 class MaskSizer:
