@@ -16,7 +16,7 @@ from ..errors import TfoptError
 from ..results import FUSION_NAMES, TARGETS, FuseResult, ModelInfo
 from .io import load_model
 from .passes import cleanup, inputs_to_int32, prepare
-from .rules import activation, attention, decoder_forms, embedding, linear, normalization
+from .rules import activation, attention, decoder_forms, embedding, linear, normalization, rms_norm
 from .validate import Reference, write_validated
 from .values import MS_DOMAIN
 
@@ -157,7 +157,7 @@ def _rule_plan(info: ModelInfo, target: str) -> list[tuple[str, list]]:
     """(fusion name, rules) in the order they must run: LN before SkipLN, EmbedLN before SkipLN."""
     plan = [
         ("linear", linear.linear_rules()),  # canonical form for the rules below; always on
-        ("layer_norm", normalization.layer_norm_rules()),
+        ("layer_norm", normalization.layer_norm_rules() + rms_norm.rms_norm_rules()),
         ("gelu", activation.gelu_rules()),
         ("fast_gelu", activation.fast_gelu_rules()),
         ("bias_gelu", activation.bias_gelu_rules()),

@@ -15,7 +15,7 @@ from onnxscript.rewriter import pattern
 from ..values import MS_DOMAIN, constant_array, is_constant_vector, scalar
 
 
-def _reduces_last_axis(node: ir.Node) -> bool:
+def reduces_last_axis(node: ir.Node) -> bool:
     """ReduceMean over the last axis only, with the axes as attribute (opset < 18) or input."""
     axes_attr = node.attributes.get("axes")
     if axes_attr is not None:
@@ -33,15 +33,15 @@ def _reduces_last_axis(node: ir.Node) -> bool:
     return axes[0] == -1 or (rank is not None and axes[0] == rank - 1)
 
 
-def _keeps_dims(value: ir.Value) -> bool:
+def keeps_dims(value: ir.Value) -> bool:
     return value.producer().attributes.get_int("keepdims", 1) == 1
 
 
 # Narrow float types whose LayerNorm exporters compute in float32 between two Casts.
-_NARROW_FLOATS = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+NARROW_FLOATS = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
 
-def _cast_to(value: ir.Value) -> int | None:
+def cast_to(value: ir.Value) -> int | None:
     return value.producer().attributes.get_int("to")
 
 
@@ -80,16 +80,16 @@ class DecomposedLayerNorm(pattern.RewriteRuleClassBase):
             return False
         if scalar(eps) is None or not (is_constant_vector(gamma) and is_constant_vector(beta)):
             return False
-        if not (_keeps_dims(mean) and _keeps_dims(variance)):
+        if not (keeps_dims(mean) and keeps_dims(variance)):
             return False
         if self.cast and not self._casts_around(x, tags["widened"], tags["narrowed"], gamma, beta):
             return False
-        return _reduces_last_axis(mean.producer()) and _reduces_last_axis(variance.producer())
+        return reduces_last_axis(mean.producer()) and reduces_last_axis(variance.producer())
 
     @staticmethod
     def _casts_around(x, widened, narrowed, gamma, beta) -> bool:
         """x is float16/bfloat16, widened to float32 and narrowed back to x's type before gamma/beta (of x's type)."""
-        if x.dtype not in _NARROW_FLOATS or _cast_to(widened) != ir.DataType.FLOAT or _cast_to(narrowed) != x.dtype:
+        if x.dtype not in NARROW_FLOATS or cast_to(widened) != ir.DataType.FLOAT or cast_to(narrowed) != x.dtype:
             return False
         return all(v.const_value is not None and v.const_value.dtype == x.dtype for v in (gamma, beta))
 
@@ -112,7 +112,7 @@ class LayerNormCastRoundTrip(pattern.RewriteRuleClassBase):
         return op.Cast(normalized, _outputs=["narrowed"])
 
     def check(self, context, x, gamma, beta, widened, normalized, narrowed, **_):
-        if x.dtype not in _NARROW_FLOATS or _cast_to(widened) != ir.DataType.FLOAT or _cast_to(narrowed) != x.dtype:
+        if x.dtype not in NARROW_FLOATS or cast_to(widened) != ir.DataType.FLOAT or cast_to(narrowed) != x.dtype:
             return False
         node = normalized.producer()
         if node.attributes.get_int("axis", -1) != -1 or len(node.outputs) != 1:
@@ -183,7 +183,7 @@ class TfLayerNorm(pattern.RewriteRuleClassBase):
         if g is None or b is None or g.shape != b.shape:
             return False
         if self.reduce == "ReduceMean":
-            return all(_reduces_last_axis(v.producer()) and _keeps_dims(v) for v in (mean, variance))
+            return all(reduces_last_axis(v.producer()) and keeps_dims(v) for v in (mean, variance))
         return _is_last_axis_mean(mean) and _is_last_axis_mean(variance)
 
     def _vector(self, op, value: ir.Value) -> ir.Value:
@@ -247,15 +247,18 @@ class SkipLayerNorm(pattern.RewriteRuleClassBase):
     bias in; that variant is tried first, the plain one catches the rest. With
     ``keep_sum`` the residual sum is also read elsewhere (pre-LN models such as
     GPT-2 carry it to the next layer), so the fused op emits it as its 4th output.
+    With ``simplified`` the norm is an RMSNorm (SimplifiedLayerNormalization, no beta)
+    and the fused op SkipSimplifiedLayerNormalization, whose outputs are laid out alike.
     """
 
-    def __init__(self, bias: str, keep_sum: bool = False):
+    def __init__(self, bias: str, keep_sum: bool = False, simplified: bool = False):
         """``bias``: "left" for (a + bias) + b, "right" for b + (a + bias), "none" for a + b."""
         name = ("SkipLayerNorm" if bias == "none" else f"SkipLayerNormBias[{bias}]") + ("+Sum" if keep_sum else "")
-        super().__init__(name=name)
+        super().__init__(name=name.replace("LayerNorm", "SimplifiedLayerNorm") if simplified else name)
         self.with_bias = bias != "none"
         self.bias_side = bias
         self.keep_sum = keep_sum
+        self.simplified = simplified
 
     def pattern(self, op, a, b, bias, gamma, beta):
         if self.bias_side == "left":
@@ -264,14 +267,17 @@ class SkipLayerNorm(pattern.RewriteRuleClassBase):
             total = op.Add(b, op.Add(a, bias))
         else:
             total = op.Add(a, b)
-        out = op.LayerNormalization(total, gamma, beta, _outputs=["out"])
+        if self.simplified:
+            out = op.SimplifiedLayerNormalization(total, gamma, _outputs=["out"])
+        else:
+            out = op.LayerNormalization(total, gamma, beta, _outputs=["out"])
         return (out, total) if self.keep_sum else out
 
-    def check(self, context, a, b, gamma, beta, out, bias=None, **_):
+    def check(self, context, a, b, gamma, out, beta=None, bias=None, **_):
         node = out.producer()
         if node.attributes.get_int("axis", -1) != -1 or len(node.outputs) != 1:
             return False
-        if not (is_constant_vector(gamma) and is_constant_vector(beta)):
+        if not is_constant_vector(gamma) or not (self.simplified or is_constant_vector(beta)):
             return False
         if self.with_bias and not is_constant_vector(bias):
             return False
@@ -281,13 +287,16 @@ class SkipLayerNorm(pattern.RewriteRuleClassBase):
             return False
         return _residual_operands(a, b) is not None
 
-    def rewrite(self, op, a, b, gamma, beta, out, bias=None, **_):
+    def rewrite(self, op, a, b, gamma, out, beta=None, bias=None, **_):
         epsilon = out.producer().attributes.get_float("epsilon", 1e-5)
         a, b = _residual_operands(a, b)
-        inputs = [a, b, gamma, beta] + ([bias] if self.with_bias else [])
+        norm = [gamma] if self.simplified else [gamma, beta]
+        if self.with_bias:
+            norm.append(bias)  # SkipSimplified takes (input, skip, gamma, bias): no beta before it
+        fused = op.SkipSimplifiedLayerNormalization if self.simplified else op.SkipLayerNormalization
         if not self.keep_sum:
-            return op.SkipLayerNormalization(*inputs, epsilon=epsilon, _domain=MS_DOMAIN)
-        out, _mean, _inv_std, total = op.SkipLayerNormalization(*inputs, epsilon=epsilon, _domain=MS_DOMAIN, _outputs=4)
+            return fused(a, b, *norm, epsilon=epsilon, _domain=MS_DOMAIN)
+        out, _mean, _inv_std, total = fused(a, b, *norm, epsilon=epsilon, _domain=MS_DOMAIN, _outputs=4)
         return out, total
 
 
@@ -301,7 +310,8 @@ def layer_norm_rules() -> list[pattern.RewriteRule]:
 
 def skip_layer_norm_rules() -> list[pattern.RewriteRule]:
     return [
-        SkipLayerNorm.rule(bias=bias, keep_sum=keep_sum)
+        SkipLayerNorm.rule(bias=bias, keep_sum=keep_sum, simplified=simplified)
+        for simplified in (False, True)
         for keep_sum in (False, True)
         for bias in ("left", "right", "none")
     ]
@@ -335,7 +345,7 @@ def expand_new_layer_norms(graph: ir.Graph, opset: int) -> int:
             continue  # mean / inverse std read elsewhere: keep the op
         x, gamma, beta = (list(node.inputs) + [None, None])[:3]
         epsilon = node.attributes.get_float("epsilon", 1e-5)
-        narrow = x.dtype in _NARROW_FLOATS
+        narrow = x.dtype in NARROW_FLOATS
 
         def constant(value: float, name: str) -> ir.Node:
             return ir.node("Constant", [], attributes={"value": ir.tensor(np.array(value, np.float32), name=name)})
