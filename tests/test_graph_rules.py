@@ -86,12 +86,41 @@ def test_decomposed_layer_norm_becomes_one_op(opset, square):
     _assert_same(original, fused, {"x": RNG.normal(size=(2, 5, H)).astype(np.float32)})
 
 
-@pytest.mark.parametrize("opset", [14, 16])
-def test_below_opset_17_a_layer_norm_no_fusion_took_stays_in_that_opsets_ops(opset):
+def _after_layer_norm(proto: onnx.ModelProto, node: onnx.NodeProto, *initializers) -> onnx.ModelProto:
+    """The decomposed LayerNorm's output goes through ``node`` (reading "ln", writing "y")."""
+    for existing in proto.graph.node:
+        if existing.output[0] == "y":
+            existing.output[0] = "ln"
+    proto.graph.node.append(node)
+    proto.graph.initializer.extend(initializers)
+    return proto
+
+
+@pytest.mark.parametrize("opset", [11, 12, 14, 16])
+def test_below_opset_17_the_opset_is_raised_when_every_op_means_the_same_there(opset):
+    """Unsqueeze's axes move from attribute to input at 13; Softmax over the last axis reads alike."""
     original = _decomposed_layer_norm(opset)
+    original = _after_layer_norm(original, helper.make_node("Softmax", ["ln"], ["soft"], axis=-1))
+    if opset < 13:
+        original.graph.node.append(helper.make_node("Unsqueeze", ["soft"], ["y"], axes=[1]))
+    else:
+        original.graph.node.append(helper.make_node("Unsqueeze", ["soft", "one_axis"], ["y"]))
+        original.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "one_axis"))
+    fused, stats = _fuse(original)
+    assert count_ops(fused) == {"LayerNormalization": 1, "Softmax": 1, "Unsqueeze": 1}
+    assert fused.opset_imports[""] == 17
+    assert any("opset raised" in note for note in stats.notes), stats.notes
+    onnx.checker.check_model(ir.serde.serialize_model(fused), full_check=True)
+    _assert_same(original, fused, {"x": RNG.normal(size=(2, 5, H)).astype(np.float32)})
+
+
+def test_below_opset_17_a_layer_norm_stays_in_that_opsets_ops_when_an_op_would_change_meaning():
+    """Softmax without ``axis`` before 13 normalizes over everything from axis 1: at 17 it would not."""
+    original = _after_layer_norm(_decomposed_layer_norm(12), helper.make_node("Softmax", ["ln"], ["y"]))
     fused, stats = _fuse(original)
     assert stats.rule_counts["DecomposedLayerNorm"] == 1  # matched, then written back: nothing newer than the opset
     assert "LayerNormalization" not in count_ops(fused)
+    assert fused.opset_imports[""] == 12
     onnx.checker.check_model(ir.serde.serialize_model(fused), full_check=True)
     _assert_same(original, fused, {"x": RNG.normal(size=(2, 5, H)).astype(np.float32)})
 

@@ -244,8 +244,9 @@ def fuse_model(
             rule_counts[rule.name] = rule_counts.get(rule.name, 0) + applied
         # Rules that keep matched nodes leave them dead; dead readers would block later matches.
         remove_unused_nodes(model)
-    cleanup(model)
+    cleanup_notes = cleanup(model)
     notes = list(model.meta.get("tfopt.load_notes", ()))  # the loader's repairs (graph.io.LOAD_NOTES)
+    notes += cleanup_notes
     if input_int32:
         converted = inputs_to_int32(model)
         notes.append(f"inputs now int32: {', '.join(converted) or 'none'}")

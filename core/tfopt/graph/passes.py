@@ -11,7 +11,8 @@ from onnxscript.rewriter.rules import common as common_rules
 
 from ..errors import TfoptError
 from .rules.decoder_forms import reshape_ranks
-from .rules.normalization import expand_new_layer_norms, mark_input_layer_norms
+from .opset_raise import raise_to_layer_norm_opset
+from .rules.normalization import LAYER_NORM_OPSET, expand_new_layer_norms, mark_input_layer_norms, new_layer_norms
 from .shape_facts import unify_dims
 from .values import MS_DOMAIN, constant_array
 
@@ -275,10 +276,19 @@ def prepare(model: ir.Model) -> None:
     canonicalize_commutative(model.graph)
 
 
-def cleanup(model: ir.Model) -> None:
-    """Drop what fusion left dead (mask subgraphs, unpacked Q/K/V weights), merge duplicate casts;
-    below opset 17, write a LayerNormalization no fusion took back in the ops that opset has."""
+def cleanup(model: ir.Model) -> list[str]:
+    """Drop what fusion left dead (mask subgraphs, unpacked Q/K/V weights), merge duplicate casts.
+
+    Below opset 17 a LayerNormalization no fusion took needs opset 17: the opset is raised
+    where every node means the same there (:mod:`opset_raise`), else the LayerNorm is written
+    back in the ops the model's opset has. Returns notes for the user (the raise).
+    """
+    notes = []
     common_passes.RemoveUnusedNodesPass()(model)
+    opset = model.opset_imports.get("", 1)
+    left = len(new_layer_norms(model.graph)) if opset < LAYER_NORM_OPSET else 0
+    if left and raise_to_layer_norm_opset(model):
+        notes.append(f"opset raised from {opset} to {LAYER_NORM_OPSET} for {left} LayerNormalization (every other op means the same there)")
     expand_new_layer_norms(model.graph, model.opset_imports.get("", 1))
     common_passes.CommonSubexpressionEliminationPass()(model)
     common_passes.RemoveUnusedNodesPass()(model)
@@ -286,6 +296,7 @@ def cleanup(model: ir.Model) -> None:
     if any(node.domain == MS_DOMAIN for node in model.graph):
         model.opset_imports[MS_DOMAIN] = 1
     common_passes.TopologicalSortPass()(model)
+    return notes
 
 
 def inputs_to_int32(model: ir.Model) -> list[str]:

@@ -328,6 +328,14 @@ def mark_input_layer_norms(graph: ir.Graph) -> None:
             node.meta[_INPUT_NODE] = True
 
 
+def new_layer_norms(graph: ir.Graph) -> list[ir.Node]:
+    """The LayerNormalization nodes fusion made (the input's own are marked by :func:`mark_input_layer_norms`)."""
+    return [
+        node for node in graph
+        if node.op_type == "LayerNormalization" and node.domain == "" and not node.meta.get(_INPUT_NODE)
+    ]
+
+
 def expand_new_layer_norms(graph: ir.Graph, opset: int) -> int:
     """Below opset 17, write every LayerNormalization tfopt made (and no fusion took) back as ReduceMean/Sub/Mul/Sqrt/Div.
 
@@ -338,9 +346,7 @@ def expand_new_layer_norms(graph: ir.Graph, opset: int) -> int:
     if opset >= LAYER_NORM_OPSET:
         return 0
     expanded = 0
-    for node in list(graph):
-        if node.op_type != "LayerNormalization" or node.domain != "" or node.meta.get(_INPUT_NODE):
-            continue
+    for node in new_layer_norms(graph):
         if len(node.outputs) > 1 and any(out.uses() for out in node.outputs[1:]):
             continue  # mean / inverse std read elsewhere: keep the op
         x, gamma, beta = (list(node.inputs) + [None, None])[:3]
