@@ -22,11 +22,10 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel
 
 from tfopt.bench import ort_session
+from tfopt.causal_lm import ATTENTION_MASK, INPUT_IDS, POSITION_IDS, position_ids_for
 from tfopt.errors import TfoptError, first_line
 from tfopt.feeds import session_feed, valid_lengths
 
-from .decoder import ATTENTION_MASK, INPUT_IDS, POSITION_IDS
-from .inputs import position_ids_for
 from .models import SourceModel
 
 

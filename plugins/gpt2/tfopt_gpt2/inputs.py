@@ -8,17 +8,16 @@ mask, only shows on such rows, so every row but the first gets its own amount of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
 
+from tfopt.causal_lm import ATTENTION_MASK, INPUT_IDS, StepShape, left_padded_mask, position_ids_for, step_feed  # noqa: F401  (re-exported)
 from tfopt.errors import TfoptError
 from tfopt.feeds import int_tuple
 from tfopt.results import ExportResult, RunContext
 
 from .cache import source_model
-from .decoder import ATTENTION_MASK, INPUT_IDS, POSITION_IDS, past_names
 from .models import SourceModel
 
 DEFAULT_CASES = 32
@@ -28,57 +27,6 @@ DEFAULT_MAX_SEQUENCE = 16
 # Shapes every default set starts with: the first step (no past) with one and many tokens,
 # single-token decode steps, and a batch wider than one with both past and new tokens.
 CORNER_CASES = ((1, 0, 1), (1, 0, 8), (4, 0, 6), (1, 7, 1), (8, 16, 1), (3, 5, 4))
-
-
-@dataclass(frozen=True)
-class StepShape:
-    batch_size: int
-    past_length: int
-    sequence_length: int
-
-    @property
-    def total_length(self) -> int:
-        return self.past_length + self.sequence_length
-
-
-def position_ids_for(attention_mask: np.ndarray, sequence_length: int) -> np.ndarray:
-    """Positions of the last ``sequence_length`` slots: count of real tokens before each, padding at 0."""
-    positions = np.cumsum(attention_mask, axis=1) - 1
-    return np.clip(positions, 0, None)[:, -sequence_length:]
-
-
-def left_padded_mask(batch_size: int, total_length: int, rng: np.random.Generator) -> np.ndarray:
-    """Row 0 unpadded; every other row a random amount of left padding, keeping at least its last slot."""
-    padding = rng.integers(0, total_length, size=batch_size)
-    padding[0] = 0
-    return (np.arange(total_length)[None, :] >= padding[:, None]).astype(np.int64)
-
-
-def step_feed(
-    shape: StepShape,
-    *,
-    num_layers: int,
-    num_heads: int,
-    head_size: int,
-    vocab_size: int,
-    rng: np.random.Generator,
-    int_dtype=np.int64,
-    padded: bool = True,
-) -> dict[str, np.ndarray]:
-    """One feed: random ids, a left-padded mask (``padded=False``: all ones), positions, random-normal past."""
-    batch, past, sequence = shape.batch_size, shape.past_length, shape.sequence_length
-    if padded:
-        mask = left_padded_mask(batch, shape.total_length, rng)
-    else:
-        mask = np.ones((batch, shape.total_length), dtype=np.int64)
-    feed = {
-        INPUT_IDS: rng.integers(0, vocab_size, size=(batch, sequence)).astype(int_dtype),
-        ATTENTION_MASK: mask.astype(int_dtype),
-        POSITION_IDS: position_ids_for(mask, sequence).astype(int_dtype),
-    }
-    for name in past_names(num_layers):
-        feed[name] = rng.standard_normal((batch, num_heads, past, head_size)).astype(np.float32)
-    return feed
 
 
 def random_shapes(
