@@ -16,7 +16,8 @@ from ..errors import TfoptError
 from ..results import FUSION_NAMES, TARGETS, FuseResult, ModelInfo
 from .io import load_model
 from .passes import cleanup, inputs_to_int32, prepare
-from .rules import activation, attention, decoder_forms, embedding, linear, normalization, rms_norm
+from .opset_raise import can_raise
+from .rules import activation, attention, cached_attention, decoder_forms, embedding, linear, normalization, rms_norm, rotary
 from .validate import Reference, write_validated
 from .values import MS_DOMAIN
 
@@ -153,8 +154,13 @@ def missing_fusions(expected: dict[str, int], op_counts: dict[str, int], disable
     return missing
 
 
-def _rule_plan(info: ModelInfo, target: str) -> list[tuple[str, list]]:
-    """(fusion name, rules) in the order they must run: LN before SkipLN, EmbedLN before SkipLN."""
+def _rule_plan(info: ModelInfo, target: str, standard_ops: bool = False) -> list[tuple[str, list]]:
+    """(fusion name, rules) in the order they must run: LN before SkipLN, EmbedLN before SkipLN.
+
+    ``standard_ops``: the model's opset can be raised to 23 exactly, so rotary embeddings and
+    attention over a key/value cache may become ONNX's own RotaryEmbedding and Attention.
+    """
+    decoder_llm = rotary.rotary_rules() + cached_attention.cached_attention_rules() if standard_ops else []
     plan = [
         ("linear", linear.linear_rules()),  # canonical form for the rules below; always on
         ("layer_norm", normalization.layer_norm_rules() + rms_norm.rms_norm_rules()),
@@ -164,6 +170,7 @@ def _rule_plan(info: ModelInfo, target: str) -> list[tuple[str, list]]:
         ("embed_layer_norm", embedding.embed_layer_norm_rules()),
         ("attention", decoder_forms.decoder_form_rules()),  # older GPT-2 forms -> the one the rule matches
         ("attention", attention.attention_rules(info.num_heads, target, info.hidden_size)),
+        ("attention", decoder_llm),  # after the GPT-2 rule, which also sees a past Concat
         ("linear", linear.linear_rules()),  # again: attention fusion exposes GPT-2's c_proj Gemm
         ("skip_layer_norm", normalization.skip_layer_norm_rules()),
     ]
@@ -233,7 +240,8 @@ def fuse_model(
     num_layers = info.num_layers or sum(1 for node in model.graph if node.op_type == "Softmax")
     rule_counts: dict[str, int] = {}
     skip_rules = set(skip_rules)
-    for _, rules in _with_groups(_rule_plan(info, target), groups, disabled):
+    standard_ops = can_raise(model, rotary.STANDARD_OPSET)
+    for _, rules in _with_groups(_rule_plan(info, target, standard_ops), groups, disabled):
         for rule in rules:
             if rule.name in skip_rules:
                 rule_counts.setdefault(rule.name, 0)

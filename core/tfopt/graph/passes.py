@@ -11,7 +11,7 @@ from onnxscript.rewriter.rules import common as common_rules
 
 from ..errors import TfoptError
 from .rules.decoder_forms import reshape_ranks
-from .opset_raise import raise_to_layer_norm_opset
+from .opset_raise import opset_needed, raise_opset
 from .rules.normalization import LAYER_NORM_OPSET, expand_new_layer_norms, mark_input_layer_norms, new_layer_norms
 from .shape_facts import unify_dims
 from .values import MS_DOMAIN, constant_array
@@ -287,8 +287,14 @@ def cleanup(model: ir.Model) -> list[str]:
     common_passes.RemoveUnusedNodesPass()(model)
     opset = model.opset_imports.get("", 1)
     left = len(new_layer_norms(model.graph)) if opset < LAYER_NORM_OPSET else 0
-    if left and raise_to_layer_norm_opset(model):
+    if left and raise_opset(model, LAYER_NORM_OPSET):
         notes.append(f"opset raised from {opset} to {LAYER_NORM_OPSET} for {left} LayerNormalization (every other op means the same there)")
+    needed = opset_needed(model.graph)
+    if needed > model.opset_imports.get("", 1):
+        # The rules that write these ops run only where can_raise(model, needed) held.
+        if not raise_opset(model, needed):
+            raise TfoptError(f"internal error: the fused model needs opset {needed} and cannot be raised to it")
+        notes.append(f"opset raised from {opset} to {needed} for the standard Attention/RotaryEmbedding ops (every other op means the same there)")
     expand_new_layer_norms(model.graph, model.opset_imports.get("", 1))
     common_passes.CommonSubexpressionEliminationPass()(model)
     common_passes.RemoveUnusedNodesPass()(model)

@@ -41,11 +41,11 @@ from .reshapes import int64_constant, rank_of, same_dim, target_entries, without
 _SCALE_TAGS = ["Mul", "Div", "None"]
 
 
-def _scaled(op, value, factor, tag):
+def scaled(op, value, factor, tag):
     return pattern.OrValue([op.Mul(value, factor), op.Div(value, factor), value], tag_var=tag, tag_values=_SCALE_TAGS)
 
 
-def _scale_of(tag: str, factor) -> float | None:
+def scale_of(tag: str, factor) -> float | None:
     if tag == "None":
         return 1.0
     number = scalar(factor)
@@ -54,7 +54,7 @@ def _scale_of(tag: str, factor) -> float | None:
     return number if tag == "Mul" else 1.0 / number
 
 
-def _masked_softmax(op, scores, mask, zero):
+def masked_softmax(op, scores, mask, zero):
     """Softmax over the scores with the mask forms exporters write ("masked" tags which, "guard" what follows).
 
     TF's ``SelectV2`` keeps the scores where the boolean ``condition`` holds and writes a
@@ -229,7 +229,7 @@ class SelfAttention(pattern.RewriteRuleClassBase):
             return op.Reshape(projected, shape, _allow_other_attributes=True)
 
         query = op.Transpose(
-            _scaled(op, heads(wq, bq, q_shape), pattern.Var("h_factor"), "h_scaling"), perm=[0, 2, 1, 3], _outputs=["query_heads"]
+            scaled(op, heads(wq, bq, q_shape), pattern.Var("h_factor"), "h_scaling"), perm=[0, 2, 1, 3], _outputs=["query_heads"]
         )
         key = heads(wk, bk, k_shape)
         key_t = pattern.OrValue(
@@ -247,9 +247,9 @@ class SelfAttention(pattern.RewriteRuleClassBase):
             ]
         )
         value = op.Transpose(heads(wv, bv, v_shape), perm=[0, 2, 1, 3], _outputs=["value_heads"])
-        scores = op.MatMul(_scaled(op, query, q_factor, "q_scaling"), _scaled(op, key_t, k_factor, "k_scaling"))
-        scores = _scaled(op, scores, s_factor, "s_scaling")
-        probs = _masked_softmax(op, scores, mask, zero)
+        scores = op.MatMul(scaled(op, query, q_factor, "q_scaling"), scaled(op, key_t, k_factor, "k_scaling"))
+        scores = scaled(op, scores, s_factor, "s_scaling")
+        probs = masked_softmax(op, scores, mask, zero)
         context = op.MatMul(probs, value)
         context = pattern.OrValue([op.Reshape(context, pattern.ANY_VALUE, _allow_other_attributes=True), context])
         context = op.Transpose(context, perm=[0, 2, 1, 3])
@@ -382,7 +382,7 @@ class SelfAttention(pattern.RewriteRuleClassBase):
         scale = 1.0
         scalings = (("q_scaling", "q_factor"), ("h_scaling", "h_factor"), ("k_scaling", "k_factor"), ("s_scaling", "s_factor"))
         for tag, factor in scalings:
-            part = _scale_of(tags.get(tag, "None"), tags.get(factor))
+            part = scale_of(tags.get(tag, "None"), tags.get(factor))
             if part is None:
                 return result.fail(f"{factor} is not a constant scalar")
             scale *= part
@@ -450,7 +450,7 @@ def _output_rank(value: ir.Value) -> int | None:
     return int(target.size) if target is not None else None
 
 
-def _key_transposed(op, key):
+def key_transposed(op, key):
     """K^T as exports write it: one Transpose of the last two axes, or a 3-D round trip (dynamo sdpa)."""
     return pattern.OrValue(
         [
@@ -503,13 +503,13 @@ class CausalSelfAttentionWithPast(SelfAttention):
             )
         else:
             present_key, present_value = heads(k, k_shape, "present_key"), heads(v, v_shape, "present_value")
-        query = _scaled(op, heads(q, q_shape, "query_heads"), q_factor, "q_scaling")
-        key_t = _key_transposed(op, present_key)
+        query = scaled(op, heads(q, q_shape, "query_heads"), q_factor, "q_scaling")
+        key_t = key_transposed(op, present_key)
         if not self.with_past:  # the head split and K^T as one Transpose (two folded by prepare)
             key_t = pattern.OrValue([key_t, op.Transpose(op.Reshape(k, k_shape, _allow_other_attributes=True), perm=[0, 2, 3, 1])])
-        key_t = _scaled(op, key_t, k_factor, "k_scaling")
-        scores = _scaled(op, op.MatMul(query, key_t, _outputs=["scores"]), s_factor, "s_scaling")
-        probs = _masked_softmax(op, scores, mask, zero)
+        key_t = scaled(op, key_t, k_factor, "k_scaling")
+        scores = scaled(op, op.MatMul(query, key_t, _outputs=["scores"]), s_factor, "s_scaling")
+        probs = masked_softmax(op, scores, mask, zero)
         context = op.MatMul(probs, present_value)
         context = pattern.OrValue([op.Reshape(context, pattern.ANY_VALUE, _allow_other_attributes=True), context])
         context = op.Transpose(context, perm=[0, 2, 1, 3])
@@ -602,21 +602,27 @@ class CausalSelfAttentionWithPast(SelfAttention):
         self._causal_verdicts: dict[int, str | None] = {}  # per mask value: all layers share one
 
     def cleanup(self):
-        """Point the model's ``present`` outputs (and any reader) at the fused op's present outputs.
-
-        The pattern has one output on purpose: multi-output patterns make the matcher try
-        node combinations (seconds per model); the present values are swapped here instead.
-        """
-        for old, new, past_type in self._present_swaps:
-            if old.is_graph_output():
-                name = old.name
-                old.name = f"{name}_unfused"
-                new.name = name  # the model's IO keeps its names
-            # The fused op's outputs carry no type: an output without one fails the ONNX checker.
-            new.dtype = new.dtype or old.dtype or past_type
-            new.shape = new.shape or old.shape
-            old.replace_all_uses_with(new, replace_graph_outputs=True)
+        """The pattern has one output on purpose: multi-output patterns make the matcher try
+        node combinations (seconds per model); the present values are swapped here instead."""
+        swap_presents(self._present_swaps)
         self._present_swaps = []
+
+
+def swap_presents(swaps: list[tuple[ir.Value, ir.Value, ir.DataType | None]]) -> None:
+    """Point the model's ``present`` outputs (and any reader) at a fused op's present outputs.
+
+    ``swaps``: (the graph's present value, the fused op's, the past's type). The model's
+    outputs keep their names.
+    """
+    for old, new, past_type in swaps:
+        if old.is_graph_output():
+            name = old.name
+            old.name = f"{name}_unfused"
+            new.name = name
+        # The fused op's outputs carry no type: an output without one fails the ONNX checker.
+        new.dtype = new.dtype or old.dtype or past_type
+        new.shape = new.shape or old.shape
+        old.replace_all_uses_with(new, replace_graph_outputs=True)
 
 
 class TransposedScores(pattern.RewriteRuleClassBase):

@@ -1,0 +1,139 @@
+"""Attention over a key/value cache, grouped or not, with an additive mask -> ONNX opset-23 ``Attention``.
+
+Decoder LLMs (Llama, Mistral, Qwen, Phi-3, Gemma) export each layer's attention as:
+the new keys/values ([B, Nkv, S, D], keys already rotary-embedded) concatenated after the
+past ones (those Concats are the ``present`` outputs), repeated to the query's head count
+under grouped-query attention (``Unsqueeze`` / ``Expand`` / ``Reshape``), scores scaled
+(on the scores, or by sqrt(scale) on Q and K as sdpa does), optionally soft-capped
+(Gemma 2: ``cap * tanh(s / cap)``), plus the graph's own additive mask, Softmax (with
+sdpa's NaN guard), times the values.
+
+ONNX's ``Attention`` (opset 23) takes exactly that: Q, the new K and V with fewer heads,
+the past, the additive mask as it is, ``scale`` and ``softcap``; it returns the context
+and the presents. The mask is passed on unchanged, so whatever the graph computes
+(causal, sliding window, padding on either side) is what the fused op applies; nothing
+about it needs proving. ONNX Runtime's ``GroupQueryAttention`` contrib op was measured
+and not chosen: on CPU it refuses batch > 1 with a past and several new tokens unless
+given per-row query lengths, and ignores a left-padded mask without an extra bias input.
+``MultiHeadAttention`` takes no grouped key/value heads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from ..values import constant_array, scalar
+from .attention import key_transposed, masked_softmax, scale_of, scaled, swap_presents
+
+
+def _repeated_heads(op, value, name):
+    """repeat_kv: [B, Nkv, T, D] -> Unsqueeze(2) -> Expand [B, Nkv, n, T, D] -> Reshape [B, Nkv*n, T, D]."""
+    unsqueezed = op.Unsqueeze(value, pattern.ANY_VALUE, _outputs=[f"{name}_unsqueezed"])
+    expanded = op.Expand(unsqueezed, pattern.ANY_VALUE, _outputs=[f"{name}_expanded"])
+    return op.Reshape(expanded, pattern.ANY_VALUE, _allow_other_attributes=True, _outputs=[f"{name}_repeated"])
+
+
+def _static_dims(value: ir.Value | None, rank: int) -> list | None:
+    shape = value.shape if value is not None else None
+    if shape is None or shape.rank() != rank:
+        return None
+    return list(shape.dims)
+
+
+class CachedAttention(pattern.RewriteRuleClassBase):
+    """Scaled dot-product attention over past + new keys/values (any head grouping) -> Attention-23.
+
+    ``softcap``: the scores are soft-capped before the mask (Gemma 2).
+    """
+
+    def __init__(self, softcap: bool = False):
+        # remove_nodes=False: the present Concats are graph outputs until cleanup swaps them;
+        # what the fused op replaced is left dead and removed after the rule.
+        super().__init__(name="CachedAttention[softcap]" if softcap else "CachedAttention", remove_nodes=False)
+        self.softcap = softcap
+        self._present_swaps: list = []
+
+    def pattern(self, op, query, key, value, past_key, past_value, q_factor, k_factor, s_factor, mask, zero, cap_in, cap_out):
+        present_key = op.Concat(past_key, key, _outputs=["present_key"])
+        present_value = op.Concat(past_value, value, _outputs=["present_value"])
+        keys = pattern.OrValue([_repeated_heads(op, present_key, "key"), present_key], tag_var="key_form", tag_values=["grouped", "plain"])
+        values = pattern.OrValue(
+            [_repeated_heads(op, present_value, "value"), present_value], tag_var="value_form", tag_values=["grouped", "plain"]
+        )
+        scores = op.MatMul(scaled(op, query, q_factor, "q_scaling"), scaled(op, key_transposed(op, keys), k_factor, "k_scaling"))
+        scores = scaled(op, scores, s_factor, "s_scaling")
+        if self.softcap:
+            scores = op.Mul(op.Tanh(op.Div(scores, cap_in)), cap_out)
+        probs = masked_softmax(op, scores, mask, zero)
+        return op.MatMul(probs, values, _outputs=["attended"])
+
+    def check(self, context, query, key, value, present_key, present_value, probs, masked, guard, key_form, value_form, **tags):
+        if masked not in ("add", "none") or guard not in ("nan", "none") or key_form != value_form:
+            return False
+        if guard == "nan" and scalar(tags.get("zero")) != 0.0:
+            return False
+        if probs.producer().attributes.get_int("axis", -1) not in (-1, 3):
+            return False
+        for concat in (present_key.producer(), present_value.producer()):
+            if concat.attributes.get_int("axis", 0) not in (-2, 2):
+                return False
+        q_dims, k_dims, v_dims = (_static_dims(v, 4) for v in (query, key, value))
+        if q_dims is None or k_dims is None or v_dims is None:
+            return False
+        q_heads, kv_heads, head_size = q_dims[1], k_dims[1], q_dims[3]
+        if not all(isinstance(d, int) for d in (q_heads, kv_heads, head_size, k_dims[3])) or v_dims[1] != kv_heads:
+            return False
+        if q_heads % kv_heads or k_dims[3] != head_size:
+            return False
+        if key_form == "grouped" and not all(self._repeats(tags, name, kv_heads, q_heads) for name in ("key", "value")):
+            return False
+        if key_form == "plain" and q_heads != kv_heads:
+            return False
+        factors = [scale_of(tags[f"{side}_scaling"], tags.get(f"{side}_factor")) for side in ("q", "k", "s")]
+        if None in factors:
+            return False
+        self._scale = math.prod(factors)
+        if self.softcap:
+            cap_in, cap_out = scalar(tags.get("cap_in")), scalar(tags.get("cap_out"))
+            if cap_in is None or cap_in <= 0 or cap_in != cap_out:
+                return False
+            self._softcap = cap_in
+        return True
+
+    @staticmethod
+    def _repeats(tags, name: str, kv_heads: int, q_heads: int) -> bool:
+        """The repeat puts each key/value head ``q_heads / kv_heads`` times in a row (head h reads h // n)."""
+        unsqueezed = tags[f"{name}_unsqueezed"].producer()
+        axes = constant_array(unsqueezed.inputs[1]) if len(unsqueezed.inputs) > 1 else None
+        if axes is None or axes.size != 1 or int(axes.reshape(())) != 2:
+            return False
+        expanded = _static_dims(tags[f"{name}_expanded"], 5)
+        repeated = _static_dims(tags[f"{name}_repeated"], 4)
+        if expanded is None or repeated is None:
+            return False
+        return expanded[1] == kv_heads and expanded[2] == q_heads // kv_heads and repeated[1] == q_heads
+
+    def rewrite(self, op, query, key, value, past_key, past_value, present_key, present_value, masked, mask=None, **_):
+        attributes = {"scale": float(self._scale)}
+        if self.softcap:
+            attributes["softcap"] = float(self._softcap)
+        output, new_key, new_value = op.Attention(
+            query, key, value, mask if masked == "add" else None, past_key, past_value, **attributes, _outputs=3
+        )
+        self._present_swaps += [(present_key, new_key, past_key.dtype), (present_value, new_value, past_value.dtype)]
+        return output
+
+    def setup(self):
+        super().setup()
+        self._present_swaps = []
+
+    def cleanup(self):
+        swap_presents(self._present_swaps)
+        self._present_swaps = []
+
+
+def cached_attention_rules() -> list[pattern.RewriteRule]:
+    return [CachedAttention.rule(softcap=True), CachedAttention.rule()]
