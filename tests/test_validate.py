@@ -73,8 +73,8 @@ def broken_rule(monkeypatch):
     real_plan = fusion_module._rule_plan
 
     def install(rule_class):
-        def plan(info, target):
-            steps = real_plan(info, target)
+        def plan(info, target, *args):
+            steps = real_plan(info, target, *args)
             after = next(i for i, (name, _) in enumerate(steps) if name == "gelu") + 1
             return steps[:after] + [("gelu", [rule_class.rule()])] + steps[after:]
 

@@ -622,7 +622,26 @@ def swap_presents(swaps: list[tuple[ir.Value, ir.Value, ir.DataType | None]]) ->
         # The fused op's outputs carry no type: an output without one fails the ONNX checker.
         new.dtype = new.dtype or old.dtype or past_type
         new.shape = new.shape or old.shape
-        old.replace_all_uses_with(new, replace_graph_outputs=True)
+        feeding = _input_cone(new.producer())
+        for user, index in list(old.uses()):
+            if id(user) not in feeding:  # a reader the fused op depends on (a mask sized by Shape(present)) keeps the old value
+                user.replace_input_with(index, new)
+        graph = new.producer().graph
+        if old.is_graph_output():
+            graph.outputs[graph.outputs.index(old)] = new
+
+
+def _input_cone(node: ir.Node) -> set[int]:
+    """ids of the nodes ``node`` reads from, directly or not."""
+    seen: set[int] = set()
+    stack = [value.producer() for value in node.inputs if value is not None]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        stack.extend(value.producer() for value in current.inputs if value is not None)
+    return seen
 
 
 class TransposedScores(pattern.RewriteRuleClassBase):
