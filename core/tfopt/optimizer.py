@@ -36,6 +36,7 @@ import onnx_ir as ir
 from .console import TfoptCommand, progress_printer, show_error_details
 from .errors import TfoptError, first_line
 from .graph.fusion import FUSION_NAMES, MODEL_TYPES, fuse_model
+from .graph.passes import OPSET_RAISED
 from .graph.io import INPUT_SHAPES, load_model, model_files, save_model
 from .graph.validate import Reference, dropped_rule_line, validation_line
 from .results import ModelInfo
@@ -523,6 +524,9 @@ def optimize_command(input_path, output_path, model_type, num_heads, hidden_size
     optimized.save_model_to_file(output_path)
     fused = {op: count for op, count in optimized.get_fused_operator_statistics().items() if count}
     say("fused: " + (", ".join(f"{op} {count}" for op, count in fused.items()) or "nothing"))
+    for note in stats.notes if stats is not None and not verbose else ():
+        if note.startswith(OPSET_RAISED):  # the output needs a runtime with that opset: always said
+            say(f"note: {note}")
     for dropped in optimized.dropped_rules:
         say(f"warning: {dropped_rule_line(dropped)}")
     for missing in optimized.missing_fusions:

@@ -60,10 +60,15 @@ _GELU_OPS = ("BiasGelu", "FastGelu", "Gelu", "QuickGelu")
 GELU_KEY = "|".join(_GELU_OPS)
 ATTENTION_KEY = "Attention|MultiHeadAttention"
 _DECODER_TYPES = ("gpt2",)
+# Decoder LLMs with RMSNorm, rotary embeddings and (grouped) attention over a key/value cache.
+# Qwen3 also normalizes Q and K per head; Gemma 2 norms both sides of each sub-layer.
+_LLM_QK_NORM_TYPES = ("qwen3",)
+_LLM_SANDWICH_TYPES = ("gemma2",)
+LLM_TYPES = ("llama", "mistral", "qwen2", "phi3", "gemma") + _LLM_QK_NORM_TYPES + _LLM_SANDWICH_TYPES
 _ENCODER_TYPES = ("bert", "roberta", "distilbert", "albert", "bert_tf", "bert_keras", "electra", "xlm-roberta")
 # Encoders whose input is no token table: patches (ViT) have no EmbedLayerNormalization to fuse.
 _NO_EMBEDDING_LN_TYPES = ("vit",)
-MODEL_TYPES = _ENCODER_TYPES + _NO_EMBEDDING_LN_TYPES + _DECODER_TYPES  # what ``--model_type`` accepts
+MODEL_TYPES = _ENCODER_TYPES + _NO_EMBEDDING_LN_TYPES + _DECODER_TYPES + LLM_TYPES  # what ``--model_type`` accepts
 
 
 def count_ops(model: ir.Model) -> dict[str, int]:
@@ -105,6 +110,25 @@ def decoder_counts(num_layers: int) -> dict[str, int]:
     }
 
 
+def llm_counts(num_layers: int, *, qk_norms: bool = False, sandwich_norms: bool = False) -> dict[str, int]:
+    """A fully fused Llama-layout decoder with ``num_layers`` layers.
+
+    The first RMSNorm reads the embeddings (SimplifiedLayerNormalization); every other one
+    follows a residual Add (SkipSimplifiedLayerNormalization, the final norm included): 2L.
+    Each layer has one attention over its cache and two rotary embeddings (Q and K).
+    ``qk_norms`` (Qwen3): an RMSNorm on Q and on K per layer, +2L SimplifiedLayerNormalization.
+    ``sandwich_norms`` (Gemma 2): each sub-layer's output is normalized before the residual
+    Add, +2L SimplifiedLayerNormalization.
+    """
+    plain_norms = 1 + (2 * num_layers if qk_norms else 0) + (2 * num_layers if sandwich_norms else 0)
+    return {
+        "SimplifiedLayerNormalization": plain_norms,
+        "SkipSimplifiedLayerNormalization": 2 * num_layers,
+        ATTENTION_KEY: num_layers,
+        "RotaryEmbedding": 2 * num_layers,
+    }
+
+
 def expected_counts(info: ModelInfo, num_layers: int) -> dict[str, int]:
     """Fused-op counts a fully fused model has ("A|B" = sum of both); {} when nothing is known.
 
@@ -117,6 +141,10 @@ def expected_counts(info: ModelInfo, num_layers: int) -> dict[str, int]:
         return {}
     if info.model_type in _DECODER_TYPES:
         return decoder_counts(num_layers)
+    if info.model_type in LLM_TYPES:
+        return llm_counts(
+            num_layers, qk_norms=info.model_type in _LLM_QK_NORM_TYPES, sandwich_norms=info.model_type in _LLM_SANDWICH_TYPES
+        )
     if info.model_type in _NO_EMBEDDING_LN_TYPES:
         return encoder_counts(num_layers, embed_layer_norm=False)
     if info.model_type in _ENCODER_TYPES:

@@ -276,6 +276,9 @@ def prepare(model: ir.Model) -> None:
     canonicalize_commutative(model.graph)
 
 
+OPSET_RAISED = "opset raised"  # how a note about a raised opset starts: the user's runtime must have it
+
+
 def cleanup(model: ir.Model) -> list[str]:
     """Drop what fusion left dead (mask subgraphs, unpacked Q/K/V weights), merge duplicate casts.
 
@@ -288,13 +291,13 @@ def cleanup(model: ir.Model) -> list[str]:
     opset = model.opset_imports.get("", 1)
     left = len(new_layer_norms(model.graph)) if opset < LAYER_NORM_OPSET else 0
     if left and raise_opset(model, LAYER_NORM_OPSET):
-        notes.append(f"opset raised from {opset} to {LAYER_NORM_OPSET} for {left} LayerNormalization (every other op means the same there)")
+        notes.append(f"{OPSET_RAISED} from {opset} to {LAYER_NORM_OPSET} for {left} LayerNormalization (every other op means the same there)")
     needed = opset_needed(model.graph)
     if needed > model.opset_imports.get("", 1):
         # The rules that write these ops run only where can_raise(model, needed) held.
         if not raise_opset(model, needed):
             raise TfoptError(f"internal error: the fused model needs opset {needed} and cannot be raised to it")
-        notes.append(f"opset raised from {opset} to {needed} for the standard Attention/RotaryEmbedding ops (every other op means the same there)")
+        notes.append(f"{OPSET_RAISED} from {opset} to {needed} for the standard Attention/RotaryEmbedding ops (every other op means the same there)")
     expand_new_layer_norms(model.graph, model.opset_imports.get("", 1))
     common_passes.CommonSubexpressionEliminationPass()(model)
     common_passes.RemoveUnusedNodesPass()(model)

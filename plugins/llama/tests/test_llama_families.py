@@ -1,0 +1,98 @@
+"""Every family through the whole pipeline, and the same graphs through ``tfopt optimize`` as a user's own export.
+
+Each run checks (``tfopt.testing.check_adapter``) that every expected fusion happened (the
+counts the shared ``llm_counts`` states for the family: SimplifiedLayerNormalization,
+SkipSimplifiedLayerNormalization, one Attention and two RotaryEmbedding per layer), that no
+Softmax is left, that the written model was validated, and that logits and presents match
+torch within 1e-4 on real tokens of left-padded steps (first step, decode, past + several new
+tokens, batch up to 4).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from tfopt.graph.fusion import llm_counts
+from tfopt.testing import check_adapter
+from tfopt_llama.models import FAMILIES
+
+FAMILY_COUNTS = {  # what each tiny 2-layer family must come out as, stated independently of the code
+    "llama": (1, 4), "mistral": (1, 4), "qwen2": (1, 4), "phi3": (1, 4), "gemma": (1, 4),
+    "qwen3": (5, 4),  # + a Q and a K norm per layer
+    "gemma2": (5, 4),  # + a norm after each sub-layer, before its residual Add
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_family_runs_fully_fused_and_matches_torch(tmp_path, family):
+    options = {"bench_shapes": "1,0,4;2,4,1", "bench_repeat": 2, "bench_warmup": 1}
+    outcome = check_adapter("llama", f"tiny-{family}", options, work_dir=tmp_path)
+    assert outcome is not None
+    report = json.loads(next(tmp_path.rglob("report.json")).read_text())
+    plain, skip = FAMILY_COUNTS[family]
+    fused = onnx.load(str(next(tmp_path.rglob("optimized.onnx"))))
+    counts = {}
+    for node in fused.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    assert counts.get("SimplifiedLayerNormalization") == plain and counts.get("SkipSimplifiedLayerNormalization") == skip
+    assert counts.get("Attention") == 2 and counts.get("RotaryEmbedding") == 4, counts
+    assert not {"Softmax", "Pow", "ReduceMean", "Neg"} & set(counts), counts  # no attention, norm or rotate-half left
+    assert {i.domain or "ai.onnx": i.version for i in fused.opset_import}["ai.onnx"] == 23
+    verify = report["verify"]
+    assert verify["passed"] and verify["overall"]["max_abs"] <= 1e-4
+    assert {case["past_length"] for case in verify["cases"]} >= {0, 5, 16}
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_users_own_export_through_optimize(tmp_path, attn):
+    """The user's export (the adapter's, but handed over as a file) keeps its IO names and meaning."""
+    from click.testing import CliRunner
+
+    from tfopt.cli import main
+    from tfopt.causal_lm import StepShape
+    from tfopt.results import RunContext
+    from tfopt_llama.export import export_source
+    from tfopt_llama.step import feeds, output_names, source_model, torch_outputs
+
+    ctx = RunContext(family="llama", source="tiny-mistral", work_dir=tmp_path / "export", options={"attn_implementation": attn})
+    exported = export_source(ctx)
+    out = tmp_path / "mine.opt.onnx"
+    result = CliRunner().invoke(main, ["optimize", "--input", str(exported.model_path), "--output", str(out), "--model_type", "mistral"])
+    assert result.exit_code == 0, result.output
+    assert "expected fusion did not happen" not in result.output and "opset raised from 20 to 23" in result.output
+    model = onnx.load(str(out))
+    assert [i.name for i in model.graph.input] == [i.name for i in onnx.load(str(exported.model_path)).graph.input]
+    assert [o.name for o in model.graph.output] == [o.name for o in onnx.load(str(exported.model_path)).graph.output]
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    source = source_model(ctx)
+    for feed in feeds(source, [StepShape(3, 0, 6), StepShape(2, 9, 2), StepShape(4, 5, 1)], seed=5):
+        expected = torch_outputs(source, feed)
+        actual = session.run(output_names(source), feed)
+        real = feed["attention_mask"][:, -feed["input_ids"].shape[1]:].astype(bool)
+        np.testing.assert_allclose(actual[0][real], expected[0][real], atol=1e-4, rtol=0)
+        keys = feed["attention_mask"].astype(bool)
+        for reference, candidate in zip(expected[1:], actual[1:]):
+            np.testing.assert_allclose(candidate.transpose(0, 2, 1, 3)[keys], reference.transpose(0, 2, 1, 3)[keys], atol=1e-5, rtol=0)
+
+
+def test_counts_helper_states_the_layouts():
+    """The shared counts for 3 layers: norms 1 + 2L skip (+2L for Q/K norms or sandwich norms)."""
+    assert llm_counts(3) == {"SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 6, "Attention|MultiHeadAttention": 3, "RotaryEmbedding": 6}
+    assert llm_counts(3, qk_norms=True)["SimplifiedLayerNormalization"] == 7
+    assert llm_counts(3, sandwich_norms=True)["SimplifiedLayerNormalization"] == 7
+
+
+def test_unknown_source_is_one_line(tmp_path):
+    from tfopt.errors import TfoptError
+    from tfopt_llama.models import load_source
+
+    with pytest.raises(TfoptError, match="unknown source 'tiny-falcon'"):
+        load_source("tiny-falcon")
+    with pytest.raises(TfoptError, match="eagerly only"):
+        load_source("tiny-gemma2", "sdpa")

@@ -1,0 +1,81 @@
+"""Dummy decoding steps and the ``verify`` hook: the ONNX step against PyTorch, logits and presents alike.
+
+The steps are what a generation loop sends: a first step with no past (one token and a
+prompt), single-token decode steps, and batches with both a past and several new tokens,
+every row but the first left-padded by its own amount (positions counted from the mask).
+Outputs are compared on real tokens only (:func:`step.difference_stats`); the present
+caches too, as a fused attention that writes a wrong cache passes one step and derails
+every later one.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tfopt import causal_lm
+from tfopt.bench import ort_session
+from tfopt.errors import TfoptError
+from tfopt.results import ExportResult, RunContext, VerifyResult
+from tfopt.verify import merge_stats
+
+from .step import difference_stats, feeds, output_names, source_model, torch_outputs
+
+# (batch, past, new tokens)
+DEFAULT_SHAPES = ((1, 0, 1), (1, 0, 8), (3, 0, 5), (1, 7, 1), (4, 9, 1), (3, 5, 4), (2, 16, 3))
+TOLERANCE = 1e-4  # fp32, max abs difference on real tokens
+
+
+def step_shapes(ctx: RunContext, max_positions: int, option: str = "shapes", default=None) -> list[causal_lm.StepShape]:
+    """``--option shapes=b,p,s;b,p,s`` (or ``option``) or the defaults; each must fit the model's positions."""
+    value = ctx.option(option, default)
+    if value is None:
+        triples = DEFAULT_SHAPES
+    else:
+        problem = f"{option} must be batch,past,new_tokens triples (batch and new tokens >= 1), ';'-separated; got {value!r}"
+        try:
+            triples = [tuple(int(n) for n in part.split(",")) for part in str(value).split(";") if part.strip()]
+        except ValueError:
+            raise TfoptError(problem) from None
+        if not triples or any(len(t) != 3 or min(t) < 0 or t[0] < 1 or t[2] < 1 for t in triples):
+            raise TfoptError(problem)
+    shapes = [causal_lm.StepShape(*t) for t in triples]
+    for shape in shapes:
+        if shape.total_length > max_positions:
+            raise TfoptError(f"past {shape.past_length} + new tokens {shape.sequence_length} exceeds the model's {max_positions} positions")
+    return shapes
+
+
+def dummy_inputs(ctx: RunContext, exported: ExportResult) -> list[dict[str, np.ndarray]]:
+    source = source_model(ctx)
+    return feeds(source, step_shapes(ctx, source.max_positions), seed=int(ctx.option("seed", 0)))
+
+
+def verify_model(ctx: RunContext, exported: ExportResult, model_path: Path, inputs: list[dict[str, np.ndarray]]) -> VerifyResult:
+    precision = ctx.option("precision", "fp32")
+    if precision != "fp32":
+        raise TfoptError(f"the llama adapter verifies fp32 only so far (precision={precision!r})")
+    tolerance = float(ctx.option("tolerance", TOLERANCE))
+    source = source_model(ctx)
+    start = time.perf_counter()
+    session = ort_session(model_path)
+    step = causal_lm.decoder_step(source.model, source.num_layers, lm_head=True)
+    cases, stats, top1_matches, rows = [], [], 0, 0
+    for feed in inputs:
+        expected = torch_outputs(source, feed, step)
+        actual = session.run(output_names(source), feed)
+        stats.append(difference_stats(feed, expected, actual))
+        batch, sequence = feed[causal_lm.INPUT_IDS].shape
+        past = feed[causal_lm.ATTENTION_MASK].shape[1] - sequence
+        top1_matches += int((expected[0][:, -1].argmax(-1) == actual[0][:, -1].argmax(-1)).sum())
+        rows += batch
+        cases.append({"batch_size": batch, "past_length": past, "sequence_length": sequence, "diff": stats[-1]})
+    if not stats:
+        raise TfoptError("nothing to verify: no inputs")
+    overall = merge_stats(stats)
+    return VerifyResult(
+        passed=overall.max_abs <= tolerance and overall.nan_count == 0, tolerance=tolerance, precision=precision, reference="torch",
+        overall=overall, cases=cases, top1_agreement=top1_matches / rows if rows else None, seconds=time.perf_counter() - start,
+    )
