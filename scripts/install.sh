@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create the two deployments tfopt is tested in, inside the repo:
-#   .venv     the host + PyTorch-family adapters (bert_pt, gpt2), transformers 5
+#   .venv     the host + PyTorch-family adapters (bert_pt, gpt2, llama, longformer, qat), transformers 5
 #   .venv-tf  the host + TensorFlow/Keras adapters (bert_tf, bert_keras), transformers 4.57 + TF 2.21
 # transformers 5 (PyTorch) and 4.57 (the last with TFBertModel) cannot share one environment.
 # Idempotent: re-running only installs what changed. torch is pinned (constraints.txt) to the
@@ -42,6 +42,7 @@ make_venv .venv
     -e . \
     -e 'plugins/bert_pt[realweights]' \
     -e plugins/gpt2 \
+    -e plugins/llama \
     -e plugins/longformer \
     -e examples/vit \
     -e plugins/qat \

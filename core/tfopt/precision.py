@@ -419,9 +419,17 @@ def check_lm_head(lm_head: str) -> str:
     return lm_head
 
 
+def _standard_attention_nodes(model_path: Path) -> list[str]:
+    """Names of ONNX's own ``Attention`` nodes (opset 23): ONNX Runtime's quantizer takes every
+    op named Attention for its contrib op and would write a QAttention that cannot load."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    return [node.name for node in model.graph.node if node.op_type == "Attention" and node.domain in ("", "ai.onnx")]
+
+
 def _quantize_dynamic_int8(staged: Path, produced: Path, external: bool, exclude: list[str]) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    exclude = [*exclude, *_standard_attention_nodes(staged)]
     quantize_dynamic(
         staged,
         produced,

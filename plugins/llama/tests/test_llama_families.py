@@ -96,3 +96,33 @@ def test_unknown_source_is_one_line(tmp_path):
         load_source("tiny-falcon")
     with pytest.raises(TfoptError, match="eagerly only"):
         load_source("tiny-gemma2", "sdpa")
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4", "fp16"])
+def test_lower_precisions_load_and_stay_close(tmp_path, precision):
+    """ONNX's own Attention is no contrib Attention: int8's dynamic quantizer must leave it alone.
+
+    The tiny model has random weights, so next-token agreement is not judged here (a trained
+    model is needed for that); the converted model must load, run and stay near fp32.
+    """
+    import onnxruntime as ort
+
+    from tfopt.causal_lm import StepShape
+    from tfopt.graph import fuse_file
+    from tfopt.precision import convert
+    from tfopt.results import RunContext
+    from tfopt_llama.export import export_source
+    from tfopt_llama.step import feeds, output_names, source_model
+
+    ctx = RunContext(family="llama", source="tiny-qwen2", work_dir=tmp_path)
+    exported = export_source(ctx)
+    fused = fuse_file(exported.model_path, tmp_path / "optimized.onnx", exported.info)
+    converted = convert(fused.model_path, precision)
+    ops = {node.op_type for node in onnx.load(str(converted.model_path)).graph.node}
+    assert "QAttention" not in ops and "Attention" in ops
+    assert ("MatMulNBits" in ops) == (precision == "int4") and ("DynamicQuantizeMatMul" in ops or "MatMulInteger" in ops) == (precision == "int8")
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fused.model_path, converted.model_path)]
+    (feed,) = feeds(source_model(ctx), [StepShape(2, 4, 3)], seed=2)
+    reference, candidate = (s.run(output_names(source_model(ctx)), feed)[0] for s in sessions)
+    cosine = float((reference * candidate).sum() / np.linalg.norm(reference) / np.linalg.norm(candidate))
+    assert cosine > 0.98, cosine

@@ -25,7 +25,10 @@ from .step import difference_stats, feeds, output_names, source_model, torch_out
 
 # (batch, past, new tokens)
 DEFAULT_SHAPES = ((1, 0, 1), (1, 0, 8), (3, 0, 5), (1, 7, 1), (4, 9, 1), (3, 5, 4), (2, 16, 3))
-TOLERANCE = 1e-4  # fp32, max abs difference on real tokens
+# Max abs difference on real tokens. Below fp32 the logits move by design: those runs pass on
+# next-token agreement (MIN_TOP1), which only a trained model makes meaningful.
+TOLERANCES = {"fp32": 1e-4, "fp16": 0.2, "int8": 3.0, "int4": 3.0}
+MIN_TOP1 = {"fp16": 0.95, "int8": 0.95, "int4": 0.90}
 
 
 def step_shapes(ctx: RunContext, max_positions: int, option: str = "shapes", default=None) -> list[causal_lm.StepShape]:
@@ -55,9 +58,9 @@ def dummy_inputs(ctx: RunContext, exported: ExportResult) -> list[dict[str, np.n
 
 def verify_model(ctx: RunContext, exported: ExportResult, model_path: Path, inputs: list[dict[str, np.ndarray]]) -> VerifyResult:
     precision = ctx.option("precision", "fp32")
-    if precision != "fp32":
-        raise TfoptError(f"the llama adapter verifies fp32 only so far (precision={precision!r})")
-    tolerance = float(ctx.option("tolerance", TOLERANCE))
+    if precision not in TOLERANCES:
+        raise TfoptError(f"unknown precision {precision!r}; known: {', '.join(TOLERANCES)}")
+    tolerance = float(ctx.option("tolerance", TOLERANCES[precision]))
     source = source_model(ctx)
     start = time.perf_counter()
     session = ort_session(model_path)
@@ -75,7 +78,11 @@ def verify_model(ctx: RunContext, exported: ExportResult, model_path: Path, inpu
     if not stats:
         raise TfoptError("nothing to verify: no inputs")
     overall = merge_stats(stats)
+    agreement, wanted = top1_matches / rows, MIN_TOP1.get(precision, 0.0)
+    failure = None
+    if agreement < wanted:  # what decides below fp32; random weights make it a coin toss (a trained model is issue 18's)
+        failure = f"next-token agreement with torch {agreement:.1%} < {wanted:.0%} ({precision}; {rows} rows)"
     return VerifyResult(
-        passed=overall.max_abs <= tolerance and overall.nan_count == 0, tolerance=tolerance, precision=precision, reference="torch",
-        overall=overall, cases=cases, top1_agreement=top1_matches / rows if rows else None, seconds=time.perf_counter() - start,
+        passed=overall.max_abs <= tolerance and overall.nan_count == 0 and failure is None, failure=failure, tolerance=tolerance, precision=precision, reference="torch",
+        overall=overall, cases=cases, top1_agreement=agreement, seconds=time.perf_counter() - start,
     )
