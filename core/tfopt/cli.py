@@ -16,7 +16,7 @@ import click
 
 from . import __version__
 from .console import TfoptGroup, error_line, progress_printer, third_party_output, warning_line
-from .errors import TfoptError
+from .errors import TfoptError, first_line
 from .plugins import parse_block_options
 from .results import RunContext, to_jsonable
 
@@ -412,6 +412,78 @@ def bench_command(ctx, targets, batch_sizes, sequence_lengths, repeat, extra, as
         click.echo(json.dumps(to_jsonable(result), indent=2))
     else:
         click.echo("\n".join(latency_lines(to_jsonable(result))))
+
+
+GENERATE_HELP = """Generate text with a decoder run's optimized model (gpt2, llama).
+
+RUN_DIR is a `tfopt run` output directory of a decoder adapter: its final model is driven
+one token per step, the cache kept in ONNX Runtime between steps (IO binding). Prompts are
+text (tokenized with the tokenizer of the run's model directory) or token ids
+(--prompt-ids, for models without a tokenizer such as the built-in tiny ones); several
+prompts are left-padded into one batch. Greedy unless --do-sample.
+
+\b
+Examples:
+  tfopt run --plugin llama --no-benchmark --output out-llama/
+  tfopt generate out-llama/ --prompt-ids 1,2,3 --prompt-ids 4,5 --max-new-tokens 8
+  tfopt generate out-llama/ --prompt-ids 7,8,9 --do-sample --temperature 0.8 --top-k 20 --seed 1
+"""
+
+
+@main.command("generate", help=GENERATE_HELP)
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--prompt", "prompts", multiple=True, metavar="TEXT", help="A prompt (repeat for a batch); needs a tokenizer.")
+@click.option("--prompt-ids", "prompt_ids", multiple=True, metavar="1,2,3", help="A prompt as token ids (repeat for a batch).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--do-sample", is_flag=True, help="Draw tokens instead of taking the most likely one.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="0 = no top-k filter.")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the new token ids (and text) as JSON.")
+def generate_command(run_dir, prompts, prompt_ids, max_new_tokens, do_sample, temperature, top_k, top_p, seed, as_json):
+    from .generation import Sampling, generate_onnx, left_padded
+    from .report import load_report, resolve_output
+
+    report = load_report(run_dir)
+    final = resolve_output(report, run_dir, "final")
+    if final is None or not final.is_file():
+        raise TfoptError(f"{run_dir}: the report names no optimized model that exists; run `tfopt run` first")
+    if bool(prompts) == bool(prompt_ids):
+        raise TfoptError("give the prompts as --prompt TEXT or as --prompt-ids 1,2,3 (one of the two)")
+    tokenizer = _tokenizer_of(report.get("source")) if prompts else None
+    rows = [tokenizer.encode(text) for text in prompts] if prompts else [_token_ids(ids) for ids in prompt_ids]
+    ids, mask = left_padded(rows)
+    sampling = Sampling(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    tokens = generate_onnx(final, ids, mask, max_new_tokens, sampling=sampling)
+    texts = [tokenizer.decode(row) for row in tokens.tolist()] if tokenizer is not None else None
+    if as_json:
+        click.echo(json.dumps({"tokens": tokens.tolist(), "text": texts}, indent=2))
+        return
+    for index, row in enumerate(tokens.tolist()):
+        click.echo(texts[index] if texts is not None else " ".join(map(str, row)))
+
+
+def _token_ids(value: str) -> list[int]:
+    try:
+        ids = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        ids = []
+    if not ids or min(ids) < 0:
+        raise TfoptError(f"--prompt-ids expects comma-separated token ids (integers >= 0), got {value!r}")
+    return ids
+
+
+def _tokenizer_of(source: str | None):
+    """The tokenizer saved in the run's model directory; a one-line error when there is none."""
+    if not source or not Path(source).is_dir():
+        raise TfoptError(f"the run's model ({source or 'a built-in one'}) has no tokenizer directory: pass --prompt-ids")
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(source)
+    except Exception as exc:
+        raise TfoptError(f"{source}: no tokenizer could be loaded ({first_line(exc)}); pass --prompt-ids") from None
 
 
 PLUGINS_HELP = """List installed plugins: name, version, distribution, hooks, status, load error.

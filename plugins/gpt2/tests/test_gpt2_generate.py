@@ -69,7 +69,7 @@ def test_refusals_are_one_line_errors(exported_variant):
     with pytest.raises(TfoptError, match="differs from input_ids shape"):
         greedy_generate_onnx(exported.model_path, np.array([[5, 6, 7]]), np.array([[1, 1]]), 2)
     base_ctx, base = exported_variant("tiny-gpt2-base", "legacy")
-    with pytest.raises(TfoptError, match="needs a model with a 'logits' output"):
+    with pytest.raises(TfoptError, match="needs a model whose first output is 'logits'"):
         greedy_generate_onnx(base.model_path, np.array([[5, 6]]), None, 2)
     with pytest.raises(TfoptError, match="needs a GPT2LMHeadModel"):
         greedy_generate_torch(source_model(base_ctx), np.array([[5, 6]]), None, 2)

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from tfopt.feeds import session_feed
+from tfopt.generation import empty_past
 
 from .decoder import ATTENTION_MASK, INPUT_IDS, POSITION_IDS
-from .generate import _empty_past, greedy_generate_onnx
+from .generate import greedy_generate_onnx
 
 
 @dataclass
@@ -56,7 +57,7 @@ def window_feed(session, ids: np.ndarray) -> dict[str, np.ndarray]:
         INPUT_IDS: ids,
         ATTENTION_MASK: np.ones((batch, length), dtype=np.int64),
         POSITION_IDS: np.broadcast_to(np.arange(length, dtype=np.int64), (batch, length)).copy(),
-        **_empty_past(session, batch),
+        **empty_past(session, batch),
     }
     return session_feed(session, feed)
 

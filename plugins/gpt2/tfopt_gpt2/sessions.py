@@ -24,7 +24,7 @@ def bound_call(session, feed: dict, names: list[str], model_path: str | Path):
 
     The inputs are bound once where numpy holds them and the outputs are left where ONNX
     Runtime allocates them, so a timed call copies no past in and no present out (what a
-    generation loop that binds present to past pays, :func:`tfopt_gpt2.generate.greedy_generate_onnx`).
+    generation loop that binds present to past pays, :func:`tfopt.generation.generate_onnx`).
     """
     binding = session.io_binding()
     for name, value in feed.items():

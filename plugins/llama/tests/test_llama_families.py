@@ -126,3 +126,22 @@ def test_lower_precisions_load_and_stay_close(tmp_path, precision):
     reference, candidate = (s.run(output_names(source_model(ctx)), feed)[0] for s in sessions)
     cosine = float((reference * candidate).sum() / np.linalg.norm(reference) / np.linalg.norm(candidate))
     assert cosine > 0.98, cosine
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma2", "phi3"])
+def test_greedy_tokens_are_transformers_own(tmp_path, family):
+    """32 greedy tokens of the fused model, cache in ONNX Runtime, equal transformers' generate on left-padded prompts."""
+    from tfopt.generation import example_prompts, generate_onnx, generate_torch
+    from tfopt.graph import fuse_file
+    from tfopt.results import RunContext
+    from tfopt_llama.export import export_source
+    from tfopt_llama.step import source_model
+
+    ctx = RunContext(family="llama", source=f"tiny-{family}", work_dir=tmp_path)
+    exported = export_source(ctx)
+    fused = fuse_file(exported.model_path, tmp_path / "optimized.onnx", exported.info)
+    source = source_model(ctx)
+    ids, mask = example_prompts(source.vocab_size, 3, 6, seed=4)
+    onnx_tokens = generate_onnx(fused.model_path, ids, mask, 32)
+    torch_tokens = generate_torch(source.model, ids, mask, 32)
+    np.testing.assert_array_equal(onnx_tokens, torch_tokens)
