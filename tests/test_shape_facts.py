@@ -91,3 +91,118 @@ def test_contradicting_numbers_leave_the_class_alone():
     )
     unify_dims(model.graph)
     assert _dims(model.graph.inputs[0]) == ["n"]
+
+
+# --- Reshape/Expand targets computed from sizes (tfopt.graph.shape_facts.dims_from_targets) -----------
+
+def _int64(name, values):
+    """A Constant node: a list is a 1-D tensor, a number a scalar."""
+    dims, values = ([len(values)], values) if isinstance(values, list) else ([], [values])
+    return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, dims, values))
+
+
+def _size(prefix, source, axis):
+    """Unsqueeze(Gather(Shape(source), axis)): how the TorchScript exporter spells ``source.size(axis)`` in a list."""
+    return [
+        helper.make_node("Shape", [source], [f"{prefix}_shape"]),
+        _int64(f"{prefix}_axis", axis),
+        helper.make_node("Gather", [f"{prefix}_shape", f"{prefix}_axis"], [f"{prefix}_size"], axis=0),
+        _int64(f"{prefix}_zero", [0]),
+        helper.make_node("Unsqueeze", [f"{prefix}_size", f"{prefix}_zero"], [prefix]),
+    ]
+
+
+def _legacy_model(nodes, inputs, outputs):
+    """Built as the TorchScript exporter writes it: Constant nodes, no intermediate shapes."""
+    graph = helper.make_graph(nodes, "g", inputs, outputs)
+    return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def _producer_output(model, op_type):
+    return next(node for node in model.graph if node.op_type == op_type).outputs[0]
+
+
+def test_a_view_with_sizes_read_off_the_input_gets_its_heads_and_head_size_after_prepare():
+    # q.view(b, s, -1, 16).transpose(1, 2); rotate-half's bound q.size(-1) // 2 then folds to 8
+    from tfopt.graph.passes import prepare
+
+    model = _legacy_model(
+        [
+            *_size("b", "x", 0),
+            *_size("s", "x", 1),
+            _int64("minus_one", [-1]),
+            _int64("head_size", [16]),
+            helper.make_node("Concat", ["b", "s", "minus_one", "head_size"], ["target"], axis=0),
+            helper.make_node("Reshape", ["x", "target"], ["split"]),
+            helper.make_node("Transpose", ["split"], ["heads"], perm=[0, 2, 1, 3]),
+            helper.make_node("Shape", ["heads"], ["heads_shape"]),
+            _int64("last", 3),
+            helper.make_node("Gather", ["heads_shape", "last"], ["width"], axis=0),
+            _int64("two", 2),
+            helper.make_node("Div", ["width", "two"], ["half"]),
+            _int64("zero", [0]),
+            helper.make_node("Unsqueeze", ["half", "zero"], ["end"]),
+            _int64("start", [0]),
+            _int64("axis", [3]),
+            helper.make_node("Slice", ["heads", "start", "end", "axis"], ["first_half"]),
+        ],
+        [_info("x", ["batch", "seq", 64])],
+        [_info("first_half", None)],
+    )
+    prepare(model)
+    assert _dims(_producer_output(model, "Reshape")) == ["batch", "seq", 4, 16]
+    assert _dims(_producer_output(model, "Transpose")) == ["batch", 4, "seq", 16]
+    slice_node = next(node for node in model.graph if node.op_type == "Slice")
+    assert slice_node.inputs[2].const_value is not None and slice_node.inputs[2].const_value.numpy().tolist() == [8]
+    assert _dims(slice_node.outputs[0]) == ["batch", 4, "seq", 8]
+
+
+def test_a_minus_one_is_the_size_left_over_when_named_dims_cancel_and_unknown_otherwise():
+    from tfopt.graph.shape_facts import dims_from_targets
+
+    model = _legacy_model(
+        [
+            *_size("b", "x", 0),
+            _int64("merged", [-1, 64]),
+            helper.make_node("Concat", ["b", "merged"], ["target"], axis=0),
+            helper.make_node("Reshape", ["x", "target"], ["joined"]),  # [b, s, 4, 16] -> [b, s, 64]
+            _int64("flat", [-1, 16]),
+            helper.make_node("Reshape", ["x", "flat"], ["rows"]),  # [b * s * 4, 16]: no dim is named that
+            _int64("keep", [0, 0, 2, 32]),
+            helper.make_node("Reshape", ["x", "keep"], ["kept"]),  # 0 copies the input's dim
+        ],
+        [_info("x", ["b", "s", 4, 16])],
+        [_info("joined", None), _info("rows", None), _info("kept", None)],
+    )  # no shape inference has run: the targets alone say the dims
+    assert dims_from_targets(model.graph)
+    joined, rows, kept = (node.outputs[0] for node in model.graph if node.op_type == "Reshape")
+    assert _dims(joined) == ["b", "s", 64]
+    assert _dims(rows) == [None, 16]
+    assert _dims(kept) == ["b", "s", 2, 32]
+
+
+def test_an_expand_to_a_where_guarded_size_list_gets_the_repeated_heads():
+    # TorchScript's k[:, :, None].expand(b, 2, 2, t, 16): Expand(k, Where(sizes == -1, 1, sizes))
+    from tfopt.graph.shape_facts import dims_from_targets
+
+    model = _legacy_model(
+        [
+            *_size("b", "k", 0),
+            *_size("n", "k", 1),
+            *_size("t", "k", 3),
+            *_size("d", "k", 4),
+            _int64("repeat", [2]),
+            helper.make_node("Concat", ["b", "n", "repeat", "t", "d"], ["sizes"], axis=0),
+            _int64("count", [5]),
+            helper.make_node("ConstantOfShape", ["count"], ["ones"], value=helper.make_tensor("v", TensorProto.INT64, [1], [1])),
+            _int64("minus_one", -1),
+            helper.make_node("Mul", ["ones", "minus_one"], ["minus_ones"]),
+            helper.make_node("Equal", ["sizes", "minus_ones"], ["unset"]),
+            helper.make_node("Where", ["unset", "ones", "sizes"], ["target"]),
+            helper.make_node("Expand", ["k", "target"], ["repeated"]),
+        ],
+        [_info("k", ["b", 2, 1, "t", 16])],
+        [_info("repeated", None)],
+    )
+    assert dims_from_targets(model.graph)
+    assert _dims(_producer_output(model, "Expand")) == ["b", 2, 2, "t", 16]

@@ -13,7 +13,7 @@ from ..errors import TfoptError
 from .rules.decoder_forms import reshape_ranks
 from .opset_raise import opset_needed, raise_opset
 from .rules.normalization import LAYER_NORM_OPSET, expand_new_layer_norms, mark_input_layer_norms, new_layer_norms
-from .shape_facts import unify_dims
+from .shape_facts import dims_from_targets, unify_dims
 from .values import MS_DOMAIN, constant_array
 
 _COMMUTATIVE = {"Add", "Mul"}
@@ -194,7 +194,9 @@ def _exact_simplifications(opset: int) -> list:
     ``onnxscript.optimizer.optimize()`` would run its default rules, whose "Add(x, 0) -> x"
     matches constants with abs_tol 1e-8 and so deletes LayerNorm's epsilon (1e-12) from
     tf2onnx graphs; everything kept here is exact. Slice pairs -> Split is kept from
-    opset 18 only: it writes ``Split(num_outputs=2)``, an attribute older opsets reject.
+    opset 18 only: it writes ``Split(num_outputs=2)``, an attribute older opsets reject;
+    a Reshape target made constant from a known output shape from opset 14 only: it writes
+    ``allowzero=1``, which Reshape has from opset 14.
     """
     rules = [
         common_rules.cast_cast_rule,
@@ -214,6 +216,8 @@ def _exact_simplifications(opset: int) -> list:
         common_rules.dropout_inference_rule,
         common_rules.dropout_zero_rule,
     ]
+    if opset < 14:
+        rules.remove(common_rules.materialize_reshape_shape_rule)
     return [rule for rule in rules if opset >= 18 or rule is not common_rules.slice_split_rule]
 
 
@@ -246,7 +250,8 @@ def reshape_constant_weights(graph: ir.Graph) -> int:
 
 def prepare(model: ir.Model) -> None:
     """Normalize what graph builders spell differently, fold constants and shape computations,
-    infer shapes, give equal dims one symbol (:mod:`shape_facts`), canonicalize operand order.
+    infer shapes, give equal dims one symbol and Reshape/Expand outputs the dims their computed
+    targets spell out (:mod:`shape_facts`), canonicalize operand order.
 
     Legacy (TorchScript) exports carry Constant nodes and no intermediate shapes;
     after this they look like dynamo exports to the rules.
@@ -258,6 +263,7 @@ def prepare(model: ir.Model) -> None:
     shape_ops_without_schema(model.graph)
     for step in range(3):  # the last round only infers: the rules' new values get shapes too
         reshape_ranks(model.graph)  # before opset 13, shape inference leaves computed Reshapes rankless
+        dims_from_targets(model.graph)  # computed targets whose entries say the dims (TorchScript's views)
         onnxscript.optimizer.fold_constants(model, onnx_shape_inference=True, should_fold=_is_embedding_lookup)
         shape_ops_without_schema(model.graph)
         if step == 2:
@@ -266,7 +272,9 @@ def prepare(model: ir.Model) -> None:
         RewriteRuleSet(simplifications).apply_to_model(model)
         onnxscript.optimizer.remove_unused_nodes(model)
     for _ in range(2):  # equal sizes under different names (Dim.DYNAMIC exports) become one symbol;
-        if not unify_dims(model.graph):  # inference then fills in more dims, which may show more
+        changed = unify_dims(model.graph)  # inference then fills in more dims, which may show more;
+        changed += dims_from_targets(model.graph)  # one symbol may let a -1 entry's sizes cancel
+        if not changed:
             break
         onnxscript.optimizer.fold_constants(model, onnx_shape_inference=True, should_fold=_is_embedding_lookup)
     if merge_repeated_centering(model.graph):

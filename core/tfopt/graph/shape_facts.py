@@ -11,6 +11,9 @@ that s89 is s15; the graph does, where it computes with both:
 - Transpose, Split, Gather, Squeeze/Unsqueeze and shape-keeping ops move dims without changing them;
 - a Reshape whose target reads ``Shape(x)[axis]`` gives its output that dim of x.
 
+:func:`dims_from_targets` (run by ``prepare`` before each constant folding) writes the dims a
+computed Reshape or Expand target spells out, which onnx's shape inference does not read.
+
 :func:`unify_dims` collects those facts in a union-find over (value, axis) slots, reasons once
 more over sums (``s15 + s70`` equal to ``s70 + s89`` gives s15 = s89), and then writes one
 symbol per class into every shape, graph inputs included, and fills unknown dims whose class has
@@ -27,6 +30,7 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
+import numpy as np
 import onnx_ir as ir
 
 from .rules.reshapes import DimOf, target_entries
@@ -409,3 +413,176 @@ def _same(a, b) -> bool:
     if isinstance(a, int) or isinstance(b, int):
         return a == b
     return (a.value or None) == (b.value or None)
+
+
+# --- Dims a Reshape or Expand target spells out -------------------------------------------------------
+
+Dim = int | str | None  # a number, a named symbol, or unknown
+
+
+def _known_dim(value: ir.Value | None, axis: int) -> Dim:
+    if value is None or value.shape is None or not 0 <= axis < value.shape.rank():
+        return None
+    dim = value.shape[axis]
+    if isinstance(dim, int):
+        return dim if dim >= 0 else None
+    name = str(dim.value).strip() if dim.value is not None else ""
+    return _canonical(name) if name and name != "?" else None
+
+
+def _entry_dim(entry, data: ir.Value | None, axis: int, copies_zero: bool) -> Dim:
+    """What one Reshape target entry (not -1) makes the output's ``axis``."""
+    if isinstance(entry, DimOf):
+        dim = _known_dim(entry.value, entry.axis)
+        return _known_dim(data, axis) if dim == 0 and copies_zero else dim
+    if entry == 0:
+        return _known_dim(data, axis) if copies_zero else 0
+    return entry if entry > 0 else None
+
+
+def _quotient(total: list[Dim], part: list[Dim]) -> Dim:
+    """``prod(total) / prod(part)`` where it is exact: numbers divide, named symbols cancel one for one."""
+    if any(d is None for d in (*total, *part)):
+        return None
+    number = 1
+    names = [d for d in total if isinstance(d, str)]
+    for d in total:
+        number *= d if isinstance(d, int) else 1
+    divisor = 1
+    for d in part:
+        if isinstance(d, int):
+            divisor *= d
+        elif d in names:
+            names.remove(d)
+        else:
+            return None
+    if divisor == 0 or number % divisor:
+        return None
+    number //= divisor
+    if not names:
+        return number
+    return names[0] if len(names) == 1 and number == 1 else None
+
+
+def reshape_dims(node: ir.Node) -> list[Dim] | None:
+    """The output dims of Reshape ``node`` that its target's entries determine (see :func:`dims_from_targets`)."""
+    entries = target_entries(node.inputs[1]) if len(node.inputs) > 1 else None
+    if entries is None or entries.count(-1) > 1 or len(entries) > 64:
+        return None
+    data = node.inputs[0]
+    copies_zero = not node.attributes.get_int("allowzero", 0)
+    dims = [None if entry == -1 else _entry_dim(entry, data, axis, copies_zero) for axis, entry in enumerate(entries)]
+    if -1 in entries and data is not None and data.shape is not None:
+        others = [d for d, entry in zip(dims, entries) if entry != -1]
+        dims[entries.index(-1)] = _quotient([_known_dim(data, a) for a in range(data.shape.rank())], others)
+    return dims
+
+
+def expand_dims(node: ir.Node) -> list[Dim] | None:
+    """The output dims of Expand ``node`` that its target's entries determine: each axis broadcasts
+    the input's dim against the entry's (a 1 takes the other side; two equal dims are that dim)."""
+    entries = target_entries(node.inputs[1]) if len(node.inputs) > 1 else None
+    data = node.inputs[0]
+    if entries is None or data is None or data.shape is None or len(entries) > 64:
+        return None
+    in_rank = data.shape.rank()
+    rank = max(in_rank, len(entries))
+    dims: list[Dim] = []
+    for axis in range(rank):
+        in_axis, entry_axis = axis - (rank - in_rank), axis - (rank - len(entries))
+        a = _known_dim(data, in_axis) if in_axis >= 0 else 1
+        entry = entries[entry_axis] if entry_axis >= 0 else 1
+        b = _known_dim(entry.value, entry.axis) if isinstance(entry, DimOf) else entry
+        if isinstance(b, int) and b < 0:
+            return None  # not a size: the model is wrong or means something this does not read
+        if a == 1 or a == b:
+            dims.append(b)
+        elif b == 1:
+            dims.append(a)
+        elif isinstance(a, int) and a > 1:
+            dims.append(a)  # b is a or 1
+        elif isinstance(b, int) and b > 1:
+            dims.append(b)
+        else:
+            dims.append(None)
+    return dims
+
+
+def _give_dims(value: ir.Value, dims: list[Dim]) -> int:
+    """Fill ``value``'s unknown dims (and named ones that are numbers) from ``dims``; returns how many changed."""
+    if value.const_value is not None or all(d is None for d in dims):
+        return 0
+    current = list(value.shape) if value.shape is not None else [ir.SymbolicDim(None)] * len(dims)
+    if len(current) != len(dims):
+        return 0
+    changed = 0
+    for axis, (old, new) in enumerate(zip(current, dims)):
+        if new is None or isinstance(old, int):
+            continue  # a number stays (a contradiction leaves the shape as shape inference had it)
+        name = str(old.value).strip() if old.value is not None else ""
+        if isinstance(new, str) and name and name != "?":
+            continue  # a named dim keeps its name
+        current[axis] = new if isinstance(new, int) else ir.SymbolicDim(new)
+        changed += 1
+    if changed:
+        value.shape = ir.Shape(current)
+    return changed
+
+
+def _fold_shape_read(graph: ir.Graph, node: ir.Node) -> int:
+    """Gather(Shape(x), constant indices) of dims that are numbers -> a Constant; returns 1 if folded.
+
+    onnxscript's constant folding folds only a 1-D index; the TorchScript exporter reads
+    ``x.size(3)`` with a scalar one, so ``Div(Gather(Shape(x), 3), 2)`` stayed a computation.
+    """
+    if node.attributes.get_int("axis", 0) != 0 or len(node.inputs) != 2 or node.outputs[0].is_graph_output():
+        return 0
+    source, out = node.inputs[0], node.outputs[0]
+    indices = constant_array(node.inputs[1])
+    producer = source.producer() if source is not None else None
+    if indices is None or indices.ndim > 1 or producer is None or producer.op_type != "Shape" or producer.domain != "":
+        return 0
+    entries = target_entries(source)
+    if entries is None:
+        return 0
+    try:
+        picked = [entries[int(i)] for i in indices.ravel()]
+    except IndexError:
+        return 0
+    numbers = [_known_dim(e.value, e.axis) if isinstance(e, DimOf) else e for e in picked]
+    if not all(isinstance(n, int) for n in numbers):
+        return 0
+    array = np.array(numbers, dtype=np.int64).reshape(indices.shape)
+    constant = ir.node("Constant", [], attributes={"value": ir.tensor(array)}, name=f"{node.name}_static" if node.name else None)
+    constant.outputs[0].dtype = ir.DataType.INT64
+    constant.outputs[0].shape = ir.Shape(array.shape)
+    constant.outputs[0].const_value = ir.tensor(array)
+    graph.insert_before(node, constant)
+    out.replace_all_uses_with(constant.outputs[0])
+    return 1
+
+
+def dims_from_targets(graph: ir.Graph) -> int:
+    """Give Reshape and Expand outputs the dims their computed targets determine, and fold reads
+    of sizes that are numbers; returns how many dims (and reads) changed.
+
+    The TorchScript exporter writes ``x.view(b, s, -1, 16)`` as Reshape(x, Concat(Unsqueeze(
+    Gather(Shape(x), 0)), Unsqueeze(Gather(Shape(x), 1)), [-1], [16])), and onnx's shape
+    inference, which reads only a constant target, leaves the heads tensor [b, s, ?, ?]. Each
+    entry says exactly what it makes its axis: Shape(y)[i] is y's dim i, a number is itself, a 0
+    copies the input's dim (without ``allowzero``), and a single -1 is the input's size over the
+    others' where numbers divide and named dims cancel. An Expand's entries broadcast against its
+    input's dims. Nothing is guessed: a dim no entry determines stays as it was. Shape inference
+    and constant folding then carry the dims on (``Div(Gather(Shape(heads), 3), 2)`` becomes 8).
+    """
+    changed = 0
+    for node in list(graph):
+        if node.domain not in ("", "ai.onnx") or not node.outputs:
+            continue
+        if node.op_type == "Gather":
+            changed += _fold_shape_read(graph, node)
+        elif node.op_type in ("Reshape", "Expand") and len(node.inputs) == 2 and node.inputs[1] is not None:
+            dims = reshape_dims(node) if node.op_type == "Reshape" else expand_dims(node)
+            if dims is not None:
+                changed += _give_dims(node.outputs[0], dims)
+    return changed

@@ -45,7 +45,7 @@ def target_entries(target: ir.Value | None, *, depth: int = 0) -> list[Entry] | 
         return None
     array = constant_array(value)
     if array is not None:
-        return [int(v) for v in array.ravel()] if array.ndim <= 1 else None
+        return [int(v) for v in array.ravel()] if array.ndim <= 1 and array.size <= 64 else None
     node = value.producer()
     if node is None or node.domain != "":
         return None
@@ -61,6 +61,10 @@ def target_entries(target: ir.Value | None, *, depth: int = 0) -> list[Entry] | 
         return entries
     if node.op_type in _SIZE_PRESERVING:  # scalar <-> [1]: one entry either way
         inner = target_entries(node.inputs[0], depth=depth + 1)
+        if inner is not None and len(inner) != 1 and node.op_type in ("Reshape", "Identity"):
+            flat = constant_array(node.inputs[1]) if node.op_type == "Reshape" and len(node.inputs) > 1 else None
+            keeps = node.op_type == "Identity" or (flat is not None and flat.ravel().tolist() in ([-1], [len(inner)]))
+            return inner if keeps else None  # a 1-D vector reshaped to 1-D keeps its entries
         return inner if inner is not None and len(inner) == 1 else None
     if node.op_type == "Shape":
         source = node.inputs[0]
@@ -79,6 +83,12 @@ def target_entries(target: ir.Value | None, *, depth: int = 0) -> list[Entry] | 
             return [inner[int(i)] for i in indices.ravel()]
         except IndexError:
             return None
+    if node.op_type == "ConstantOfShape":  # not folded (it could be large): a short one is its entries
+        return _filled(node)
+    if node.op_type == "Where" and len(node.inputs) == 3:
+        return _where_entries(node, depth)
+    if node.op_type in _ARITHMETIC and len(node.inputs) == 2:
+        return _arithmetic_entries(node, depth)
     if node.op_type == "Slice":
         inner = target_entries(node.inputs[0], depth=depth + 1)
         parts = [constant_array(v) if v is not None else None for v in node.inputs[1:5]]
@@ -95,6 +105,85 @@ def target_entries(target: ir.Value | None, *, depth: int = 0) -> list[Entry] | 
             return None
         return inner[int(starts.ravel()[0]) : int(ends.ravel()[0])]
     return None
+
+
+_ARITHMETIC = {"Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a, b: a * b}
+
+
+def _filled(node: ir.Node) -> list[Entry] | None:
+    """ConstantOfShape(constant [n]) with an integer value, n small: n copies of that value."""
+    shape = constant_array(node.inputs[0]) if node.inputs else None
+    if shape is None or shape.size != 1 or not 0 <= int(shape.ravel()[0]) <= 64:
+        return None
+    attr = node.attributes.get("value")
+    fill = attr.value.numpy() if attr is not None else np.zeros(1, dtype=np.float32)
+    if fill.size != 1 or fill.dtype.kind not in "iu":
+        return None
+    return [int(fill.ravel()[0])] * int(shape.ravel()[0])
+
+
+def _broadcast(*lists: list[Entry]) -> list[list[Entry]] | None:
+    """Entry lists of one length, a one-entry list repeated to it (ONNX broadcasting of 1-D tensors)."""
+    length = max(len(entries) for entries in lists)
+    if any(len(entries) not in (1, length) for entries in lists):
+        return None
+    return [entries * length if len(entries) == 1 else entries for entries in lists]
+
+
+def _number(entry: Entry) -> int | None:
+    """An entry's value where it is known: a constant, or a size shape inference gave as a number."""
+    if isinstance(entry, DimOf):
+        dim = _dim(entry.value, entry.axis)
+        return dim if isinstance(dim, int) and dim >= 0 else None
+    return entry
+
+
+def _arithmetic_entries(node: ir.Node, depth: int) -> list[Entry] | None:
+    """Add/Sub/Mul of two entry lists whose every entry is a known number (``Gather(Shape(k), 1) * 2``)."""
+    sides = [target_entries(v, depth=depth + 1) for v in node.inputs]
+    if any(side is None for side in sides) or (pairs := _broadcast(*sides)) is None:
+        return None
+    combine = _ARITHMETIC[node.op_type]
+    result = []
+    for a, b in zip(*pairs):
+        if node.op_type == "Mul" and (a == 1 or b == 1):
+            result.append(b if a == 1 else a)  # x * 1 keeps x, known or not
+            continue
+        a, b = _number(a), _number(b)
+        if a is None or b is None:
+            return None
+        result.append(combine(a, b))
+    return result
+
+
+def _where_entries(node: ir.Node, depth: int) -> list[Entry] | None:
+    """Where(Equal(a, b), x, y) entry by entry, where each Equal is decided.
+
+    torch's TorchScript exporter writes ``expand(shape)`` as Expand(x, Where(shape == -1, 1, shape)).
+    An entry read off a tensor's shape is a size, never negative, so it equals no negative constant.
+    """
+    condition = node.inputs[0].producer() if node.inputs[0] is not None else None
+    if condition is None or condition.op_type != "Equal" or condition.domain != "" or len(condition.inputs) != 2:
+        return None
+    lists = [target_entries(v, depth=depth + 1) for v in (*condition.inputs, *node.inputs[1:])]
+    if any(entries is None for entries in lists) or (lists := _broadcast(*lists)) is None:
+        return None
+    result = []
+    for a, b, x, y in zip(*lists):
+        if isinstance(a, DimOf) and isinstance(b, DimOf):
+            if a != b:
+                return None
+            equal = True
+        elif isinstance(a, DimOf) or isinstance(b, DimOf):
+            dim, number = (a, b) if isinstance(a, DimOf) else (b, a)
+            known = _number(dim)
+            if known is None and number >= 0:
+                return None
+            equal = known == number
+        else:
+            equal = a == b
+        result.append(x if equal else y)
+    return result
 
 
 def _shape_prefix(value: ir.Value, count: int) -> list[Entry] | None:
