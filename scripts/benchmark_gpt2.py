@@ -117,7 +117,7 @@ def quality(args) -> list[str]:
     from tfopt.bench import ort_session
     import numpy as np
 
-    from tfopt_gpt2.quality import compare, window_logits, windows
+    from tfopt.text_quality import compare, window_logits, windows
     from tfopt_gpt2.textmodel import TEXT_MODELS, heldout_bytes
 
     work = Path(tempfile.mkdtemp(prefix="tfopt-gpt2-quality-"))

@@ -174,7 +174,7 @@ def test_trained_model_is_cached_and_has_structure(trained_decoders):
 
 @pytest.mark.parametrize("precision, min_top1, max_ppl_change", [("int8", 0.98, 0.01), ("int4", 0.95, 0.03)])
 def test_quantized_quality_on_held_out_text(trained_decoders, precision, min_top1, max_ppl_change):
-    from tfopt_gpt2.quality import compare
+    from tfopt.text_quality import compare
     from tfopt_gpt2.textmodel import heldout_bytes
 
     _, _, models = trained_decoders
@@ -191,7 +191,7 @@ def test_quantized_quality_on_held_out_text(trained_decoders, precision, min_top
 
 def test_gptq_rounding_agrees_more_than_nearest_on_held_out_text(trained_decoders):
     """Calibrated on training text only; judged on the held-out text."""
-    from tfopt_gpt2.quality import compare
+    from tfopt.text_quality import compare
     from tfopt_gpt2.textmodel import heldout_bytes
 
     _, _, models = trained_decoders

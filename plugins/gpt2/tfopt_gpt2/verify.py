@@ -38,7 +38,7 @@ TOLERANCES = {"fp32": 5e-4, "fp16": 0.2, "int8": 3.0, "int4": 3.0}  # int4: ORT 
 MIN_TOP1_AGREEMENT = 0.95
 # Next-token agreement on verify's random token ids, where even a trained model is unsure:
 # int4 of stdlib-gpt2-tiny agrees 93% there and 97% on held-out text. Text quality is
-# measured apart (tfopt_gpt2.quality, docs/benchmark-gpt2.md), against the 95% target.
+# measured apart (tfopt.text_quality, docs/benchmark-gpt2.md), against the 95% target.
 MIN_TOP1_BY_PRECISION = {"int4": 0.90}
 DEFAULT_VERIFY_CASES = 100
 PERCENTILES = (50, 90, 95, 99)

@@ -4,8 +4,9 @@ Three figures, each candidate ONNX decoder against a reference one (fp32), on th
 token windows: next-token top-1 agreement over every position, perplexity of the text
 under each (and its relative change), and greedy generation of ``new_tokens`` tokens from
 prompts cut out of the text (rows identical to the reference's, and tokens agreeing
-position by position). Meant for :mod:`tfopt_gpt2.textmodel`'s trained models: on random
-weights the logits are nearly flat and agreement says nothing.
+position by position). Meant for :mod:`tfopt.textmodel`'s trained models (the gpt2 and llama
+adapters' ``stdlib-*``): on random weights the logits are nearly flat and agreement says nothing.
+The sessions are decoding-step exports in :mod:`tfopt.causal_lm`'s layout.
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tfopt.feeds import session_feed
-from tfopt.generation import empty_past
-
-from .decoder import ATTENTION_MASK, INPUT_IDS, POSITION_IDS
-from .generate import greedy_generate_onnx
+from .causal_lm import ATTENTION_MASK, INPUT_IDS, POSITION_IDS
+from .feeds import session_feed
+from .generation import empty_past, generate_onnx
 
 
 @dataclass
@@ -83,8 +82,8 @@ def compare(reference, candidate, text: np.ndarray, *, window_count: int = 16, w
     ref_logits, cand_logits = window_logits(reference, inputs), window_logits(candidate, inputs)
     agreement = float((ref_logits.argmax(-1) == cand_logits.argmax(-1)).mean())
     prompts = windows(text[window_length // 2 :], prompt_count, prompt_length)  # starts between the windows'
-    ref_tokens = greedy_generate_onnx(reference, prompts, None, new_tokens)
-    cand_tokens = greedy_generate_onnx(candidate, prompts, None, new_tokens)
+    ref_tokens = generate_onnx(reference, prompts, None, new_tokens)
+    cand_tokens = generate_onnx(candidate, prompts, None, new_tokens)
     gaps = []
     for row in np.nonzero((ref_tokens != cand_tokens).any(axis=1))[0]:
         step = int(np.argmax(ref_tokens[row] != cand_tokens[row]))
