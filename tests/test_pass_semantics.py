@@ -112,7 +112,18 @@ def test_near_miss_layer_norm_keeps_its_function(tmp_path, form):
     _assert_same_function(source, fused)
 
 
-@pytest.mark.parametrize("form", ["sub_operands_swapped", "exponent_1e30"])
+def test_swapped_centering_is_an_rms_norm_of_the_centered_value(tmp_path):
+    """(mean - x) / sqrt(mean((mean - x)^2) + eps) * gamma is no LayerNorm of x, but exactly an
+    RMSNorm of (mean - x): it fuses as that, which also leaves ORT no near-miss to miscompile."""
+    source = tmp_path / "in.onnx"
+    onnx.save(_layer_norm_like(**NEAR_MISSES["sub_operands_swapped"]), source)
+    result = fuse_file(source, tmp_path / "out.onnx", ModelInfo(model_type="bert"))
+    assert result.op_counts.get("SimplifiedLayerNormalization") == 1 and "LayerNormalization" not in result.op_counts
+    assert result.validation is not None and result.validation.passed and not result.dropped_rules
+    _assert_same_function(source, tmp_path / "out.onnx")
+
+
+@pytest.mark.parametrize("form", ["exponent_1e30"])
 def test_validation_does_not_blame_tfopt_for_ort_own_fusion(tmp_path, form):
     """ORT's LayerNorm fusion changes the input itself; tfopt's output is validated against the ONNX semantics."""
     source = tmp_path / "in.onnx"
