@@ -2,7 +2,8 @@
 
 ``fuse`` is the host's default: ``tfopt.graph.fuse_file`` with ``exported.info`` (the
 family's model type, whose counts :func:`tfopt.graph.fusion.llm_counts` states).
-``convert_precision`` is the host's default (fp32 only so far).
+``convert_precision`` is :mod:`tfopt.decoder_precision` (weight-only int8 by default, int4,
+fp16; GPTQ rounding for the trained ``stdlib-llama`` models).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tfopt import hookimpl
-from tfopt.results import BenchResult, ExportResult, RunContext, VerifyResult
+from tfopt.results import BenchResult, ExportResult, FuseResult, PrecisionResult, RunContext, VerifyResult
 
 
 @hookimpl(specname="export")
@@ -20,6 +21,15 @@ def export_hook(ctx: RunContext) -> ExportResult:
     from .export import export_source
 
     return export_source(ctx)
+
+
+@hookimpl(specname="convert_precision")
+def convert_precision_hook(ctx: RunContext, fused: FuseResult) -> PrecisionResult:
+    from tfopt.decoder_precision import convert_decoder
+
+    from .textmodel import calibration_sources
+
+    return convert_decoder(ctx, fused, calibration_sources())
 
 
 @hookimpl(specname="make_dummy_inputs")

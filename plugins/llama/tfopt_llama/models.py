@@ -98,12 +98,17 @@ def _describe(name: str, family: str, model) -> SourceModel:
     )
 
 
-def load_source(source: str | None, attn_implementation: str | None = None, *, seed: int = 0) -> SourceModel:
-    """``tiny-<family>`` (random weights), or a local Hugging Face directory of a supported family."""
+def load_source(source: str | None, attn_implementation: str | None = None, *, seed: int = 0, progress=None) -> SourceModel:
+    """``tiny-<family>`` (random weights), ``stdlib-llama[-tiny]`` (trained here), or a local Hugging Face
+    directory of a supported family."""
     import torch
     import transformers
 
+    from .textmodel import TEXT_MODELS, trained_model
+
     source = source or DEFAULT_SOURCE
+    if source in TEXT_MODELS:  # trained here on real text (minutes once, then cached)
+        return _describe(source, "llama", trained_model(source, attn_implementation=_attn("llama", attn_implementation), progress=progress))
     if source.startswith(BUILTIN_PREFIX) and source[len(BUILTIN_PREFIX):] in FAMILIES:
         family = source[len(BUILTIN_PREFIX):]
         spec = FAMILIES[family]
@@ -115,7 +120,8 @@ def load_source(source: str | None, attn_implementation: str | None = None, *, s
     path = Path(source)
     if not (path / "config.json").is_file():
         raise TfoptError(
-            f"unknown source {source!r}: a Hugging Face model directory (with config.json) or one of {', '.join(builtin_names())}"
+            f"unknown source {source!r}: a Hugging Face model directory (with config.json) or one of "
+            f"{', '.join([*builtin_names(), *TEXT_MODELS])}"
         )
     config = transformers.AutoConfig.from_pretrained(path)
     family = _HF_TYPES.get(config.model_type)

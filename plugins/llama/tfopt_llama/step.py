@@ -21,7 +21,7 @@ def source_model(ctx: RunContext) -> SourceModel:
 
     def load() -> SourceModel:
         ctx.progress(f"loading {ctx.source or DEFAULT_SOURCE + ' (the default: random weights)'} ...")
-        return load_source(ctx.source, attn, seed=int(ctx.option("seed", 0)))
+        return load_source(ctx.source, attn, seed=int(ctx.option("seed", 0)), progress=ctx.progress)
 
     return _MODELS.get(ctx, (ctx.source, attn), load)
 
