@@ -17,6 +17,7 @@ from ..results import FUSION_NAMES, TARGETS, FuseResult, ModelInfo
 from .io import load_model
 from .passes import cleanup, inputs_to_int32, prepare
 from .opset_raise import can_raise
+from .packed_projections import pack_shared_input_matmuls
 from .rules import activation, attention, cached_attention, decoder_forms, embedding, linear, normalization, rms_norm, rotary
 from .validate import Reference, write_validated
 from .values import MS_DOMAIN
@@ -280,6 +281,9 @@ def fuse_model(
             rule_counts[rule.name] = rule_counts.get(rule.name, 0) + applied
         # Rules that keep matched nodes leave them dead; dead readers would block later matches.
         remove_unused_nodes(model)
+    if any(rule_counts.get(rule.name) for rule in cached_attention.cached_attention_rules()) and "PackedProjections" not in skip_rules:
+        # a decoder LLM: its Q/K/V and gate/up projections become one MatMul each (packed_projections.py)
+        rule_counts["PackedProjections"] = pack_shared_input_matmuls(model.graph)
     cleanup_notes = cleanup(model)
     notes = list(model.meta.get("tfopt.load_notes", ()))  # the loader's repairs (graph.io.LOAD_NOTES)
     notes += cleanup_notes

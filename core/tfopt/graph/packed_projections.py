@@ -1,0 +1,80 @@
+"""Projections that read the same input become one MatMul: Q/K/V, and gate/up of a gated MLP.
+
+A Llama-family layer multiplies its normalized hidden state by the query, key and value
+weights, and the MLP's input by the gate and up weights: five weight matrices, each a
+separate MatMul (and, quantized, a separate MatMulNBits). Concatenating weights that share
+an input along N makes one larger MatMul and a Split of its output: each output column is
+the same dot product over K, the input is read once, and one kernel call replaces several
+(measured in ``docs/benchmark-llama.md``; onnxruntime-genai's builder packs them too).
+
+Run after the decoder-LLM fusions only (``fuse_model`` applies it where ``CachedAttention``
+fired): encoders keep their three projections, which ``MultiHeadAttention`` reads directly.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx_ir as ir
+
+from .values import constant_array, new_initializer
+
+_MIN_SHARED = 2
+
+
+def _weight(node: ir.Node) -> np.ndarray | None:
+    """The constant 2-D float weight of ``MatMul(x, W)``, read by this MatMul only."""
+    if node.op_type != "MatMul" or node.domain != "" or len(node.inputs) != 2:
+        return None
+    weight = node.inputs[1]
+    if weight is None or len(weight.uses()) != 1:
+        return None
+    array = constant_array(weight)
+    if array is None or array.ndim != 2 or array.dtype not in (np.float32, np.float16):
+        return None
+    return array
+
+
+def pack_shared_input_matmuls(graph: ir.Graph) -> int:
+    """``MatMul(x, W1) ... MatMul(x, Wn)`` -> ``Split(MatMul(x, [W1 .. Wn]))``; returns how many MatMuls were merged away."""
+    groups: dict[int, list[tuple[ir.Node, np.ndarray]]] = defaultdict(list)
+    for node in graph:
+        array = _weight(node)
+        if array is not None and node.inputs[0] is not None:
+            groups[id(node.inputs[0])].append((node, array))
+    merged = 0
+    for members in groups.values():
+        by_kind: dict[tuple, list[tuple[ir.Node, np.ndarray]]] = defaultdict(list)
+        for node, array in members:
+            by_kind[(array.shape[0], array.dtype.str)].append((node, array))
+        for same in by_kind.values():
+            if len(same) < _MIN_SHARED:
+                continue
+            merged += _pack(graph, same)
+    return merged
+
+
+def _pack(graph: ir.Graph, same: list[tuple[ir.Node, np.ndarray]]) -> int:
+    nodes = [node for node, _ in same]
+    first = min(nodes, key=lambda node: list(graph).index(node))  # the earliest keeps the graph in order
+    x = first.inputs[0]
+    widths = [array.shape[1] for _, array in same]
+    weight = new_initializer(graph, f"{nodes[0].inputs[1].name}_packed", np.concatenate([array for _, array in same], axis=1))
+    sizes = new_initializer(graph, f"{weight.name}_sizes", np.array(widths, dtype=np.int64))
+    matmul = ir.node("MatMul", [x, weight], name=f"{first.name or 'matmul'}_packed")
+    split = ir.node("Split", [matmul.outputs[0], sizes], attributes={"axis": -1}, num_outputs=len(nodes), name=f"{first.name or 'matmul'}_unpacked")
+    graph.insert_before(first, [matmul, split])
+    if x.shape is not None:
+        matmul.outputs[0].shape = ir.Shape([*list(x.shape)[:-1], int(sum(widths))])
+    matmul.outputs[0].dtype = x.dtype
+    for node, part in zip(nodes, split.outputs):
+        old = node.outputs[0]
+        part.dtype, part.shape = old.dtype, old.shape
+        if old.is_graph_output():
+            name, old.name = old.name, f"{old.name}_unpacked"
+            part.name = name
+        old.replace_all_uses_with(part, replace_graph_outputs=True)
+    for node in nodes:
+        graph.remove(node, safe=True)
+    return len(nodes) - 1
