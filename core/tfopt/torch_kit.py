@@ -75,6 +75,42 @@ def quiet_export():
             logger.setLevel(level)
 
 
+def export_staged(path, name: str, exporter: str, export, check=None) -> None:
+    """Write an export to ``path`` (and its ``.data`` beside it) only once it is complete and checked.
+
+    ``export(staged_path) -> Path`` runs the exporter quietly into a scratch directory beside
+    ``path`` and returns the file to keep (it may post-process the raw export into another);
+    ``check(file)`` may raise a one-line TfoptError. An exporter failure becomes one line naming
+    ``name`` and ``exporter``; whatever happens, the scratch directory is removed and nothing
+    half-written appears at ``path``.
+    """
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from .errors import first_line
+
+    path = Path(path)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        with quiet_export():
+            try:
+                kept = Path(export(staging / path.name))
+            except TfoptError:
+                raise
+            except Exception as exc:
+                raise TfoptError(f"{name}: the {exporter} exporter failed ({first_line(exc)})") from None
+        if check is not None:
+            check(kept)
+        data = kept.with_name(kept.name + ".data")
+        if data.exists():  # external data is referenced by file name, so it keeps its name
+            os.replace(data, path.with_name(data.name))
+        os.replace(kept, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def perturb_vector_params(model, *, seed: int = 0, scale: float = 0.02) -> None:
     """Add small noise to every 1-D parameter (biases, LayerNorm weights) of a torch module.
 

@@ -10,10 +10,7 @@ LayerNormalization as one op). ``ctx.options['opset']`` overrides both.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +22,7 @@ from tfopt.bench import ort_session
 from tfopt.errors import TfoptError, first_line
 from tfopt.graph.io import EXTERNAL_DATA_THRESHOLD, read_io_spec, save_model
 from tfopt.results import ExportResult, RunContext
-from tfopt.torch_kit import chosen_exporter, quiet_export
+from tfopt.torch_kit import chosen_exporter, export_staged
 
 from .cache import remember, source_model
 from .decoder import (
@@ -84,24 +81,14 @@ def export_loaded(ctx: RunContext, source: SourceModel) -> ExportResult:
     path = Path(ctx.work_dir) / EXPORTED_FILE
     ctx.progress(f"exporting {source.name} with the {exporter} exporter (opset {opset}) ...")
     start = time.perf_counter()
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        tmp_path = tmp_dir / path.name
-        with quiet_export():
-            try:
-                _run_exporter(source, tmp_path, exporter, opset)
-            except Exception as exc:
-                raise TfoptError(f"{source.name}: the {exporter} exporter failed ({first_line(exc)})") from None
-        model = ir.load(tmp_path)
+
+    def export(raw: Path) -> Path:
+        _run_exporter(source, raw, exporter, opset)
+        model = ir.load(raw)
         settle_io_shapes(model, source, rename_symbols=exporter == "dynamo")
-        staged = save_model(model, tmp_dir / "staged" / path.name)  # weights beside it when large
-        check_runs_with_and_without_past(source, staged)
-        data = staged.with_name(staged.name + ".data")
-        if data.exists():  # external data is referenced by file name, so it keeps its name
-            os.replace(data, path.with_name(data.name))
-        os.replace(staged, path)  # only a checked model ever appears at ``path``
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        return save_model(model, raw.parent / "staged" / path.name)  # weights beside it when large
+
+    export_staged(path, source.name, exporter, export, check=lambda staged: check_runs_with_and_without_past(source, staged))
     return ExportResult(
         model_path=path, io=read_io_spec(path), info=source.info, exporter=exporter, seconds=time.perf_counter() - start
     )

@@ -145,3 +145,40 @@ def test_greedy_tokens_are_transformers_own(tmp_path, family):
     onnx_tokens = generate_onnx(fused.model_path, ids, mask, 32)
     torch_tokens = generate_torch(source.model, ids, mask, 32)
     np.testing.assert_array_equal(onnx_tokens, torch_tokens)
+
+
+@pytest.mark.parametrize("family, attn", [("llama", "sdpa"), ("qwen3", "eager"), ("phi3", "sdpa")])
+def test_legacy_exporter_graph_fuses_through_optimize(tmp_path, family, attn):
+    """torch's TorchScript exporter writes views with computed shapes (opset 17): sized from their targets,
+    the same rules fuse them, and the opset goes from 17 to 23."""
+    import torch
+
+    from tfopt import causal_lm
+    from tfopt.causal_lm import StepShape
+    from tfopt.graph import fuse_file
+    from tfopt.results import ModelInfo
+    from tfopt.torch_kit import quiet_export
+    from tfopt_llama.models import FAMILIES, load_source
+    from tfopt_llama.step import feeds, output_names, torch_outputs
+
+    source = load_source(f"tiny-{family}", attn)
+    step = causal_lm.decoder_step(source.model, source.num_layers, lm_head=True)
+    (example,) = feeds(source, [StepShape(2, 5, 3)])
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total"}, "position_ids": {0: "batch", 1: "sequence"}}
+    axes.update({name: {0: "batch", 2: "past"} for name in causal_lm.past_names(source.num_layers)})
+    path = tmp_path / "legacy.onnx"
+    with quiet_export():
+        torch.onnx.export(
+            step, causal_lm.torch_feed(example, source.num_layers), str(path), dynamo=False, opset_version=17,
+            input_names=causal_lm.input_names(source.num_layers), output_names=output_names(source), dynamic_axes=axes,
+        )
+    fused = fuse_file(path, tmp_path / "legacy.opt.onnx", ModelInfo(model_type=FAMILIES[family].model_type))
+    assert fused.missing == [], fused.missing
+    assert fused.op_counts.get("Attention") == 2 and fused.op_counts.get("RotaryEmbedding") == 4
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(fused.model_path), providers=["CPUExecutionProvider"])
+    for feed in feeds(source, [StepShape(3, 0, 5), StepShape(2, 6, 2)], seed=8):
+        expected, actual = torch_outputs(source, feed, step), session.run(output_names(source), feed)
+        real = feed["attention_mask"][:, -feed["input_ids"].shape[1]:].astype(bool)
+        np.testing.assert_allclose(actual[0][real], expected[0][real], atol=1e-4, rtol=0)

@@ -8,9 +8,6 @@ it ran on ONNX Runtime with an empty past and with a past, matching torch on rea
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +16,7 @@ from tfopt.bench import ort_session
 from tfopt.errors import TfoptError, first_line
 from tfopt.graph.io import read_io_spec
 from tfopt.results import ExportResult, RunContext
-from tfopt.torch_kit import quiet_export
+from tfopt.torch_kit import export_staged
 
 from .models import SourceModel
 from .step import difference_stats, feeds, output_names, source_model, torch_outputs
@@ -41,19 +38,12 @@ def export_source(ctx: RunContext) -> ExportResult:
     path = Path(ctx.work_dir) / EXPORTED_FILE
     ctx.progress(f"exporting {source.name} with the dynamo exporter (opset {opset}) ...")
     start = time.perf_counter()
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        staged = staging / path.name
-        with quiet_export():
-            try:
-                _export(source, staged, opset)
-            except Exception as exc:
-                raise TfoptError(f"{source.name}: the dynamo exporter failed ({first_line(exc)})") from None
-        _self_check(source, staged)
-        for produced in staging.iterdir():  # the model and, for a large one, its external data
-            os.replace(produced, path.with_name(produced.name))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    def export(staged: Path) -> Path:
+        _export(source, staged, opset)
+        return staged
+
+    export_staged(path, source.name, "dynamo", export, check=lambda kept: _self_check(source, kept))
     return ExportResult(model_path=path, io=read_io_spec(path), info=source.info, exporter="dynamo", seconds=time.perf_counter() - start)
 
 
