@@ -190,6 +190,7 @@ def _rule_plan(info: ModelInfo, target: str, standard_ops: bool = False) -> list
     attention over a key/value cache may become ONNX's own RotaryEmbedding and Attention.
     """
     decoder_llm = rotary.rotary_rules() + cached_attention.cached_attention_rules() if standard_ops else []
+    biased = cached_attention.additive_mask_attention_rules() if standard_ops else []
     plan = [
         ("linear", linear.linear_rules()),  # canonical form for the rules below; always on
         ("layer_norm", normalization.layer_norm_rules() + rms_norm.rms_norm_rules()),
@@ -200,6 +201,7 @@ def _rule_plan(info: ModelInfo, target: str, standard_ops: bool = False) -> list
         ("attention", decoder_forms.decoder_form_rules()),  # older GPT-2 forms -> the one the rule matches
         ("attention", attention.attention_rules(info.num_heads, target, info.hidden_size)),
         ("attention", decoder_llm),  # after the GPT-2 rule, which also sees a past Concat
+        ("attention", biased),  # what no rule above took: the graph's own additive mask kept as is
         ("linear", linear.linear_rules()),  # again: attention fusion exposes GPT-2's c_proj Gemm
         ("skip_layer_norm", normalization.skip_layer_norm_rules()),
     ]

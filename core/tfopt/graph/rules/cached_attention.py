@@ -46,41 +46,64 @@ def _static_dims(value: ir.Value | None, rank: int) -> list | None:
 class CachedAttention(pattern.RewriteRuleClassBase):
     """Scaled dot-product attention over past + new keys/values (any head grouping) -> Attention-23.
 
-    ``softcap``: the scores are soft-capped before the mask (Gemma 2).
+    ``softcap``: the scores are soft-capped before the mask (Gemma 2). ``with_past=False``:
+    the same attention with no cache ("AdditiveMaskAttention"): an encoder whose scores get an
+    additive term the encoder rule does not take (a relative position bias, T5's bucketed bias,
+    a mask it cannot prove to be key padding) -- the term is passed on as ``attn_mask`` as it is.
+    It runs after the encoder and GPT-2 rules, so what they fuse is not seen here.
     """
 
-    def __init__(self, softcap: bool = False):
+    def __init__(self, softcap: bool = False, with_past: bool = True):
         # remove_nodes=False: the present Concats are graph outputs until cleanup swaps them;
         # what the fused op replaced is left dead and removed after the rule.
-        super().__init__(name="CachedAttention[softcap]" if softcap else "CachedAttention", remove_nodes=False)
+        base = "CachedAttention" if with_past else "AdditiveMaskAttention"
+        super().__init__(name=f"{base}[softcap]" if softcap else base, remove_nodes=False)
         self.softcap = softcap
+        self.with_past = with_past
         self._present_swaps: list = []
 
     def pattern(self, op, query, key, value, past_key, past_value, q_factor, k_factor, s_factor, mask, zero, cap_in, cap_out):
-        present_key = op.Concat(past_key, key, _outputs=["present_key"])
-        present_value = op.Concat(past_value, value, _outputs=["present_value"])
+        if self.with_past:
+            present_key = op.Concat(past_key, key, _outputs=["present_key"])
+            present_value = op.Concat(past_value, value, _outputs=["present_value"])
+        else:
+            present_key, present_value = key, value
         keys = pattern.OrValue([_repeated_heads(op, present_key, "key"), present_key], tag_var="key_form", tag_values=["grouped", "plain"])
         values = pattern.OrValue(
             [_repeated_heads(op, present_value, "value"), present_value], tag_var="value_form", tag_values=["grouped", "plain"]
         )
-        scores = op.MatMul(scaled(op, query, q_factor, "q_scaling"), scaled(op, key_transposed(op, keys), k_factor, "k_scaling"))
+        key_t = key_transposed(op, keys)
+        if not self.with_past:  # eager encoders transpose the token-major keys [B, S, N, D] straight to [B, N, D, S]
+            key_t = pattern.OrValue(
+                [key_t, op.Transpose(pattern.Var("token_keys"), perm=[0, 2, 3, 1])], tag_var="key_layout", tag_values=["heads", "tokens"]
+            )
+        scores = op.MatMul(scaled(op, query, q_factor, "q_scaling"), scaled(op, key_t, k_factor, "k_scaling"))
         scores = scaled(op, scores, s_factor, "s_scaling")
         if self.softcap:
             scores = op.Mul(op.Tanh(op.Div(scores, cap_in)), cap_out)
+        # a second additive term before the mask (a relative position bias, MPNet): both go to attn_mask
+        scores = pattern.OrValue([op.Add(scores, pattern.Var("bias")), scores], tag_var="biased", tag_values=["bias", "none"])
         probs = masked_softmax(op, scores, mask, zero)
         return op.MatMul(probs, values, _outputs=["attended"])
 
-    def check(self, context, query, key, value, present_key, present_value, probs, masked, guard, key_form, value_form, **tags):
+    def check(self, context, query, value, probs, masked, guard, value_form, biased, key=None, key_form=None, present_key=None, present_value=None, **tags):
+        if tags.get("key_layout") == "tokens":
+            key_form = "plain"  # token-major keys are never repeated
         if masked not in ("add", "none") or guard not in ("nan", "none") or key_form != value_form:
             return False
+        if biased == "bias" and (tags.get("bias") is None or tags["bias"].const_value is not None and tags["bias"].const_value.size == 1):
+            return False  # a scalar added to every score is no bias (softmax ignores it), and not an attn_mask
         if guard == "nan" and scalar(tags.get("zero")) != 0.0:
             return False
         if probs.producer().attributes.get_int("axis", -1) not in (-1, 3):
             return False
-        for concat in (present_key.producer(), present_value.producer()):
+        for concat in (present_key.producer(), present_value.producer()) if self.with_past else ():
             if concat.attributes.get_int("axis", 0) not in (-2, 2):
                 return False
         q_dims, k_dims, v_dims = (_static_dims(v, 4) for v in (query, key, value))
+        if tags.get("key_layout") == "tokens":
+            token_dims = _static_dims(tags.get("token_keys"), 4)
+            k_dims = None if token_dims is None else [token_dims[0], token_dims[2], token_dims[1], token_dims[3]]
         if q_dims is None or k_dims is None or v_dims is None:
             return False
         q_heads, kv_heads, head_size = q_dims[1], k_dims[1], q_dims[3]
@@ -116,13 +139,19 @@ class CachedAttention(pattern.RewriteRuleClassBase):
             return False
         return expanded[1] == kv_heads and expanded[2] == q_heads // kv_heads and repeated[1] == q_heads
 
-    def rewrite(self, op, query, key, value, past_key, past_value, present_key, present_value, masked, mask=None, **_):
+    def rewrite(self, op, query, key, value, masked, biased, past_key=None, past_value=None, present_key=None, present_value=None,
+                mask=None, bias=None, **tags):
         attributes = {"scale": float(self._scale)}
         if self.softcap:
             attributes["softcap"] = float(self._softcap)
-        output, new_key, new_value = op.Attention(
-            query, key, value, mask if masked == "add" else None, past_key, past_value, **attributes, _outputs=3
-        )
+        terms = [_per_query_row(op, term, query) for term, used in ((bias, biased == "bias"), (mask, masked == "add")) if used]
+        # (s + bias) + mask becomes s + (bias + mask): one rounding of the sum moves, within the scores' own noise
+        additive = op.Add(*terms) if len(terms) == 2 else (terms[0] if terms else None)
+        if not self.with_past:
+            if key is None:  # the token-major keys: Attention takes them as heads [B, N, S, D]
+                key = op.Transpose(tags["token_keys"], perm=[0, 2, 1, 3])
+            return op.Attention(query, key, value, additive, **attributes)
+        output, new_key, new_value = op.Attention(query, key, value, additive, past_key, past_value, **attributes, _outputs=3)
         self._present_swaps += [(present_key, new_key, past_key.dtype), (present_value, new_value, past_value.dtype)]
         return output
 
@@ -135,5 +164,29 @@ class CachedAttention(pattern.RewriteRuleClassBase):
         self._present_swaps = []
 
 
+def _per_query_row(op, term: ir.Value, query: ir.Value) -> ir.Value:
+    """``term`` broadcast to one row per query, as ONNX Runtime's Attention takes ``attn_mask``.
+
+    Its kernel does not broadcast the mask's query axis (a key-padding mask [B, 1, 1, T] is
+    refused: "inconsistent q_sequence_length"); where the graph does not show that axis is the
+    query length, the term is expanded to it.
+    """
+    rows = term.shape[-2] if term.shape is not None and term.shape.rank() >= 2 else None
+    queries = query.shape[2] if query.shape is not None and query.shape.rank() == 4 else None
+    if isinstance(rows, int) and isinstance(queries, int) and rows == queries:
+        return term
+    if isinstance(rows, ir.SymbolicDim) and isinstance(queries, ir.SymbolicDim) and rows.value and rows.value == queries.value:
+        return term
+    shape = op.Shape(term)
+    target = op.Concat(op.Slice(shape, op.Constant(value_ints=[0]), op.Constant(value_ints=[-2])), op.Shape(query, start=2, end=3),
+                       op.Shape(term, start=-1), axis=0)
+    return op.Expand(term, target)
+
+
 def cached_attention_rules() -> list[pattern.RewriteRule]:
+    """With a cache first (their Concats would otherwise be taken for keys without one)."""
     return [CachedAttention.rule(softcap=True), CachedAttention.rule()]
+
+
+def additive_mask_attention_rules() -> list[pattern.RewriteRule]:
+    return [CachedAttention.rule(softcap=True, with_past=False), CachedAttention.rule(with_past=False)]
