@@ -16,6 +16,12 @@ about it needs proving. ONNX Runtime's ``GroupQueryAttention`` contrib op was me
 and not chosen: on CPU it refuses batch > 1 with a past and several new tokens unless
 given per-row query lengths, and ignores a left-padded mask without an extra bias input.
 ``MultiHeadAttention`` takes no grouped key/value heads.
+
+One difference remains, on rows no caller reads: a query whose every key is masked (a padded
+query of a left-padded batch) gets zeros from ONNX Runtime's kernel, where the exported
+softmax over equal -3.4e38 scores gives the mean of the values (torch's sdpa gives zeros).
+The same rule without a cache (``AdditiveMaskAttention``) takes encoders whose scores get an
+additive term no other rule takes (MPNet's relative position bias, T5's bucketed bias).
 """
 
 from __future__ import annotations
