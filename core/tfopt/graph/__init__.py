@@ -6,7 +6,7 @@ Entry points:
 - :func:`fuse_model` rewrites an ``ir.Model`` in place and returns :class:`FusionStats`.
 - :func:`fuse_file` loads, fuses, validates and atomically saves, returning a ``FuseResult``.
 - :class:`FusionRules`: a family's own rules and where they run (``extra_rules=`` or ``ModelInfo.rules``).
-- :func:`expected_counts`, :func:`encoder_counts`, :func:`decoder_counts`: what a fully fused
+- :func:`expected_counts`, :func:`encoder_counts`, :func:`decoder_counts`, :func:`llm_counts`: what a fully fused
   model contains; :func:`missing_fusions`: the lines saying what fell short.
 """
 
@@ -22,6 +22,7 @@ from .fusion import (
     expected_counts,
     fuse_file,
     fuse_model,
+    llm_counts,
     missing_fusions,
 )
 from .io import load_model, read_io_spec, save_model
@@ -38,6 +39,7 @@ __all__ = [
     "expected_counts",
     "fuse_file",
     "fuse_model",
+    "llm_counts",
     "load_model",
     "missing_fusions",
     "read_io_spec",

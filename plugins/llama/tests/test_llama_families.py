@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tfopt.graph.fusion import llm_counts
+from tfopt.graph import llm_counts
 from tfopt.testing import check_adapter
 from tfopt_llama.models import FAMILIES
 
