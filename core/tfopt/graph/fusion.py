@@ -283,7 +283,8 @@ def fuse_model(
             rule_counts[rule.name] = rule_counts.get(rule.name, 0) + applied
         # Rules that keep matched nodes leave them dead; dead readers would block later matches.
         remove_unused_nodes(model)
-    if any(rule_counts.get(rule.name) for rule in cached_attention.cached_attention_rules()) and "PackedProjections" not in skip_rules:
+    decoder_llm = any(count and name.startswith(cached_attention.CACHED_ATTENTION) for name, count in rule_counts.items())
+    if decoder_llm and "PackedProjections" not in skip_rules:
         # a decoder LLM: its Q/K/V and gate/up projections become one MatMul each (packed_projections.py)
         rule_counts["PackedProjections"] = pack_shared_input_matmuls(model.graph)
     cleanup_notes = cleanup(model)

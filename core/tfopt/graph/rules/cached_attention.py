@@ -35,6 +35,9 @@ from ..values import constant_array, scalar
 from .attention import key_transposed, masked_softmax, scale_of, scaled, swap_presents
 
 
+CACHED_ATTENTION = "CachedAttention"  # the rule names with a cache start so ("[softcap]" variants too)
+
+
 def _repeated_heads(op, value, name):
     """repeat_kv: [B, Nkv, T, D] -> Unsqueeze(2) -> Expand [B, Nkv, n, T, D] -> Reshape [B, Nkv*n, T, D]."""
     unsqueezed = op.Unsqueeze(value, pattern.ANY_VALUE, _outputs=[f"{name}_unsqueezed"])
@@ -62,7 +65,7 @@ class CachedAttention(pattern.RewriteRuleClassBase):
     def __init__(self, softcap: bool = False, with_past: bool = True):
         # remove_nodes=False: the present Concats are graph outputs until cleanup swaps them;
         # what the fused op replaced is left dead and removed after the rule.
-        base = "CachedAttention" if with_past else "AdditiveMaskAttention"
+        base = CACHED_ATTENTION if with_past else "AdditiveMaskAttention"
         super().__init__(name=f"{base}[softcap]" if softcap else base, remove_nodes=False)
         self.softcap = softcap
         self.with_past = with_past
