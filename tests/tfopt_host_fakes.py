@@ -1,8 +1,8 @@
 """Cheap stand-ins for real plugins: two adapters on a tiny hand-built graph, an export-only
-adapter, and a wrapper extension that times every stage.
+adapter (and one that declares options), and a wrapper extension that times every stage.
 
 Entry points in tests point at the module attributes ``ADAPTER_A``, ``ADAPTER_B``,
-``EXPORT_ONLY`` and ``TIMER``; the ``fresh_fakes`` fixture replaces them per test.
+``EXPORT_ONLY``, ``WITH_OPTIONS`` and ``TIMER``; the ``fresh_fakes`` fixture replaces them per test.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tfopt import hookimpl
+from tfopt import PluginOption, hookimpl
 from tfopt.bench import latency_row, ort_session, time_calls
 from tfopt.feeds import session_feed
 from tfopt.results import (
@@ -211,10 +211,24 @@ class StageTimer:
         return (yield from self._timed("benchmark", ctx))
 
 
+class OptionsAdapter(ExportOnlyAdapter):
+    """An export-only adapter that declares options of each type (flags of `tfopt run --plugin with_options`)."""
+
+    tfopt_options = (
+        PluginOption("data", str, None, "A data file.", metavar="FILE"),
+        PluginOption("epochs", int, 2, "Training epochs."),
+        PluginOption("rate", float, 0.5, "A rate."),
+        PluginOption("shuffle", bool, True, "Shuffle the data."),
+        PluginOption("lengths", list[int], (4, 8), "Some lengths."),
+        PluginOption("mode", str, "fast", "How.", choices=("fast", "exact")),
+    )
+
+
 CALLS: list = []
 ADAPTER_A = FakeAdapter("fake_a", CALLS)
 ADAPTER_B = FakeAdapter("fake_b", CALLS)
 EXPORT_ONLY = ExportOnlyAdapter(CALLS)
+WITH_OPTIONS = OptionsAdapter(CALLS)
 TIMER = StageTimer()
 
 
@@ -226,6 +240,7 @@ FAKE_ENTRY_POINTS = {
     "fake_a": "tfopt_host_fakes:ADAPTER_A",
     "fake_b": "tfopt_host_fakes:ADAPTER_B",
     "export_only": "tfopt_host_fakes:EXPORT_ONLY",
+    "with_options": "tfopt_host_fakes:WITH_OPTIONS",
     "timer": "tfopt_host_fakes:TIMER",
     "broken": "tfopt_host_fakes_broken",
 }

@@ -1,11 +1,12 @@
 """tfopt: a transformer-model optimizer for ONNX Runtime, as a thin pluggy host.
 
-Public API: :data:`hookimpl` for plugin authors, :func:`optimize_model` for users
-of ONNX Runtime's ``onnxruntime.transformers.optimizer`` API.
+Public API: :data:`hookimpl` and :class:`PluginOption` for plugin authors, :func:`optimize_model`
+for users of ONNX Runtime's ``onnxruntime.transformers.optimizer`` API.
 """
 
 from .errors import TfoptError
 from .hookspecs import hookimpl
+from .plugin_options import PluginOption
 
 __version__ = "0.1.0"
 
@@ -17,4 +18,4 @@ def optimize_model(*args, **kwargs):
     return _optimize_model(*args, **kwargs)
 
 
-__all__ = ["TfoptError", "hookimpl", "optimize_model", "__version__"]
+__all__ = ["PluginOption", "TfoptError", "hookimpl", "optimize_model", "__version__"]

@@ -110,15 +110,20 @@ def parse_option_value(text: str) -> Any:
     return text
 
 
-def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+def option_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
+    """``--option KEY=VALUE`` pairs as written (the last one of a key wins)."""
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep or not _OPTION_KEY.match(key):
             raise TfoptError(f"--option expects key=value, got {pair!r}")
-        options[key] = parse_option_value(value.strip())
+        options[key] = value.strip()
     return options
+
+
+def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    return {key: parse_option_value(value) for key, value in option_pairs(pairs).items()}
 
 
 def parse_int_list(value: str | None, flag: str) -> list[int] | None:
@@ -195,6 +200,94 @@ def source_options(function):
     return function
 
 
+_ADAPTER_DECLARED = "tfopt.adapter_declared"  # ctx.meta: (PluginOption, click.Option) of the --plugin adapter
+_ADAPTER_FLAGS = "tfopt.adapter_flags"  # ctx.meta: option name -> the value its flag gave (None: not given)
+_ADAPTER_NAME = "tfopt.adapter_name"
+_ADAPTER_DEST = "adapter_option__"  # click's name for a declared option's flag, apart from the command's own
+
+
+def _plugin_arg(args: list[str]) -> str | None:
+    """The value of ``--plugin`` among a command's arguments (the last one, as click takes it), before parsing."""
+    name = None
+    for index, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == "--plugin" and index + 1 < len(args):
+            name = args[index + 1]
+        elif arg.startswith("--plugin="):
+            name = arg.partition("=")[2]
+    return name
+
+
+def _adapter_flag(option) -> click.Option:
+    """A declared option (tfopt.PluginOption) as a click flag; its default is shown, never applied."""
+    decls = [f"{option.flag}/--no-{option.flag[2:]}" if option.type is bool else option.flag, _ADAPTER_DEST + option.name]
+    shown = option.default
+    if option.type is bool and shown is not None:
+        shown = option.flag if shown else f"--no-{option.flag[2:]}"
+    elif isinstance(shown, (list, tuple)):
+        shown = ",".join(map(str, shown))
+    text = option.help + (f"  [default: {shown}]" if shown is not None else "")
+    kind = None if option.type is bool else option.param_type()
+    return click.Option(decls, type=kind, default=None, metavar=option.metavar, help=text)
+
+
+class AdapterCommand(click.Command):
+    """`run` and `export`: the adapter named by --plugin adds the options it declares
+    (``tfopt_options``, docs/plugins.md) as typed flags, listed by ``--plugin NAME --help``."""
+
+    def parse_args(self, ctx, args):
+        name = _plugin_arg(args)
+        plugins = (ctx.obj or {}).get("plugins") if name else None
+        if plugins is not None and not ctx.resilient_parsing:
+            from .plugins import adapter_options
+
+            ctx.meta[_ADAPTER_DECLARED] = [(option, _adapter_flag(option)) for option in adapter_options(plugins.pm, name)]
+            ctx.meta[_ADAPTER_NAME] = name
+        try:
+            rest = super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            if plugins is None:
+                raise
+            from .plugins import check_adapter_name
+
+            check_adapter_name(plugins.pm, name)  # `--plugin typo --data x`: the plugin is what is wrong
+            raise TfoptError(f"{exc.format_message()} (see 'tfopt {ctx.info_name} --plugin {name} --help')") from None
+        ctx.meta[_ADAPTER_FLAGS] = {
+            option.name: ctx.params.pop(_ADAPTER_DEST + option.name, None) for option, _ in ctx.meta.get(_ADAPTER_DECLARED, ())
+        }
+        return rest
+
+    def get_params(self, ctx):
+        return [*super().get_params(ctx), *(flag for _, flag in ctx.meta.get(_ADAPTER_DECLARED, ()))]
+
+    def format_options(self, ctx, formatter):
+        """The command's own options, then the adapter's in a section of their own."""
+        own = [record for param in super().get_params(ctx) if (record := param.get_help_record(ctx))]
+        with formatter.section("Options"):
+            formatter.write_dl(own)
+        declared = ctx.meta.get(_ADAPTER_DECLARED)
+        if declared:
+            with formatter.section(f"Options of the {ctx.meta[_ADAPTER_NAME]} adapter (each also --option KEY=VALUE)"):
+                formatter.write_dl([flag.get_help_record(ctx) for _, flag in declared])
+        else:
+            formatter.write_paragraph()
+            formatter.write_text(
+                f"{ctx.meta[_ADAPTER_NAME]} declares no options of its own." if declared is not None
+                else f"`tfopt {ctx.info_name} --plugin NAME --help` also lists the options the adapter NAME declares."
+            )
+
+
+def adapter_options_of(ctx: click.Context, extra: tuple[str, ...]) -> dict[str, Any]:
+    """--option pairs (those the adapter declares read by their type), then the adapter's flags: an explicit flag wins."""
+    options = parse_options(extra)
+    raw = option_pairs(extra)
+    for option, _ in ctx.meta.get(_ADAPTER_DECLARED, ()):
+        if option.name in raw:
+            options[option.name] = option.convert(raw[option.name])
+    return _set(options, **ctx.meta.get(_ADAPTER_FLAGS, {}))
+
+
 RUN_HELP = """Export, fuse, convert, verify and benchmark one model with one adapter.
 
 Writes OUTPUT/exported.onnx, OUTPUT/optimized.onnx (+ optimized.<precision>.onnx for
@@ -213,9 +306,9 @@ Examples:
 """
 
 
-@main.command("run", help=RUN_HELP)
+@main.command("run", cls=AdapterCommand, help=RUN_HELP)
 @source_options
-@click.option("--precision", type=LazyChoice("tfopt.results", "PRECISIONS"), default=None, help="Precision of the final model [default: the adapter's own (qat: int8), else fp32]. int8: dynamic quantization (an adapter may pick weight-only, as gpt2 does); int4: weight-only 4-bit MatMulNBits. Adapters' own settings go through --option (gpt2: lm_head_precision, int8_method, int4_block_size, weight_rounding).")
+@click.option("--precision", type=LazyChoice("tfopt.results", "PRECISIONS"), default=None, help="Precision of the final model [default: the adapter's own (qat: int8), else fp32]. int8: dynamic quantization (an adapter may pick weight-only, as gpt2 does); int4: weight-only 4-bit MatMulNBits. An adapter's own settings are flags listed by `tfopt run --plugin NAME --help` (gpt2, llama: --lm-head-precision, --int8-method, --int4-block-size, --weight-rounding).")
 @click.option("--input-int32", "input_int32", is_flag=True, default=None, help="Make int64 inputs int32 in the optimized model.")
 @click.option("--benchmark/--no-benchmark", default=None, help="Measure latency after verification [default: on].")
 @click.option("--validate/--no-validate", default=None,
@@ -234,7 +327,7 @@ def run_command(ctx, plugin, source, output, exporter, attn_implementation, opse
     from .report import summary_text
 
     options = _set(
-        parse_options(extra),
+        adapter_options_of(ctx, extra),
         exporter=exporter,
         attn_implementation=attn_implementation,
         opset=opset,
@@ -274,13 +367,13 @@ Example:
 """
 
 
-@main.command("export", help=EXPORT_HELP)
+@main.command("export", cls=AdapterCommand, help=EXPORT_HELP)
 @source_options
 @click.pass_context
 def export_command(ctx, plugin, source, output, exporter, attn_implementation, opset, extra):
     from .pipeline import run_export
 
-    options = _set(parse_options(extra), exporter=exporter, attn_implementation=attn_implementation, opset=opset)
+    options = _set(adapter_options_of(ctx, extra), exporter=exporter, attn_implementation=attn_implementation, opset=opset)
     pm = _pm(ctx)
     run_ctx = RunContext(family=plugin, source=source, work_dir=output, options=options, progress=ctx.obj["progress"])
     exported = run_export(pm, plugin, run_ctx)

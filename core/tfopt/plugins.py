@@ -33,6 +33,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import TfoptError
+from .plugin_options import PluginOption, declaration_problem, declared_options
 
 ENTRY_POINT_GROUP = "tfopt"
 ALLOW_ENV = "TFOPT_PLUGINS"
@@ -200,6 +201,12 @@ def register_plugin(pm: TfoptPluginManager, plugin: object, name: str, record: P
         record.status = "failed"
         record.error = f"implements unknown hook(s) {', '.join(unknown)} (known: {', '.join(hookspecs.HOOK_NAMES)})"
         return False
+    is_adapter = any(impl.plugin is plugin and _is_real_impl(impl) for impl in pm.hook.export.get_hookimpls())
+    problem = declaration_problem(plugin, is_adapter=is_adapter)
+    if problem:  # refused now, not when a run parses its flags
+        pm.unregister(plugin)
+        record.status, record.error = "failed", problem
+        return False
     return True
 
 
@@ -314,6 +321,11 @@ def check_adapter_name(pm: pluggy.PluginManager, name: str) -> None:
     if pm.get_plugin(name) is not None:
         raise TfoptError(f"plugin {name!r} is not an adapter (it does not implement export); {_installed_line(pm)}")
     raise TfoptError(f"unknown plugin {name!r}; {_installed_line(pm)}")
+
+
+def adapter_options(pm: pluggy.PluginManager, name: str) -> tuple[PluginOption, ...]:
+    """The options adapter ``name`` declares (``tfopt_options``); empty when it is no active adapter."""
+    return declared_options(pm.get_plugin(name)) if name in adapter_names(pm) else ()
 
 
 def adapter_caller(pm: pluggy.PluginManager, name: str, hook: str):
