@@ -121,6 +121,14 @@ def test_page_says_what_is_missing_instead_of_drawing_nothing(tmp_path):
     assert "ERROR" in page
 
 
+def test_page_shows_the_primitives_left_unfused_and_an_incomplete_status(tmp_path):
+    fuse = {**_report()["fuse"], "leftover": {"Softmax": 1, "gelu formula": 2}}
+    page = render_page([RunData("run", tmp_path, _report(status="incomplete", fuse=fuse), None)])
+    assert "Primitives left unfused" in page and "gelu formula" in page and '<span class="warn">INCOMPLETE</span>' in page
+    clean = render_page([RunData("run", tmp_path, _report(fuse={**_report()["fuse"], "leftover": {}}), None)])
+    assert "No primitive left unfused" in clean and "Primitives left unfused" not in clean
+
+
 def test_page_survives_non_finite_numbers_and_odd_names(tmp_path):
     report = _report()
     report["verify"]["overall"]["max_abs"] = "inf"

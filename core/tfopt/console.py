@@ -1,7 +1,7 @@
 """Terminal conventions shared by every tfopt command: one-line errors, exit codes, progress on stderr.
 
-Exit codes: 0 success, 1 verification failed (the report is kept), 2 bad input or a
-failed stage (one line ``tfopt: error: ...`` on stderr, no traceback), 130 interrupted.
+Exit codes: 0 success, 1 verification failed (the report is kept), 3 verified but a fusion
+did not happen (status "incomplete", the report is kept), 2 bad input or a failed stage (one line ``tfopt: error: ...`` on stderr, no traceback), 130 interrupted.
 The error line holds at most :data:`ERROR_LINE_LIMIT` characters where the quotes of other
 libraries' text can be shortened to fit (:func:`tfopt.errors.fit_line`); ``tfopt -v`` prints
 those texts whole on the lines before it. ``TFOPT_TRACEBACK=1`` prints the traceback as
@@ -25,12 +25,13 @@ from typing import Iterator
 
 import click
 
-from .errors import TfoptError, VerificationFailed, fit_line, quoted_details
+from .errors import FusionIncomplete, TfoptError, VerificationFailed, fit_line, quoted_details
 
 PROG = "tfopt"
 ERROR_LINE_LIMIT = 200
 EXIT_VERIFICATION_FAILED = 1
 EXIT_ERROR = 2
+EXIT_FUSION_INCOMPLETE = 3
 EXIT_INTERRUPTED = 130
 TRACEBACK_ENV = "TFOPT_TRACEBACK"
 
@@ -89,6 +90,8 @@ class OneLineErrors:
             _fail(exc.format_message(), exc.exit_code or EXIT_ERROR)
         except VerificationFailed as exc:
             _fail(str(exc), EXIT_VERIFICATION_FAILED, exc)
+        except FusionIncomplete as exc:
+            _fail(str(exc), EXIT_FUSION_INCOMPLETE, exc)
         except TfoptError as exc:
             _fail(str(exc), EXIT_ERROR, exc)
         except (click.Abort, KeyboardInterrupt) as exc:

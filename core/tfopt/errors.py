@@ -133,3 +133,7 @@ class TfoptError(Exception):
 
 class VerificationFailed(TfoptError):
     """The optimized model does not match the source within tolerance (the report is kept)."""
+
+
+class FusionIncomplete(TfoptError):
+    """The run verified, but a fusion it should have made did not happen (the report is kept)."""

@@ -581,6 +581,13 @@ def _fusion_section(plots: Plots, report: dict[str, Any]) -> str:
     else:
         shown = [[_e(op), _num(count)] for op, count in counts.items() if op in FUSED_OP_TYPES]
         parts.append(_table(["fused op", "found"], shown) if shown else "<p class='muted'>No fused ops, and the family states no expected counts.</p>")
+    if "leftover" in fuse:  # counted in the fused graph, whatever the family claims (tfopt.graph.leftovers)
+        left = fuse.get("leftover") or {}
+        if left:
+            rows = [[_e(kind), _num(count)] for kind, count in left.items()]
+            parts.append("<h3 class='bad'>Primitives left unfused</h3>" + _table(["primitive", "count"], rows))
+        else:
+            parts.append("<p class='ok'>No primitive left unfused (Softmax, norm chains, gelu formulas, rotate-half).</p>")
     fired = [[_e(rule), _num(times)] for rule, times in (fuse.get("rule_counts") or {}).items() if times]
     if fired:
         parts.append("<h3>Rules that fired</h3>" + _table(["rule", "matches"], fired))

@@ -33,7 +33,7 @@ from typing import Any
 
 import pluggy
 
-from .errors import TfoptError, VerificationFailed
+from .errors import FusionIncomplete, TfoptError, VerificationFailed
 from .feeds import graph_inputs
 from .plugins import active_plugin_names, adapter_caller, adapter_names
 from .report import build_report, write_report
@@ -50,6 +50,7 @@ class RunOutcome:
     report_path: Path
     passed: bool
     failure: str | None = None  # why it did not pass, one line (verification, or validation that compared nothing)
+    status: str = "passed"  # report.json's: passed, failed (verification), incomplete (a fusion did not happen)
 
 
 # Names tfopt and its adapters write into a run directory (the ``.data`` external weights
@@ -256,13 +257,27 @@ def run_pipeline(
     except KeyboardInterrupt:
         _write(pm, adapter, ctx, runner, "error", "interrupted")
         raise
+    from .graph.fusion import fusion_shortfall  # the fuse stage has imported the toolkit already
+
     unchecked = parity_not_checked(ctx, exported, fused, final)
-    passed = verified.passed and unchecked is None
-    report, path = _write(pm, adapter, ctx, runner, "passed" if passed else "failed", unchecked)
-    failure = None if passed else f"{unchecked}; report kept at {path}" if unchecked else verification_message(verified, path)
+    unfused = [] if ctx.option("allow_missing_fusions", False) else fusion_shortfall(getattr(fused, "missing", None) or [])
+    verified_ok = verified.passed and unchecked is None
+    status = "failed" if not verified_ok else "incomplete" if unfused else "passed"
+    report, path = _write(pm, adapter, ctx, runner, status, unchecked)
+    if status == "failed":
+        failure = f"{unchecked}; report kept at {path}" if unchecked else verification_message(verified, path)
+    else:
+        failure = incomplete_message(unfused, path) if unfused else None
     if failure and raise_on_failure:
-        raise VerificationFailed(failure)
-    return RunOutcome(report=report, report_path=path, passed=passed, failure=failure)
+        raise (VerificationFailed if status == "failed" else FusionIncomplete)(failure)
+    return RunOutcome(report=report, report_path=path, passed=status == "passed", failure=failure, status=status)
+
+
+def incomplete_message(unfused: list[str], report_path: Path | None = None) -> str:
+    """The one line of a run that verified but left a fusion undone (status "incomplete", exit 3)."""
+    more = f" (+{len(unfused) - 1} more)" if len(unfused) > 1 else ""
+    kept = f"; report kept at {report_path}" if report_path else ""
+    return f"fusion incomplete: {unfused[0]}{more}; --allow-missing-fusions accepts it{kept}"
 
 
 def parity_not_checked(ctx: RunContext, exported: ExportResult, fused: Any, final: Any) -> str | None:

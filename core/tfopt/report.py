@@ -176,6 +176,11 @@ def _number(value: Any, fmt: str = ".2e") -> str:
 
 
 def fusion_lines(fused: dict[str, Any]) -> list[str]:
+    """Fused ops found vs expected, then the primitives the graph still holds (counted, not claimed)."""
+    return _fused_op_lines(fused) + _leftover_lines(fused)
+
+
+def _fused_op_lines(fused: dict[str, Any]) -> list[str]:
     op_counts = fused.get("op_counts", {})
     expected = fused.get("expected", {})
     if expected:
@@ -188,6 +193,15 @@ def fusion_lines(fused: dict[str, Any]) -> list[str]:
     if not shown:
         return ["fused ops: none (the family states no expected counts)"]
     return ["fused ops:"] + _table(["op", "found"], shown)
+
+
+def _leftover_lines(fused: dict[str, Any]) -> list[str]:
+    """'left unfused: none' or each kind with its count (a report older than the field: nothing)."""
+    if "leftover" not in fused:
+        return []
+    leftover = fused.get("leftover") or {}
+    counted = ", ".join(f"{count} {kind}" for kind, count in leftover.items()) or "none"
+    return [f"primitives left unfused: {counted}"]
 
 
 def validation_summary(validation: dict[str, Any]) -> str:

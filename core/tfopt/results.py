@@ -108,7 +108,8 @@ class FuseResult:
     op_counts: dict[str, int]  # op type -> count in the fused graph
     rule_counts: dict[str, int]  # fusion rule -> number of times it fired
     expected: dict[str, int]  # fused op type -> count the family expects
-    missing: list[str]  # human-readable: each expected fusion that did not happen
+    missing: list[str]  # human-readable: each expected fusion that did not happen, each kind of primitive left
+    leftover: dict[str, int] = field(default_factory=dict)  # primitives left unfused, by kind (tfopt.graph.leftovers)
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
     validation: Validation | None = None  # None = written unvalidated (--no-validate)

@@ -105,6 +105,15 @@ def _graph_op_counts(model_path: Path) -> dict[str, int]:
     return dict(Counter(node.op_type for node in graph.node))
 
 
+def _leftover_in_file(model_path: Path, disabled: Any) -> list[str]:
+    """Counted from the written file, not taken from the adapter's FuseResult (which could claim anything)."""
+    from .graph.io import load_model
+    from .graph.leftovers import leftover_lines, leftover_primitives
+
+    disabled = disabled.split(",") if isinstance(disabled, str) else list(disabled or ())
+    return leftover_lines(leftover_primitives(load_model(model_path)), set(disabled))
+
+
 def _check_parity_was_checked(ctx: RunContext, exported: ExportResult, fused: FuseResult, final: PrecisionResult) -> None:
     """Validation must have compared numbers, or the adapter must say why it cannot (rule bisection needs them)."""
     if not ctx.option("validate", True) or exported.info.parity_not_checked:
@@ -149,7 +158,10 @@ def check_adapter(
     pm = pm or isolated_plugin_manager(work_dir)
     capture = _CaptureInputs()
     pm.register(capture, name="tfopt-testing-capture")
-    ctx = RunContext(family=name, source=source, work_dir=work_dir / "run", options={**QUICK_OPTIONS, **(options or {})})
+    options = {**QUICK_OPTIONS, **(options or {})}
+    if not expect_full_fusion:  # the run's own check would call it incomplete
+        options.setdefault("allow_missing_fusions", True)
+    ctx = RunContext(family=name, source=source, work_dir=work_dir / "run", options=options)
     try:
         try:
             with third_party_output(verbose):
@@ -177,6 +189,8 @@ def check_adapter(
     assert fused.op_counts == actual_counts, f"fuse: reported op counts {fused.op_counts} != the file's {actual_counts}"
     if expect_full_fusion:
         assert not fused.missing, f"fuse: expected fusions did not happen: {fused.missing}"
+        left = _leftover_in_file(Path(fused.model_path), ctx.option("disabled", ()))
+        assert not left, f"fuse: the fused file still holds primitives no fusion replaced: {left}"
         for key, want in fused.expected.items():
             have = sum(actual_counts.get(op, 0) for op in key.split("|"))
             assert have >= want, f"fuse: {key} expected {want}, found {have}"

@@ -7,7 +7,8 @@ Entry points:
 - :func:`fuse_file` loads, fuses, validates and atomically saves, returning a ``FuseResult``.
 - :class:`FusionRules`: a family's own rules and where they run (``extra_rules=`` or ``ModelInfo.rules``).
 - :func:`expected_counts`, :func:`encoder_counts`, :func:`decoder_counts`, :func:`llm_counts`: what a fully fused
-  model contains; :func:`missing_fusions`: the lines saying what fell short.
+  model contains; :func:`missing_fusions`: the lines saying what fell short (expected counts, and the primitives
+  :mod:`tfopt.graph.leftovers` finds still in the graph); :func:`fusion_shortfall`: those that fail a run.
 """
 
 from .fusion import (
@@ -22,6 +23,7 @@ from .fusion import (
     expected_counts,
     fuse_file,
     fuse_model,
+    fusion_shortfall,
     llm_counts,
     missing_fusions,
 )
@@ -39,6 +41,7 @@ __all__ = [
     "expected_counts",
     "fuse_file",
     "fuse_model",
+    "fusion_shortfall",
     "llm_counts",
     "load_model",
     "missing_fusions",

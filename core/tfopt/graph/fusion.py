@@ -14,6 +14,7 @@ from onnxscript.rewriter.pattern import RewriteRuleSet
 
 from ..errors import TfoptError
 from ..results import FUSION_NAMES, TARGETS, FuseResult, ModelInfo
+from . import leftovers
 from .io import load_model
 from .passes import cleanup, inputs_to_int32, prepare
 from .opset_raise import can_raise
@@ -29,6 +30,7 @@ class FusionStats:
     rule_counts: dict[str, int]
     expected: dict[str, int]
     missing: list[str]
+    leftover: dict[str, int] = field(default_factory=dict)  # tfopt.graph.leftovers: primitives still in the graph
     num_heads: int = 0
     hidden_size: int = 0
     seconds: float = 0.0
@@ -153,34 +155,53 @@ def expected_counts(info: ModelInfo, num_layers: int) -> dict[str, int]:
     return {}
 
 
+NO_EXPECTATION = "no expected fusion counts"  # how the line for an unchecked fusion begins
+
+
 def no_expectation_line(info: ModelInfo) -> str:
     """The missing-fusion line for a model nothing is expected of: fusion would go unchecked."""
     if info.model_type in MODEL_TYPES:
         return (
-            f"no expected fusion counts: model type {info.model_type!r} with no layers found"
+            f"{NO_EXPECTATION}: model type {info.model_type!r} with no layers found"
             " (no Softmax in the graph and ModelInfo.num_layers is 0): fusion is unchecked"
         )
     return (
-        f"no expected fusion counts for model type {info.model_type!r}: fusion is unchecked"
+        f"{NO_EXPECTATION} for model type {info.model_type!r}: fusion is unchecked"
         f" (built-in types: {', '.join(MODEL_TYPES)}; an adapter states its own in ModelInfo.expected)"
     )
 
 
-def missing_fusions(expected: dict[str, int], op_counts: dict[str, int], disabled: Iterable[str] = ()) -> list[str]:
-    """One line per expected fusion that fell short, plus any Softmax left unfused.
+def missing_fusions(
+    expected: dict[str, int],
+    op_counts: dict[str, int],
+    disabled: Iterable[str] = (),
+    leftover: dict[str, int] | None = None,
+) -> list[str]:
+    """One line per expected fusion that fell short, plus one per kind of primitive left unfused.
 
-    A leftover Softmax means an attention pattern did not match, whatever the family
-    expects (unless the ``attention`` fusion is disabled).
+    ``leftover``: :func:`tfopt.graph.leftovers.leftover_primitives` of the fused graph; without
+    it the Softmax count of ``op_counts`` stands in. A leftover Softmax, norm chain, gelu formula
+    or rotate-half is a fusion that did not happen, whatever the family expects (unless the
+    fusion that replaces it is disabled).
     """
     missing = []
     for key, want in expected.items():
         have = sum(op_counts.get(op_type, 0) for op_type in key.split("|"))
         if have < want:
             missing.append(f"{key}: expected {want}, found {have}")
-    leftover = op_counts.get("Softmax", 0)
-    if leftover and "attention" not in set(disabled):
-        missing.append(f"{leftover} Softmax left unfused (an attention pattern did not match)")
+    if leftover is None:
+        leftover = {leftovers.SOFTMAX: op_counts["Softmax"]} if op_counts.get("Softmax") else {}
+    missing += leftovers.leftover_lines(leftover, set(disabled))
     return missing
+
+
+def fusion_shortfall(missing: Iterable[str]) -> list[str]:
+    """The ``missing`` lines that say a fusion did not happen (a count short, a primitive left).
+
+    The line saying nothing was expected is a warning only: with no claim and no primitive
+    left, nothing is known to be missing.
+    """
+    return [line for line in missing if not line.startswith(NO_EXPECTATION)]
 
 
 def _rule_plan(info: ModelInfo, target: str, standard_ops: bool = False) -> list[tuple[str, list]]:
@@ -302,7 +323,8 @@ def fuse_model(
     expected = dict(expected)
     for name in disabled:  # a disabled fusion is not expected
         expected.pop(_FUSION_OPS.get(name, ""), None)
-    missing = missing_fusions(expected, op_counts, disabled)
+    leftover = leftovers.leftover_primitives(model)
+    missing = missing_fusions(expected, op_counts, disabled, leftover)
     if not stated:
         missing.insert(0, no_expectation_line(info))
     heads = _attention_heads(model)
@@ -311,6 +333,7 @@ def fuse_model(
         rule_counts=rule_counts,
         expected=expected,
         missing=missing,
+        leftover=leftover,
         num_heads=heads[0],
         hidden_size=heads[1],
         seconds=time.perf_counter() - start,
@@ -385,6 +408,7 @@ def fuse_file(
         rule_counts=stats.rule_counts,
         expected=stats.expected,
         missing=stats.missing,
+        leftover=stats.leftover,
         seconds=stats.seconds,
         validation=outcome.validation,
         dropped_rules=outcome.dropped,

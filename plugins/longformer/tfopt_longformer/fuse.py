@@ -21,6 +21,7 @@ import onnx_ir as ir
 from tfopt.errors import TfoptError
 from tfopt.graph import count_ops, fuse_file, missing_fusions
 from tfopt.graph.io import save_model
+from tfopt.graph.leftovers import leftover_primitives
 from tfopt.results import ExportResult, FuseResult, RunContext
 
 from .onnx_attention import schema_problems, to_contrib
@@ -44,7 +45,8 @@ def fuse_cuda(ctx: RunContext, exported: ExportResult) -> FuseResult:
             target="cuda", validate=bool(ctx.option("validate", True)), progress=ctx.progress,
         )
         ctx.progress("rewriting the attention into com.microsoft::LongformerAttention ...")
-        op_counts = count_ops(write_contrib(functional.model_path, output))
+        written = write_contrib(functional.model_path, output)
+        op_counts, leftover = count_ops(written), leftover_primitives(written)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     disabled = ctx.option("disabled", ())
@@ -56,7 +58,8 @@ def fuse_cuda(ctx: RunContext, exported: ExportResult) -> FuseResult:
         op_counts=op_counts,
         rule_counts=functional.rule_counts,
         expected=functional.expected,
-        missing=missing_fusions(functional.expected, op_counts, disabled),
+        missing=missing_fusions(functional.expected, op_counts, disabled, leftover),
+        leftover=leftover,
         seconds=time.perf_counter() - start,
         validation=validation,
         dropped_rules=functional.dropped_rules,
