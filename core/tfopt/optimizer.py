@@ -36,6 +36,7 @@ import onnx_ir as ir
 from .console import TfoptCommand, progress_printer, show_error_details
 from .errors import TfoptError, first_line
 from .graph.fusion import FUSION_NAMES, MODEL_TYPES, fuse_model
+from .graph.model_types import not_covered_reason, types_help
 from .graph.passes import OPSET_RAISED
 from .graph.io import INPUT_SHAPES, load_model, model_files, save_model
 from .graph.validate import Reference, dropped_rule_line, validation_line
@@ -75,6 +76,9 @@ DISABLE_FLAGS = {
 
 def check_model_type(model_type: str) -> str:
     if model_type not in MODEL_TYPES:
+        reason = not_covered_reason(model_type)
+        if reason is not None:  # one of ONNX Runtime's names tfopt has no measured rules for
+            raise TfoptError(f"model type {model_type!r} is not covered: {reason}")
         raise TfoptError(f"unknown model type {model_type!r}; valid: {', '.join(MODEL_TYPES)}")
     return model_type
 
@@ -449,7 +453,12 @@ OPTIMIZE_HELP = """Fuse an exported transformer ONNX model for ONNX Runtime.
 
 Takes the flags of ONNX Runtime's `python -m onnxruntime.transformers.optimizer`
 (underscore or dash spellings). --num_heads/--hidden_size default to 0: detect them
-from the graph. Every expected fusion that did not happen is reported on stderr.
+from the graph. Every expected fusion that did not happen, and every primitive left
+unfused (Softmax, norm chains, gelu formulas, rotate-half), is reported on stderr.
+
+\b
+Model types (ONNX Runtime's names and tfopt's; L = layers, from the Softmax count):
+""" + "\n".join(f"  {line}" for line in types_help().splitlines()) + """
 
 \b
 Examples:
@@ -470,7 +479,7 @@ def optimize_options(function):
     decorators = [
         click.option("--input", "input_path", required=True, type=click.Path(dir_okay=True, path_type=Path), help="The exported ONNX model."),
         click.option("--output", "output_path", required=True, type=click.Path(path_type=Path), help="Where to write the optimized model (never the input)."),
-        click.option("--model_type", "--model-type", "model_type", default="bert", show_default=True, help=f"One of: {', '.join(MODEL_TYPES)}."),
+        click.option("--model_type", "--model-type", "model_type", default="bert", show_default=True, help="One of the model types listed above (what a fully fused model has)."),
         click.option("--num_heads", "--num-heads", "num_heads", type=int, default=0, show_default=True, help="Attention heads; 0 = detect."),
         click.option("--hidden_size", "--hidden-size", "hidden_size", type=int, default=0, show_default=True, help="Hidden size; 0 = detect."),
         _flag("input_int32", "Make int64 id/mask inputs int32 (removes the casts the contrib ops need)."),

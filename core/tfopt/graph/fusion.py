@@ -16,6 +16,16 @@ from ..errors import TfoptError
 from ..results import FUSION_NAMES, TARGETS, FuseResult, ModelInfo
 from . import leftovers
 from .io import load_model
+from .model_types import (  # noqa: F401 (the counts stay importable from here)
+    ATTENTION_KEY,
+    GELU_KEY,
+    GELU_OPS,
+    MODEL_TYPES,
+    decoder_counts,
+    encoder_counts,
+    llm_counts,
+    model_type_of,
+)
 from .passes import cleanup, inputs_to_int32, prepare
 from .opset_raise import can_raise
 from .packed_projections import pack_shared_input_matmuls
@@ -58,101 +68,24 @@ class FusionRules:
 # The shared plan's stages, in the order they run (FusionRules.before names one of them).
 PLAN_STAGES = ("linear", "layer_norm", "gelu", "fast_gelu", "bias_gelu", "embed_layer_norm", "attention", "skip_layer_norm")
 
-# What each family's graphs should contain after fusion, per encoder layer.
-_GELU_OPS = ("BiasGelu", "FastGelu", "Gelu", "QuickGelu")
-GELU_KEY = "|".join(_GELU_OPS)
-ATTENTION_KEY = "Attention|MultiHeadAttention"
-_DECODER_TYPES = ("gpt2",)
-# Decoder LLMs with RMSNorm, rotary embeddings and (grouped) attention over a key/value cache.
-# Qwen3 also normalizes Q and K per head; Gemma 2 norms both sides of each sub-layer.
-_LLM_QK_NORM_TYPES = ("qwen3",)
-_LLM_SANDWICH_TYPES = ("gemma2",)
-LLM_TYPES = ("llama", "mistral", "qwen2", "phi3", "gemma") + _LLM_QK_NORM_TYPES + _LLM_SANDWICH_TYPES
-_ENCODER_TYPES = ("bert", "roberta", "distilbert", "albert", "bert_tf", "bert_keras", "electra", "xlm-roberta")
-# Encoders whose input is no token table: patches (ViT) have no EmbedLayerNormalization to fuse.
-_NO_EMBEDDING_LN_TYPES = ("vit",)
-MODEL_TYPES = _ENCODER_TYPES + _NO_EMBEDDING_LN_TYPES + _DECODER_TYPES + LLM_TYPES  # what ``--model_type`` accepts
-
 
 def count_ops(model: ir.Model) -> dict[str, int]:
     counts = Counter(node.op_type for node in model.graph)
     return dict(sorted(counts.items()))
 
 
-def encoder_counts(
-    num_layers: int, *, embed_layer_norm: bool = True, extra_skip_layer_norms: int = 0, extra_gelus: int = 0
-) -> dict[str, int]:
-    """A fully fused post-LN encoder (BERT's layout) with ``num_layers`` layers.
-
-    ``embed_layer_norm=False`` for encoders whose input is not looked up in a token table
-    (image patches, audio frames): there is no EmbedLayerNormalization to expect. A pre-LN
-    encoder (ViT) has the same counts: its 2L LayerNorms after residual Adds become
-    SkipLayerNormalization, the first layer's LayerNorm of the embeddings stays one.
-    ``extra_skip_layer_norms``: LayerNorms after an Add outside the layers (a final LayerNorm
-    after the last residual, as Wav2Vec2's pre-LN layout has: 1). ``extra_gelus``: Gelus
-    outside the feed-forwards (a conv front end's, a positional conv's).
-    """
-    counts = {"EmbedLayerNormalization": 1} if embed_layer_norm else {}
-    counts.update({
-        ATTENTION_KEY: num_layers,
-        "SkipLayerNormalization": 2 * num_layers + extra_skip_layer_norms,
-        GELU_KEY: num_layers + extra_gelus,
-    })
-    return counts
-
-
-def decoder_counts(num_layers: int) -> dict[str, int]:
-    """A fully fused pre-LN decoder (GPT-2's layout) with ``num_layers`` layers.
-
-    Layer 0's ln_1 normalizes the word + position lookups: EmbedLayerNormalization (which
-    also emits the sum, the residual into layer 0); the other 2L LayerNorms follow a
-    residual Add (ln_f included) and become SkipLayerNormalization.
-    """
-    return {
-        "EmbedLayerNormalization": 1, ATTENTION_KEY: num_layers, "SkipLayerNormalization": 2 * num_layers, GELU_KEY: num_layers,
-    }
-
-
-def llm_counts(num_layers: int, *, qk_norms: bool = False, sandwich_norms: bool = False) -> dict[str, int]:
-    """A fully fused Llama-layout decoder with ``num_layers`` layers.
-
-    The first RMSNorm reads the embeddings (SimplifiedLayerNormalization); every other one
-    follows a residual Add (SkipSimplifiedLayerNormalization, the final norm included): 2L.
-    Each layer has one attention over its cache and two rotary embeddings (Q and K).
-    ``qk_norms`` (Qwen3): an RMSNorm on Q and on K per layer, +2L SimplifiedLayerNormalization.
-    ``sandwich_norms`` (Gemma 2): each sub-layer's output is normalized before the residual
-    Add, +2L SimplifiedLayerNormalization.
-    """
-    plain_norms = 1 + (2 * num_layers if qk_norms else 0) + (2 * num_layers if sandwich_norms else 0)
-    return {
-        "SimplifiedLayerNormalization": plain_norms,
-        "SkipSimplifiedLayerNormalization": 2 * num_layers,
-        ATTENTION_KEY: num_layers,
-        "RotaryEmbedding": 2 * num_layers,
-    }
-
-
 def expected_counts(info: ModelInfo, num_layers: int) -> dict[str, int]:
     """Fused-op counts a fully fused model has ("A|B" = sum of both); {} when nothing is known.
 
     ``info.expected`` (the adapter's own statement) wins; else the built-in counts of
-    ``info.model_type`` (one of :data:`MODEL_TYPES`) for ``num_layers`` layers.
+    ``info.model_type`` (one of :data:`MODEL_TYPES`, :mod:`.model_types`) for ``num_layers`` layers.
     """
     if info.expected is not None:
         return dict(info.expected)
-    if num_layers <= 0:
+    model_type = model_type_of(info.model_type)
+    if num_layers <= 0 or model_type is None:
         return {}
-    if info.model_type in _DECODER_TYPES:
-        return decoder_counts(num_layers)
-    if info.model_type in LLM_TYPES:
-        return llm_counts(
-            num_layers, qk_norms=info.model_type in _LLM_QK_NORM_TYPES, sandwich_norms=info.model_type in _LLM_SANDWICH_TYPES
-        )
-    if info.model_type in _NO_EMBEDDING_LN_TYPES:
-        return encoder_counts(num_layers, embed_layer_norm=False)
-    if info.model_type in _ENCODER_TYPES:
-        return encoder_counts(num_layers)
-    return {}
+    return model_type.counts(num_layers)
 
 
 NO_EXPECTATION = "no expected fusion counts"  # how the line for an unchecked fusion begins
@@ -345,7 +278,7 @@ _FUSION_OPS = {
     "attention": "Attention|MultiHeadAttention",
     "embed_layer_norm": "EmbedLayerNormalization",
     "skip_layer_norm": "SkipLayerNormalization",
-    "gelu": "|".join(_GELU_OPS),  # without bias_gelu the plain Gelu ops still count
+    "gelu": GELU_KEY,  # without bias_gelu the plain Gelu ops still count
 }
 
 

@@ -1,7 +1,7 @@
 """The decoder LLMs the llama adapter takes: built-in tiny configs per family, or a local Hugging Face directory.
 
 A family is data here: its transformers class, its model type for the shared fusion rules
-(:data:`tfopt.graph.fusion.LLM_TYPES`, which state the fused-op counts), and the config of
+(:mod:`tfopt.graph.model_types`, which state the fused-op counts), and the config of
 a tiny random-weight model (2 layers, hidden 64, 4 query heads over 2 key/value heads
 where the family groups them). No weights can be downloaded here; the tiny models' norm
 weights and biases are randomized so that an exporter cannot merge equal initializers
@@ -26,7 +26,7 @@ TINY_SHAPE = dict(
 class Family:
     config_class: str  # transformers class names
     model_class: str
-    model_type: str  # tfopt.graph.fusion.LLM_TYPES
+    model_type: str  # one of tfopt.graph.model_types.MODEL_TYPES (a decoder LLM)
     extra: tuple = ()  # (key, value) pairs of the tiny config beyond TINY_SHAPE
 
 

@@ -1,0 +1,165 @@
+"""``--model_type`` takes ONNX Runtime's names and tfopt's, each with counts a user's own export must meet.
+
+Each case is a tiny random-weight model of the architecture, exported as a user would (torch's
+dynamo exporter with ``Dim.DYNAMIC``; the legacy one where torch 2.13's dynamo exporter fails on
+the model), optimized through the drop-in API with the type's name: no expected fusion may fall
+short, no primitive may be left, and the written (validated) model matches torch on a padded batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from tfopt.graph.model_types import BY_NAME, MODEL_TYPES, NOT_COVERED, counts_formula, types_help
+
+torch = pytest.importorskip("torch")  # the TensorFlow deployment has none
+transformers = pytest.importorskip("transformers")
+
+LAYERS = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+IMAGE = dict(image_size=32, patch_size=8, num_channels=3)
+
+
+def test_every_name_is_listed_with_its_counts_and_aliases_share_them():
+    text = types_help()
+    assert all(name in text for name in MODEL_TYPES)
+    assert BY_NAME["bart"] is BY_NAME["bert"] and BY_NAME["siglip"] is BY_NAME["vit"]
+    assert counts_formula(BY_NAME["qwen3"]) == (
+        "SimplifiedLayerNormalization 2L+1, SkipSimplifiedLayerNormalization 2L, attention L, RotaryEmbedding 2L"
+    )
+    assert counts_formula(BY_NAME["whisper"]) == "attention L, SkipLayerNormalization 2L, gelu L+2"
+    assert not set(NOT_COVERED) & set(MODEL_TYPES)
+
+
+def test_an_onnx_runtime_type_without_rules_is_refused_in_one_line_naming_the_nearest(tmp_path):
+    from tfopt.cli import main
+
+    source = tmp_path / "in.onnx"
+    source.write_bytes(b"")
+    result = CliRunner().invoke(main, ["optimize", "--input", str(source), "--output", str(tmp_path / "out.onnx"),
+                                       "--model_type", "gpt_neox"])
+    assert result.exit_code == 2
+    assert "model type 'gpt_neox' is not covered" in result.output and "llama" in result.output
+    assert not (tmp_path / "out.onnx").exists()
+
+
+class _TextOutput(torch.nn.Module):
+    """The first output, with named inputs (torch.export matches dynamic_shapes to them)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask)[0]
+
+
+class _FirstOutput(_TextOutput):
+    def forward(self, features):
+        return self.model(features)[0]
+
+
+def _text(config_class, model_class, **extra):
+    return "text", lambda: model_class(config_class(vocab_size=100, **{**LAYERS, **extra}))
+
+
+def _vision(config_class, model_class, **extra):
+    return "vision", lambda: model_class(config_class(**{**LAYERS, **IMAGE, **extra}))
+
+
+def _bart_encoder():
+    config = transformers.BartConfig(vocab_size=100, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                                     decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=64)
+    return transformers.BartModel(config).get_encoder()
+
+
+def _whisper_encoder():
+    config = transformers.WhisperConfig(vocab_size=100, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                                        decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=16,
+                                        max_source_positions=20, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                        decoder_start_token_id=1)
+    return transformers.WhisperModel(config).encoder
+
+
+def _t5_encoder():
+    config = transformers.T5Config(vocab_size=100, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+                                   relative_attention_num_buckets=8)
+    return transformers.T5EncoderModel(config)
+
+
+def _swin():
+    config = transformers.SwinConfig(image_size=32, patch_size=2, num_channels=3, embed_dim=16, depths=[2, 2], num_heads=[2, 4],
+                                     window_size=4)
+    return transformers.SwinModel(config)
+
+
+CASES = {  # id -> (input kind, builder, exporter, --model_type)
+    "bert-dynamo": (*_text(transformers.BertConfig, transformers.BertModel), "dynamo", "bert"),
+    "mpnet-dynamo": (*_text(transformers.MPNetConfig, transformers.MPNetModel), "dynamo", "mpnet"),
+    "bart-encoder-dynamo": ("text", _bart_encoder, "dynamo", "bart"),
+    "clip-text-dynamo": (*_text(transformers.CLIPTextConfig, transformers.CLIPTextModel, max_position_embeddings=32), "dynamo", "clip"),
+    "clip-vision-dynamo": (*_vision(transformers.CLIPVisionConfig, transformers.CLIPVisionModel), "dynamo", "clip"),
+    "dinov2-dynamo": (*_vision(transformers.Dinov2Config, transformers.Dinov2Model), "dynamo", "dinov2"),
+    "siglip-legacy": (*_vision(transformers.SiglipVisionConfig, transformers.SiglipVisionModel), "legacy", "siglip"),
+    "swin-legacy": ("vision", _swin, "legacy", "swin"),  # torch 2.13's dynamo exporter fails on Swin's window views
+    "whisper-encoder-dynamo": ("audio", _whisper_encoder, "dynamo", "whisper"),
+    "t5-encoder-legacy": ("text", _t5_encoder, "legacy", "t5"),  # and on T5's attention views
+}
+INPUT_NAMES = {"text": ["input_ids", "attention_mask"], "vision": ["pixel_values"], "audio": ["input_features"]}
+
+
+def _inputs(kind: str, batch: int, sequence: int) -> tuple:
+    if kind == "text":
+        mask = torch.ones(batch, sequence, dtype=torch.int64)
+        mask[-1, sequence - 3:] = 0  # the last row padded
+        return torch.randint(3, 100, (batch, sequence)), mask
+    if kind == "vision":
+        return (torch.randn(batch, 3, 32, 32),)
+    return (torch.randn(batch, 16, 40),)  # Whisper: 2 x max_source_positions frames
+
+
+def _export(model, kind: str, exporter: str, path) -> None:
+    from tfopt.torch_kit import quiet_export
+
+    names = INPUT_NAMES[kind]
+    args = _inputs(kind, 2, 7)
+    with quiet_export():
+        if exporter == "dynamo":
+            dynamic = torch.export.Dim.DYNAMIC
+            shapes = ({0: dynamic, 1: dynamic},) * 2 if kind == "text" else ({0: dynamic},)
+            torch.onnx.export(model, args, str(path), dynamo=True, dynamic_shapes=shapes, input_names=names, output_names=["out"])
+        else:
+            axes = {name: {0: "batch", 1: "sequence"} if kind == "text" else {0: "batch"} for name in names}
+            torch.onnx.export(model, args, str(path), dynamo=False, opset_version=17, dynamic_axes=axes, input_names=names,
+                              output_names=["out"])
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_users_export_fuses_fully_under_its_model_type_and_matches_torch(tmp_path, case):
+    import tfopt
+
+    kind, build, exporter, model_type = CASES[case]
+    torch.manual_seed(0)
+    model = build()
+    with torch.no_grad():  # default inits leave biases and bias tables constant (Swin's folds away): make every weight real
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    model = (_TextOutput if kind == "text" else _FirstOutput)(model.eval()).eval()
+    source = tmp_path / "model.onnx"
+    _export(model, kind, exporter, source)
+    optimized = tfopt.optimize_model(source, model_type=model_type)
+    assert optimized.missing_fusions == [], optimized.missing_fusions
+    assert optimized.stats.leftover == {}
+    written = optimized.save_model_to_file(tmp_path / "model.opt.onnx")  # validated before it is kept
+    session = ort.InferenceSession(str(written), providers=["CPUExecutionProvider"])
+    for batch, sequence in [(1, 5), (3, 9)]:
+        args = _inputs(kind, batch, sequence)
+        with torch.no_grad():
+            expected = model(*args).numpy()
+        actual = session.run(None, {name: value.numpy() for name, value in zip(INPUT_NAMES[kind], args)})[0]
+        if kind == "text":  # padded positions hold whatever each implementation leaves there
+            real = args[1].numpy().astype(bool)
+            actual, expected = actual[real], expected[real]
+        np.testing.assert_allclose(actual, expected, atol=1e-5, rtol=0)
