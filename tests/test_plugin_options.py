@@ -43,8 +43,9 @@ def test_builtin_flags_and_keys_are_the_commands_own():
         for param in command.params:
             flags.update(param.opts, param.secondary_opts)
             keys.add(param.name)
-    assert BUILTIN_FLAGS == flags
-    assert BUILTIN_KEYS == keys - {"plugin", "source", "output", "extra"}  # where the run goes, not stage options
+    where = "tfopt.plugin_options.BUILTIN_FLAGS/BUILTIN_KEYS must list the flags and option keys of `run` and `export`"
+    assert BUILTIN_FLAGS == flags, where
+    assert BUILTIN_KEYS == keys - {"plugin", "source", "output", "extra"}, where  # where the run goes is no stage option
 
 
 def test_help_lists_the_adapters_options_typed_with_defaults(cli, installed):
