@@ -159,6 +159,20 @@ def test_cli_run_failed_verification_exits_1_and_keeps_the_report(cli, installed
     assert json.loads((out / "report.json").read_text())["status"] == "failed"
 
 
+def test_cli_run_with_a_fusion_left_undone_exits_3_unless_allowed(cli, installed, tmp_path, monkeypatch):
+    fakes_module = installed("fake_a")
+    monkeypatch.setattr(fakes_module.ADAPTER_A, "fused_missing", ("Attention: expected 2, found 1",))
+    out = tmp_path / "out"
+    result = cli("run", "--plugin", "fake_a", "--output", str(out))
+    line = _one_error_line(result, code=3)
+    assert line.startswith("tfopt: error: fusion incomplete: Attention: expected 2, found 1;") and "--allow-missing-fusions" in line
+    assert result.stdout.startswith("tfopt INCOMPLETE")
+    assert json.loads((out / "report.json").read_text())["status"] == "incomplete"
+    accepted = cli("run", "--plugin", "fake_a", "--output", str(out), "--allow-missing-fusions")
+    assert accepted.exit_code == 0 and accepted.stdout.startswith("tfopt PASSED")
+    assert "warning: expected fusion did not happen: Attention: expected 2, found 1" in accepted.stdout
+
+
 def test_cli_verify_cannot_pass_on_an_earlier_runs_results(cli, installed, tmp_path, monkeypatch):
     fakes_module = installed("fake_a")
     out = _run_dir(cli, tmp_path)

@@ -85,8 +85,11 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
 class FakeAdapter:
     """Implements all six hooks cheaply; ``calls`` records (adapter, hook) in a shared log.
 
-    ``fused_weight_offset`` perturbs the "optimized" model so verification fails.
+    ``fused_weight_offset`` perturbs the "optimized" model so verification fails;
+    ``fused_missing`` is what its fuse result says fell short (a run with it ends "incomplete").
     """
+
+    fused_missing: tuple[str, ...] = ()
 
     def __init__(self, name: str, log: list, *, fused_weight_offset: float = 0.0):
         self.name = name
@@ -119,7 +122,7 @@ class FakeAdapter:
             op_counts=op_counts(model),
             rule_counts={"NothingToFuse": 0},
             expected={"MatMul": 1},
-            missing=[],
+            missing=list(self.fused_missing),
         )
 
     @hookimpl

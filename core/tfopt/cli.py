@@ -294,7 +294,9 @@ Writes OUTPUT/exported.onnx, OUTPUT/optimized.onnx (+ optimized.<precision>.onnx
 fp16/int8), OUTPUT/report.json (schema: docs/report.md) and OUTPUT/report.html (the same
 as one page with plots), then prints a summary. --profile adds ONNX Runtime's profile of
 the raw and the final model (docs/profile.md).
-Exits 1 when verification fails (the report is kept), 2 on any other error.
+Exits 1 when verification fails, 3 when it passed but an expected fusion did not happen or
+a primitive was left unfused (status "incomplete"; --allow-missing-fusions accepts it), the
+report kept in both cases; 2 on any other error.
 
 \b
 Examples:
@@ -318,11 +320,14 @@ Examples:
 @click.option("--disable", "disabled", multiple=True, type=LazyChoice("tfopt.results", "FUSION_NAMES"), help="Do not apply this fusion (repeatable).")
 @click.option("--target", type=LazyChoice("tfopt.results", "TARGETS"), default=None,
               help="Device the fused ops are chosen for: cpu (MultiHeadAttention) or cuda (packed Attention) [default: cpu].")
+@click.option("--allow-missing-fusions", "allow_missing_fusions", is_flag=True, default=None,
+              help="Pass a verified run although a fusion did not happen (it stays a warning) instead of ending 'incomplete' with exit 3.")
 @click.option("--profile", "profile", is_flag=True, default=None,
               help="Also profile the raw and the final model with ONNX Runtime's profiler (settings: --option profile_sequence_length=128 ...; see `tfopt profile`).")
 @click.pass_context
 def run_command(ctx, plugin, source, output, exporter, attn_implementation, opset, extra, precision, input_int32,
-                benchmark, validate, batch_sizes, sequence_lengths, disabled, target, profile):
+                benchmark, validate, batch_sizes, sequence_lengths, disabled, target, allow_missing_fusions, profile):
+    from .console import EXIT_FUSION_INCOMPLETE, EXIT_VERIFICATION_FAILED
     from .pipeline import run_pipeline, verification_message
     from .report import summary_text
 
@@ -339,6 +344,7 @@ def run_command(ctx, plugin, source, output, exporter, attn_implementation, opse
         sequence_lengths=parse_int_list(sequence_lengths, "--sequence-lengths"),
         disabled=list(disabled) or None,
         target=target,
+        allow_missing_fusions=allow_missing_fusions,
         profile=profile,
     )
     options.setdefault("benchmark", True)  # precision: the adapter's default, else fp32 (run_pipeline)
@@ -354,7 +360,7 @@ def run_command(ctx, plugin, source, output, exporter, attn_implementation, opse
     click.echo(summary_text(outcome.report, output))
     if not outcome.passed:
         click.echo(error_line(outcome.failure or verification_message(run_ctx.results["verify"], outcome.report_path)), err=True)
-        ctx.exit(1)
+        ctx.exit(EXIT_FUSION_INCOMPLETE if outcome.status == "incomplete" else EXIT_VERIFICATION_FAILED)
 
 
 EXPORT_HELP = """Export a model with an adapter, without fusing it.
