@@ -269,3 +269,20 @@ def test_a_run_warns_when_nothing_is_expected_and_the_kit_fails_it(fresh_fakes, 
     assert any("no expected fusion counts for model type 'some-new-family'" in w for w in outcome.report["warnings"])
     with pytest.raises(AssertionError, match="no expected fusion counts for model type 'some-new-family'"):
         check_adapter("export_only", pm=pm, work_dir=tmp_path / "strict")
+
+
+def test_a_family_group_can_build_its_rules_from_the_runs_model_info():
+    """FusionRules(rules=factory): the factory gets the run's ModelInfo (head count, hidden size, layers)."""
+    seen = []
+
+    def rules_for(info):
+        seen.append((info.model_type, info.num_heads))
+        return [_double_negation()] if info.num_heads == 4 else []
+
+    group = FusionRules("double_neg", rules_for)
+    _, stats = _fuse(ModelInfo("toy", num_heads=4, hidden_size=8, expected={}), extra_rules=[group])
+    assert seen == [("toy", 4)] and stats.rule_counts["DoubleNeg"] == 1
+    _, stats = _fuse(ModelInfo("toy", num_heads=2, hidden_size=8, expected={}), extra_rules=[group])
+    assert "DoubleNeg" not in stats.rule_counts
+    with pytest.raises(TfoptError, match="its rule factory returned NoneType, not a list of rules"):
+        _fuse(ModelInfo("toy", expected={}), extra_rules=[FusionRules("broken", lambda info: None)])

@@ -76,6 +76,8 @@ def test_named_axes_are_sized_by_axis_sizes(audio_model, tmp_path):
     ]
     with pytest.raises(TfoptError, match=r"axis_sizes names \['height'\], which the model has not"):
         dummy_feeds(audio_model, axis_sizes={"height": (4,)})
+    with pytest.raises(TfoptError, match=r"axis_sizes cannot size the batch axis: the batch sizes are --batch-sizes"):
+        dummy_feeds(audio_model, axis_sizes={"batch": (2,), "samples": (100,)})
     ctx = RunContext(family="toy", source=None, work_dir=tmp_path, options={"batch_sizes": [2], "axis_sizes": {"samples": [50, 60]}})
     feeds = default_plugin.make_dummy_inputs(ctx, _exported(audio_model))
     assert [feed["input_values"].shape for feed in feeds] == [(2, 50), (2, 60)]

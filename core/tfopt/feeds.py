@@ -361,6 +361,8 @@ def dummy_feeds(
     specs = graph_inputs(model_path)
     rng = np.random.default_rng(seed)
     named = {name: tuple(sizes) for name, sizes in (axis_sizes or {}).items()}
+    if "batch" in named:
+        raise TfoptError("axis_sizes cannot size the batch axis: the batch sizes are --batch-sizes (or the batch_sizes option)")
     unknown = set(named) - set(shape_axes(specs))
     if unknown:
         raise TfoptError(

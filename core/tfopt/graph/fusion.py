@@ -52,8 +52,10 @@ class FusionRules:
     """A family's (or an extension's) own rewrite rules, and where they run in the shared plan.
 
     ``name`` is a fusion name like the shared ones: ``disabled=[name]`` turns the group off.
-    ``rules`` are onnxscript ``RewriteRule`` objects (``pattern``/``check``/``rewrite``); each
-    rule's own name is what ``rule_counts`` and validation's bisection report.
+    ``rules`` are onnxscript ``RewriteRule`` objects (``pattern``/``check``/``rewrite``), or a
+    function of the run's :class:`ModelInfo` returning them (a rule built for the model's head
+    count, hidden size or layer count); each rule's own name is what ``rule_counts`` and
+    validation's bisection report.
     ``before`` is the shared stage (one of :data:`PLAN_STAGES`) the group runs just before,
     or None to run after every shared rule. Rules that make a graph match a shared rule
     (a family's mask or reshape form) go before it; rules that fuse what the shared ones
@@ -61,8 +63,17 @@ class FusionRules:
     """
 
     name: str
-    rules: Sequence[Any]
+    rules: Sequence[Any] | Callable[[ModelInfo], Sequence[Any]]
     before: str | None = "attention"
+
+    def rules_for(self, info: ModelInfo) -> list[Any]:
+        """The group's rules for this model (a factory is called with its ModelInfo)."""
+        if isinstance(self.rules, Sequence):
+            return list(self.rules)
+        built = self.rules(info)
+        if not isinstance(built, Sequence):
+            raise TfoptError(f"FusionRules {self.name!r}: its rule factory returned {type(built).__name__}, not a list of rules")
+        return list(built)
 
 
 # The shared plan's stages, in the order they run (FusionRules.before names one of them).
@@ -162,14 +173,16 @@ def _rule_plan(info: ModelInfo, target: str, standard_ops: bool = False) -> list
     return plan  # --disable filters in _with_groups, the adapters' groups included
 
 
-def _with_groups(plan: list[tuple[str, list]], groups: Sequence[FusionRules], disabled: set[str]) -> list[tuple[str, list]]:
+def _with_groups(
+    plan: list[tuple[str, list]], groups: Sequence[FusionRules], disabled: set[str], info: ModelInfo
+) -> list[tuple[str, list]]:
     """The full plan with each extra group just before the first stage it names (or at the end), then
     the disabled fusions taken out."""
     plan = list(plan)
     for group in groups:
         names = [name for name, _ in plan]
         at = names.index(group.before) if group.before in names else len(plan)
-        plan.insert(at, (group.name, list(group.rules)))
+        plan.insert(at, (group.name, group.rules_for(info)))
     return [(name, rules) for name, rules in plan if name not in disabled]
 
 
@@ -226,7 +239,7 @@ def fuse_model(
     rule_counts: dict[str, int] = {}
     skip_rules = set(skip_rules)
     standard_ops = can_raise(model, rotary.STANDARD_OPSET)
-    for _, rules in _with_groups(_rule_plan(info, target, standard_ops), groups, disabled):
+    for _, rules in _with_groups(_rule_plan(info, target, standard_ops), groups, disabled, info):
         for rule in rules:
             if rule.name in skip_rules:
                 rule_counts.setdefault(rule.name, 0)
