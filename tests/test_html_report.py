@@ -127,6 +127,9 @@ def test_page_shows_the_primitives_left_unfused_and_an_incomplete_status(tmp_pat
     assert "Primitives left unfused" in page and "gelu formula" in page and '<span class="warn">INCOMPLETE</span>' in page
     clean = render_page([RunData("run", tmp_path, _report(fuse={**_report()["fuse"], "leftover": {}}), None)])
     assert "No primitive left unfused" in clean and "Primitives left unfused" not in clean
+    both = render_page([RunData("a", tmp_path, _report(fuse=fuse), None),
+                        RunData("b", tmp_path, _report(fuse={**fuse, "leftover": {}}), None)])
+    assert '<span class="bad">1 Softmax, 2 gelu formula</span>' in both and '<span class="ok">none</span>' in both
 
 
 def test_page_survives_non_finite_numbers_and_odd_names(tmp_path):

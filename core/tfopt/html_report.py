@@ -722,6 +722,16 @@ def _run_section(plots: Plots, run: RunData, index: int, several: bool) -> str:
     )
 
 
+def _left_unfused(fuse: dict[str, Any]) -> str:
+    """The primitives a run left, as one cell ("-" for a report older than the count)."""
+    if "leftover" not in fuse:
+        return "-"
+    left = fuse.get("leftover") or {}
+    if not left:
+        return '<span class="ok">none</span>'
+    return '<span class="bad">' + _e(", ".join(f"{count} {kind}" for kind, count in left.items())) + "</span>"
+
+
 def _comparison_section(plots: Plots, runs: list[RunData]) -> str:
     parts = ["<h2>Side by side</h2>", what_was_run(runs)]
     coverage = []
@@ -734,13 +744,14 @@ def _comparison_section(plots: Plots, runs: list[RunData]) -> str:
         coverage.append([
             _e(run.name),
             f"{have}/{sum(expected.values())}" if expected else "-",
+            _left_unfused(fuse),
             _num((verify.get("overall") or {}).get("max_abs")),
             _num(verify.get("tolerance")),
             _num(profile["kernel_ms"], ".3f") if profile else "-",
             (_num(100 * profile["contrib_share"], ".1f") + "%") if profile else "-",
             _num(len(run.report.get("warnings") or [])),
         ])
-    parts.append(_table(["run", "fused/expected", "max abs diff", "tolerance", "kernel ms", "in contrib ops", "warnings"], coverage))
+    parts.append(_table(["run", "fused/expected", "left unfused", "max abs diff", "tolerance", "kernel ms", "in contrib ops", "warnings"], coverage))
     for kind, draw, caption in (
         ("compare-latency", plot_compare_latency, "ONNX Runtime on each run's final model: p50 per shape, whiskers p90-p99."),
         ("compare-speedup", plot_compare_speedup, "Each run's speed-up over its own raw export (p50 / p50)."),
