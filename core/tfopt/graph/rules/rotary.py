@@ -11,6 +11,11 @@ computed f (default, linear, dynamic, YaRN, Phi-3's long rope), the graph still 
 The standard op is used rather than ONNX Runtime's contrib ``RotaryEmbedding``: the contrib
 op wants a [max_positions, D/2] table indexed by position ids, which a dynamic rope cannot
 give. Its computation is the graph's (x1*cos - x2*sin, x2*cos + x1*sin per element pair).
+ONNX Runtime's kernel wants cos/sin of x's exact (batch, sequence) and does not broadcast:
+encoders such as ModernBERT compute them from ``arange(S).unsqueeze(0)`` (batch 1), so
+where the graph does not prove the table's (batch, sequence) to be x's, the half tables are
+expanded to them (``Expand`` to ``[B, S, 1]``: the same numbers the graph's broadcasting
+Mul reads; one [B, S, D/2] copy per rotary, small beside the attention).
 The model's opset must reach 23: the fusion plan includes this rule only where raising it
 is exact (:mod:`..opset_raise`).
 """
@@ -74,6 +79,18 @@ def _per_token(value: ir.Value) -> ir.Value | None:
     return node.inputs[0]
 
 
+def _same_dim(a, b) -> bool:
+    """Two dims the shapes prove equal: equal numbers, or the same named symbol (anonymous dims prove nothing)."""
+    if isinstance(a, int) or isinstance(b, int):
+        return isinstance(a, int) and isinstance(b, int) and a == b
+    return a.value is not None and b.value is not None and a.value == b.value
+
+
+def _table_fits(table: ir.Value, x: ir.Value) -> bool:
+    """The [B', S', D] table is provably of x's ([B, N, S, D]) batch and sequence."""
+    return _same_dim(table.shape[0], x.shape[0]) and _same_dim(table.shape[1], x.shape[2])
+
+
 class RotateHalfRotary(pattern.RewriteRuleClassBase):
     """x * cos + concat(-x2, x1) * sin -> RotaryEmbedding(x, cos[..., :D/2], sin[..., :D/2])."""
 
@@ -103,12 +120,18 @@ class RotateHalfRotary(pattern.RewriteRuleClassBase):
 
     def rewrite(self, op, x, cos, sin, **_):
         half = x.shape[3] // 2
+        tables = [_per_token(v) for v in (cos, sin)]
+        target = None
+        if not all(_table_fits(t, x) for t in tables):  # [B, S, 1] from x: what the graph's Mul broadcast to
+            target = op.Concat(
+                op.Shape(x, start=0, end=1), op.Shape(x, start=2, end=3), op.Constant(value_ints=[1]), axis=0
+            )
 
-        def first_half(value):
-            table = _per_token(value)
-            return op.Slice(table, op.Constant(value_ints=[0]), op.Constant(value_ints=[half]), op.Constant(value_ints=[-1]))
+        def first_half(table):
+            sliced = op.Slice(table, op.Constant(value_ints=[0]), op.Constant(value_ints=[half]), op.Constant(value_ints=[-1]))
+            return sliced if target is None else op.Expand(sliced, target)
 
-        return op.RotaryEmbedding(x, first_half(cos), first_half(sin))
+        return op.RotaryEmbedding(x, *map(first_half, tables))
 
 
 def rotary_rules() -> list[pattern.RewriteRule]:
