@@ -249,6 +249,9 @@ class SkipLayerNorm(pattern.RewriteRuleClassBase):
     GPT-2 carry it to the next layer), so the fused op emits it as its 4th output.
     With ``simplified`` the norm is an RMSNorm (SimplifiedLayerNormalization, no beta)
     and the fused op SkipSimplifiedLayerNormalization, whose outputs are laid out alike.
+    LayerNormalization's beta is optional (torch's dynamo export writes none for a
+    LayerNorm without bias, ModernBERT's ``norm_bias=False``); so is SkipLayerNormalization's,
+    which then gets none either.
     """
 
     def __init__(self, bias: str, keep_sum: bool = False, simplified: bool = False):
@@ -260,7 +263,7 @@ class SkipLayerNorm(pattern.RewriteRuleClassBase):
         self.keep_sum = keep_sum
         self.simplified = simplified
 
-    def pattern(self, op, a, b, bias, gamma, beta):
+    def pattern(self, op, a, b, bias, gamma):
         if self.bias_side == "left":
             total = op.Add(op.Add(a, bias), b)
         elif self.bias_side == "right":
@@ -270,14 +273,21 @@ class SkipLayerNorm(pattern.RewriteRuleClassBase):
         if self.simplified:
             out = op.SimplifiedLayerNormalization(total, gamma, _outputs=["out"])
         else:
-            out = op.LayerNormalization(total, gamma, beta, _outputs=["out"])
+            out = op.LayerNormalization(total, gamma, _allow_other_inputs=True, _outputs=["out"])  # beta: read in check
         return (out, total) if self.keep_sum else out
 
-    def check(self, context, a, b, gamma, out, beta=None, bias=None, **_):
+    @staticmethod
+    def _beta(out: ir.Value) -> ir.Value | None:
+        """LayerNormalization's beta, None where it has none (or for SimplifiedLayerNormalization)."""
+        inputs = out.producer().inputs
+        return inputs[2] if len(inputs) > 2 else None
+
+    def check(self, context, a, b, gamma, out, bias=None, **_):
         node = out.producer()
         if node.attributes.get_int("axis", -1) != -1 or len(node.outputs) != 1:
             return False
-        if not is_constant_vector(gamma) or not (self.simplified or is_constant_vector(beta)):
+        beta = self._beta(out)
+        if not is_constant_vector(gamma) or not (beta is None or is_constant_vector(beta)):
             return False
         if self.with_bias and not is_constant_vector(bias):
             return False
@@ -287,12 +297,15 @@ class SkipLayerNorm(pattern.RewriteRuleClassBase):
             return False
         return _residual_operands(a, b) is not None
 
-    def rewrite(self, op, a, b, gamma, out, beta=None, bias=None, **_):
+    def rewrite(self, op, a, b, gamma, out, bias=None, **_):
         epsilon = out.producer().attributes.get_float("epsilon", 1e-5)
         a, b = _residual_operands(a, b)
+        beta = None if self.simplified else self._beta(out)
         norm = [gamma] if self.simplified else [gamma, beta]
         if self.with_bias:
             norm.append(bias)  # SkipSimplified takes (input, skip, gamma, bias): no beta before it
+        elif beta is None:
+            norm = [gamma]
         fused = op.SkipSimplifiedLayerNormalization if self.simplified else op.SkipLayerNormalization
         if not self.keep_sum:
             return fused(a, b, *norm, epsilon=epsilon, _domain=MS_DOMAIN)
