@@ -188,6 +188,60 @@ def shapes_from_sources(graph: ir.Graph) -> int:
     return changed
 
 
+def _is_lookup(value: ir.Value | None) -> bool:
+    """``value`` is Gather(constant 2-D table, ids) on axis 0: an embedding lookup."""
+    node = value.producer() if value is not None else None
+    if node is None or node.op_type != "Gather" or node.domain != "" or node.attributes.get_int("axis", 0) != 0:
+        return False
+    table = node.inputs[0].const_value
+    return table is not None and len(table.shape) == 2
+
+
+def shapes_through_picks(graph: ir.Graph) -> int:
+    """Shape(Gather(lookup, i, axis=k)) (i a constant scalar) -> the lookup's shape without axis k.
+
+    BART's legacy export sizes its position ids from ``inputs_embeds[:, :, -1]``, a second
+    reader of the word lookup that kept EmbedLayerNormalization from replacing it. Picking one
+    index drops the axis and keeps every other dim; the index must be in range of a known dim
+    (as the Gather required). The new ``Shape(lookup)`` is then redirected to the ids by
+    :func:`shapes_from_sources`. Returns how many Shape nodes were redirected.
+    """
+    changed = 0
+    for node in list(graph):
+        if node.op_type != "Shape" or node.domain != "" or node.attributes:
+            continue
+        pick = node.inputs[0].producer()
+        if pick is None or pick.op_type != "Gather" or pick.domain != "" or not _is_lookup(pick.inputs[0]):
+            continue
+        source = pick.inputs[0]
+        index = constant_array(pick.inputs[1])
+        rank = source.shape.rank() if source.shape is not None else None
+        if index is None or index.ndim != 0 or rank is None:
+            continue
+        axis = pick.attributes.get_int("axis", 0)
+        axis = axis + rank if axis < 0 else axis
+        size = source.shape[axis] if 0 <= axis < rank else None
+        if not isinstance(size, int) or not -size <= int(index) < size:
+            continue
+
+        def ints(values, suffix):
+            return ir.node("Constant", [], attributes={"value": ir.tensor(np.array(values, np.int64), name=f"{node.name}_{suffix}")})
+
+        whole = ir.node("Shape", [source], name=f"{node.name}_of_source")
+        nodes, parts = [whole], []
+        for start, end in ((0, axis), (axis + 1, rank)):
+            if start < end:
+                bounds = [ints([start], f"start{start}"), ints([end], f"end{end}")]
+                part = ir.node("Slice", [whole.outputs[0], *(b.outputs[0] for b in bounds)], name=f"{node.name}_dims{start}")
+                nodes += [*bounds, part]
+                parts.append(part.outputs[0])
+        joined = ir.node("Concat", parts, attributes={"axis": 0}, name=f"{node.name}_joined")
+        graph.insert_before(node, [*nodes, joined])
+        node.outputs[0].replace_all_uses_with(joined.outputs[0])
+        changed += 1
+    return changed
+
+
 def _exact_simplifications(opset: int) -> list:
     """onnxscript's structural clean-ups, without its arithmetic no-op rules.
 
@@ -219,6 +273,44 @@ def _exact_simplifications(opset: int) -> list:
     if opset < 14:
         rules.remove(common_rules.materialize_reshape_shape_rule)
     return [rule for rule in rules if opset >= 18 or rule is not common_rules.slice_split_rule]
+
+
+def _cannot_widen(factor: np.ndarray, other: ir.Value) -> bool:
+    """A constant of only 1-dims, broadcast against ``other``, leaves other's shape as it is."""
+    if factor.ndim == 0:
+        return True
+    rank = other.shape.rank() if other.shape is not None else None
+    return rank is not None and factor.ndim <= rank and all(d == 1 for d in factor.shape)
+
+
+def drop_unit_factors(graph: ir.Graph) -> int:
+    """``x * 1`` and ``x / 1`` (an exact 1 constant of no wider shape or other type) -> x; returns how many.
+
+    BART's scaled word embedding multiplies the lookup by ``embed_scale`` = 1.0, which the
+    legacy exporter leaves as ``Mul(Gather(table, ids), 1.0)``: the Mul hid the lookup from
+    EmbedLayerNormalization. Multiplying or dividing by exactly one gives x back bit for bit
+    (NaN, infinities and -0 included). Only a constant that cannot broadcast x wider (a scalar,
+    or all-1 dims no more than x's rank) and of x's type is dropped; a graph output keeps its node.
+    """
+    dropped = 0
+    for node in list(graph):
+        if node.op_type not in ("Mul", "Div") or node.domain != "" or len(node.inputs) != 2 or len(node.outputs) != 1:
+            continue
+        out = node.outputs[0]
+        if out.is_graph_output():
+            continue
+        positions = (1, 0) if node.op_type == "Mul" else (1,)
+        for index in positions:
+            factor, other = node.inputs[index], node.inputs[1 - index]
+            array = constant_array(factor)
+            if other is None or array is None or array.size != 1 or not np.all(array == 1):
+                continue
+            if factor.dtype is None or factor.dtype != other.dtype or not _cannot_widen(array, other):
+                continue
+            out.replace_all_uses_with(other)
+            dropped += 1
+            break
+    return dropped
 
 
 def reshape_constant_weights(graph: ir.Graph) -> int:
@@ -269,6 +361,7 @@ def prepare(model: ir.Model) -> None:
         if step == 2:
             break
         reshape_constant_weights(model.graph)
+        drop_unit_factors(model.graph)
         RewriteRuleSet(simplifications).apply_to_model(model)
         onnxscript.optimizer.remove_unused_nodes(model)
     for _ in range(2):  # equal sizes under different names (Dim.DYNAMIC exports) become one symbol;
@@ -279,7 +372,8 @@ def prepare(model: ir.Model) -> None:
         onnxscript.optimizer.fold_constants(model, onnx_shape_inference=True, should_fold=_is_embedding_lookup)
     if merge_repeated_centering(model.graph):
         onnxscript.optimizer.remove_unused_nodes(model)
-    if shapes_from_sources(model.graph):
+    picked = shapes_through_picks(model.graph)  # before shapes_from_sources, which redirects the Shape(lookup) it writes
+    if shapes_from_sources(model.graph) or picked:
         common_passes.RemoveUnusedNodesPass()(model)
     canonicalize_commutative(model.graph)
 
