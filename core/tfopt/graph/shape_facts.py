@@ -134,6 +134,9 @@ def _axes(node: ir.Node, rank: int) -> list[int] | None:
 class _Facts:
     def __init__(self) -> None:
         self.classes = _Classes()
+        # A MatMul's batch axes as stand-in values, one set per MatMul: a key holds id(value), so the
+        # stand-ins must outlive the facts (a freed one's id is reused, and unrelated dims would merge).
+        self._batch_axes: dict[int, tuple[ir.Value, ir.Value, ir.Value]] = {}
 
     def same(self, a: ir.Value | None, axis_a: int, b: ir.Value | None, axis_b: int) -> None:
         if a is None or b is None:
@@ -228,9 +231,9 @@ class _Facts:
         self.same(a, ra - 2, out, ro - 2)
         self.same(b, rb - 1, out, ro - 1)
         # The batch axes broadcast like an elementwise op's.
-        batch_out = ir.Value(name=None, shape=ir.Shape(list(out.shape)[:-2]))
-        batch_a = ir.Value(name=None, shape=ir.Shape(list(a.shape)[:-2]))
-        batch_b = ir.Value(name=None, shape=ir.Shape(list(b.shape)[:-2]))
+        if id(out) not in self._batch_axes:
+            self._batch_axes[id(out)] = tuple(ir.Value(name=None, shape=ir.Shape(list(v.shape)[:-2])) for v in (out, a, b))
+        batch_out, batch_a, batch_b = self._batch_axes[id(out)]
         for proxy, source in ((batch_out, out), (batch_a, a), (batch_b, b)):
             for axis in range(_rank(proxy)):
                 self.same(proxy, axis, source, axis)
