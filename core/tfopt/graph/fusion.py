@@ -29,7 +29,7 @@ from .model_types import (  # noqa: F401 (the counts stay importable from here)
 from .passes import cleanup, inputs_to_int32, prepare
 from .opset_raise import can_raise
 from .packed_projections import pack_shared_input_matmuls
-from .rules import activation, attention, cached_attention, decoder_forms, embedding, linear, normalization, rms_norm, rotary
+from .rules import activation, attention, cached_attention, decoder_forms, embedding, head_folded, linear, normalization, rms_norm, rotary
 from .validate import Reference, write_validated
 from .values import MS_DOMAIN
 
@@ -164,6 +164,7 @@ def _rule_plan(info: ModelInfo, target: str, standard_ops: bool = False) -> list
         ("bias_gelu", activation.bias_gelu_rules()),
         ("embed_layer_norm", embedding.embed_layer_norm_rules()),
         ("attention", decoder_forms.decoder_form_rules()),  # older GPT-2 forms -> the one the rule matches
+        ("attention", head_folded.head_folded_rules()),  # heads folded into the batch (DeBERTa) -> 4-D, select -> additive mask
         ("attention", attention.attention_rules(info.num_heads, target, info.hidden_size)),
         ("attention", decoder_llm),  # after the GPT-2 rule, which also sees a past Concat
         ("attention", biased),  # what no rule above took: the graph's own additive mask kept as is
