@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import onnx_ir as ir
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from tfopt.graph.shape_facts import unify_dims
 
@@ -179,6 +180,35 @@ def test_a_minus_one_is_the_size_left_over_when_named_dims_cancel_and_unknown_ot
     assert _dims(joined) == ["b", "s", 64]
     assert _dims(rows) == [None, 16]
     assert _dims(kept) == ["b", "s", 2, 32]
+
+
+def test_an_unnamed_dim_cancels_against_itself_read_before_a_projection():
+    # Swin's legacy heads view: q = Linear(windows) with windows [?, 16, 16] (an unnamed window batch),
+    # q.view(windows.size(0), 16, -1, 8): the -1 is 2 although the batch dim has no name.
+    from tfopt.graph.shape_facts import dims_from_targets
+
+    weight = numpy_helper.from_array(np.ones((16, 16), np.float32), "weight")
+    bias = numpy_helper.from_array(np.ones(16, np.float32), "bias")
+    nodes = [
+        *_size("b", "windows", 0),
+        _int64("rest", [16, -1, 8]),
+        helper.make_node("Concat", ["b", "rest"], ["target"], axis=0),
+        helper.make_node("MatMul", ["windows", "weight"], ["projected"]),
+        helper.make_node("Add", ["projected", "bias"], ["q"]),
+        helper.make_node("Reshape", ["q", "target"], ["heads"]),
+        *_size("o", "other", 0),
+        helper.make_node("Concat", ["o", "rest"], ["other_target"], axis=0),
+        helper.make_node("Reshape", ["q", "other_target"], ["unproven"]),  # another input's unnamed dim: no proof
+    ]
+    graph = helper.make_graph(nodes, "g", [_info("windows", [None, 16, 16]), _info("other", [None, 16, 16])],
+                              [_info("heads", None), _info("unproven", None)], [weight, bias])
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    for value in (_producer_output(model, "MatMul"), _producer_output(model, "Add")):
+        value.shape = ir.Shape([ir.SymbolicDim(None), 16, 16])  # as shape inference leaves them
+    assert dims_from_targets(model.graph)
+    heads, unproven = (node.outputs[0] for node in model.graph if node.op_type == "Reshape")
+    assert _dims(heads)[1:] == [16, 2, 8]
+    assert _dims(unproven)[2] is None
 
 
 def test_an_expand_to_a_where_guarded_size_list_gets_the_repeated_heads():

@@ -443,12 +443,13 @@ def _entry_dim(entry, data: ir.Value | None, axis: int, copies_zero: bool) -> Di
     return entry if entry > 0 else None
 
 
-def _quotient(total: list[Dim], part: list[Dim]) -> Dim:
-    """``prod(total) / prod(part)`` where it is exact: numbers divide, named symbols cancel one for one."""
+def _quotient(total: list, part: list) -> Dim | tuple:
+    """``prod(total) / prod(part)`` where it is exact: numbers divide, named symbols (and origin tokens,
+    :func:`_axis_origin`) cancel one for one."""
     if any(d is None for d in (*total, *part)):
         return None
     number = 1
-    names = [d for d in total if isinstance(d, str)]
+    names = [d for d in total if not isinstance(d, int)]
     for d in total:
         number *= d if isinstance(d, int) else 1
     divisor = 1
@@ -476,9 +477,64 @@ def reshape_dims(node: ir.Node) -> list[Dim] | None:
     copies_zero = not node.attributes.get_int("allowzero", 0)
     dims = [None if entry == -1 else _entry_dim(entry, data, axis, copies_zero) for axis, entry in enumerate(entries)]
     if -1 in entries and data is not None and data.shape is not None:
-        others = [d for d, entry in zip(dims, entries) if entry != -1]
-        dims[entries.index(-1)] = _quotient([_known_dim(data, a) for a in range(data.shape.rank())], others)
+        # An unnamed dim cancels against the same dim read through Shape: both are traced to where the axis comes from.
+        total = [_dim_or_origin(_known_dim(data, a), data, a) for a in range(data.shape.rank())]
+        others = []
+        for axis, (dim, entry) in enumerate(zip(dims, entries)):
+            if entry == -1:
+                continue
+            if isinstance(entry, DimOf):
+                dim = _dim_or_origin(dim, entry.value, entry.axis)
+            elif entry == 0 and copies_zero:
+                dim = _dim_or_origin(dim, data, axis)
+            others.append(dim)
+        quotient = _quotient(total, others)
+        dims[entries.index(-1)] = quotient if not isinstance(quotient, tuple) else None
     return dims
+
+
+# Ops whose output has the input's dims: an axis passes through them unchanged.
+_SAME_SHAPE_OPS = frozenset({"Cast", "Identity", "Relu", "Gelu", "Erf", "Tanh", "Sigmoid", "Neg", "Sqrt", "Abs", "Softmax"})
+_ELEMENTWISE_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
+
+
+def _axis_origin(value: ir.Value, axis: int) -> tuple[int, int]:
+    """(id of the value, axis) the dim at ``value``'s ``axis`` comes from unchanged, traced up through
+    same-shape ops, elementwise ops with a constant that does not broadcast that axis, and a MatMul
+    by a 2-D constant (every axis but the last). Two reads of one dim meet at the same origin."""
+    for _ in range(32):
+        node = value.producer()
+        rank = _rank(value)
+        if node is None or rank is None or node.domain not in ("", "ai.onnx") or not node.inputs or node.inputs[0] is None:
+            break
+        if node.op_type in _SAME_SHAPE_OPS and _rank(node.inputs[0]) == rank:
+            value = node.inputs[0]
+        elif node.op_type == "MatMul" and axis < rank - 1 and _rank(node.inputs[0]) == rank and _is_constant_of_rank(node.inputs[1], 2):
+            value = node.inputs[0]
+        elif node.op_type in _ELEMENTWISE_OPS and len(node.inputs) == 2:
+            variable = [v for v in node.inputs if v is not None and v.const_value is None]
+            constant = [v for v in node.inputs if v is not None and v.const_value is not None]
+            if len(variable) != 1 or len(constant) != 1 or _rank(variable[0]) != rank:
+                break
+            shape = constant[0].const_value.shape
+            offset = rank - len(shape)
+            if offset < 0 or (axis >= offset and shape[axis - offset] != 1):
+                break
+            value = variable[0]
+        else:
+            break
+    return id(value), axis
+
+
+def _is_constant_of_rank(value: ir.Value | None, rank: int) -> bool:
+    return value is not None and value.const_value is not None and len(value.const_value.shape) == rank
+
+
+def _dim_or_origin(dim: Dim, value: ir.Value | None, axis: int) -> Dim | tuple[int, int]:
+    """``dim`` when known; else where ``value``'s axis comes from, a token that cancels only against itself."""
+    if dim is not None or value is None:
+        return dim
+    return _axis_origin(value, axis)
 
 
 def expand_dims(node: ir.Node) -> list[Dim] | None:
