@@ -182,3 +182,17 @@ def test_legacy_exporter_graph_fuses_through_optimize(tmp_path, family, attn):
         expected, actual = torch_outputs(source, feed, step), session.run(output_names(source), feed)
         real = feed["attention_mask"][:, -feed["input_ids"].shape[1]:].astype(bool)
         np.testing.assert_allclose(actual[0][real], expected[0][real], atol=1e-4, rtol=0)
+
+
+def test_tracing_a_decoder_with_a_cache_fuses_what_the_untraced_plan_fuses(tmp_path):
+    """While a MatchingTracer records, rules build replacements they do not insert; the present swaps skip those."""
+    from onnxscript.rewriter.pattern import MatchingTracer
+
+    from tfopt.graph import fuse_model, load_model
+    from tfopt.results import RunContext
+    from tfopt_llama.export import export_source
+
+    exported = export_source(RunContext(family="llama", source="tiny-llama", work_dir=tmp_path))
+    traced = fuse_model(load_model(exported.model_path), exported.info, tracer=MatchingTracer())
+    plain = fuse_model(load_model(exported.model_path), exported.info)
+    assert traced.op_counts == plain.op_counts and traced.missing == [] and plain.op_counts["Attention"] >= 1

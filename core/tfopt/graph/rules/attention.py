@@ -612,9 +612,12 @@ def swap_presents(swaps: list[tuple[ir.Value, ir.Value, ir.DataType | None]]) ->
     """Point the model's ``present`` outputs (and any reader) at a fused op's present outputs.
 
     ``swaps``: (the graph's present value, the fused op's, the past's type). The model's
-    outputs keep their names.
+    outputs keep their names. A fused op that is in no graph is skipped: while an onnxscript
+    ``MatchingTracer`` records, rules build their replacement without inserting it.
     """
     for old, new, past_type in swaps:
+        if new.producer() is None or new.producer().graph is None:
+            continue
         if old.is_graph_output():
             name = old.name
             old.name = f"{name}_unfused"
