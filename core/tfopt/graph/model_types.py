@@ -83,9 +83,25 @@ def _rotary_encoder_counts(num_layers: int) -> dict[str, int]:
     }
 
 
-def _t5_encoder_counts(num_layers: int) -> dict[str, int]:
-    """T5's encoder: RMSNorms (the first reads the embeddings), no gelu in T5 v1.0's ReLU feed-forward."""
-    return {ATTENTION_KEY: num_layers, "SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 2 * num_layers}
+# Encoder-decoder models: one type takes the encoder's export and the decoder's (with or without past).
+# ``num_layers`` counts attentions (Softmax nodes): a decoder layer has two (self and cross) and three
+# norms, an encoder layer one and two, so per attention each has at least one norm after a residual
+# and a gelu per two attentions. Those are the bounds stated; primitives left are counted anyway.
+
+def _t5_counts(attentions: int) -> dict[str, int]:
+    """T5: RMSNorms (the first reads the embeddings), no gelu in T5 v1.0's ReLU feed-forward."""
+    return {ATTENTION_KEY: attentions, "SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": attentions}
+
+
+def _bart_counts(attentions: int) -> dict[str, int]:
+    """BART: the token + position lookups' LayerNorm is EmbedLayerNormalization, post-LN layers."""
+    return {"EmbedLayerNormalization": 1, ATTENTION_KEY: attentions, "SkipLayerNormalization": attentions, GELU_KEY: attentions // 2}
+
+
+def _seq2seq_counts(attentions: int) -> dict[str, int]:
+    """Marian (no embedding LayerNorm, a swish or gelu feed-forward) and Whisper (pre-LN; a conv front end
+    in the encoder, a GatherND position lookup in the dynamo decoder): attention and a norm per attention."""
+    return {ATTENTION_KEY: attentions, "SkipLayerNormalization": attentions}
 
 
 def _lower_bound_counts(num_layers: int) -> dict[str, int]:
@@ -113,15 +129,16 @@ def _llm(qk_norms: bool = False, sandwich_norms: bool = False) -> Callable[[int]
 
 
 _TYPES = (
-    ModelType(("bert", "roberta", "distilbert", "albert", "electra", "xlm-roberta", "bert_tf", "bert_keras", "mpnet", "bart"),
-              encoder_counts, "BERT-layout text encoders (torch, tf2onnx, Keras), MPNet, BART's encoder"),
+    ModelType(("bert", "roberta", "distilbert", "albert", "electra", "xlm-roberta", "bert_tf", "bert_keras", "mpnet"),
+              encoder_counts, "BERT-layout text encoders (torch, tf2onnx, Keras), MPNet"),
     ModelType(("vit", "deit", "dinov2", "siglip"), _two_layer_norms_per_layer, "ViT, DeiT, DINOv2, SigLIP's vision tower"),
     ModelType(("deberta", "deberta-v2"), _two_layer_norms_per_layer, "DeBERTa-v2/v3 encoders"),
     ModelType(("modernbert",), _rotary_encoder_counts, "ModernBERT"),
     ModelType(("swin", "clip"), _lower_bound_counts, "Swin (legacy export), CLIP's text and vision towers"),
-    ModelType(("whisper",), lambda layers: encoder_counts(layers, embed_layer_norm=False, extra_gelus=2),
-              "Whisper's encoder (its two conv gelus included)"),
-    ModelType(("t5",), _t5_encoder_counts, "T5's encoder (legacy export)"),
+    ModelType(("t5", "mt5"), _t5_counts, "T5's encoder (legacy export) and decoder (with or without past; L = attentions)"),
+    ModelType(("bart",), _bart_counts, "BART's encoder and decoder (with or without past; L = attentions)"),
+    ModelType(("marian", "whisper"), _seq2seq_counts,
+              "Marian's and Whisper's encoders and decoders (with or without past; L = attentions)"),
     ModelType(("gpt2",), decoder_counts, "GPT-2 with or without past"),
     ModelType(("llama", "mistral", "qwen2", "phi3", "gemma"), _llm(), "decoder LLMs with a KV cache"),
     ModelType(("qwen3",), _llm(qk_norms=True), "Qwen3 (RMSNorm on Q and K)"),
@@ -156,13 +173,15 @@ _SHORT = {ATTENTION_KEY: "attention", GELU_KEY: "gelu"}
 
 
 def counts_formula(model_type: ModelType) -> str:
-    """The counts as ``op: aL+b`` text, read from the counts at 1 and 2 layers (they are linear in L)."""
-    one, two = model_type.counts(1), model_type.counts(2)
+    """The counts as ``op aL+b`` text (``L/2``: one per two layers), read from the counts at 2 and 4
+    layers (they are linear in L for even L)."""
+    two, four = model_type.counts(2), model_type.counts(4)
     parts = []
-    for key, at_two in two.items():
-        slope = at_two - one.get(key, 0)
-        offset = one.get(key, 0) - slope
-        term = "" if slope == 0 else ("L" if slope == 1 else f"{slope}L")
+    for key, at_four in four.items():
+        doubled_slope = at_four - two.get(key, 0)  # twice the count per layer
+        offset = two.get(key, 0) - doubled_slope
+        halves = {0: "", 1: "L/2", 2: "L"}
+        term = halves.get(doubled_slope, f"{doubled_slope // 2}L" if doubled_slope % 2 == 0 else f"{doubled_slope}L/2")
         if offset or not term:
             term = f"{term}{'+' if term and offset > 0 else ''}{offset}" if term else str(offset)
         parts.append(f"{_SHORT.get(key, key)} {term}")
