@@ -8,6 +8,7 @@ import time
 import pytest
 
 from tfopt import hub
+from tfopt.errors import TfoptError
 
 
 @pytest.fixture
@@ -67,3 +68,18 @@ def test_the_error_names_the_builtins_and_why(monkeypatch):
     )
     monkeypatch.setattr(hub, "hub_offline", lambda: True)
     assert "the Hugging Face hub is offline (HF_HUB_OFFLINE is set)" in str(hub.unreachable_hub_error("x", ["y"]))
+
+
+def test_a_local_directory_is_refused_in_one_line_before_any_weight_is_read(tmp_path):
+    pytest.importorskip("transformers")
+    from tfopt.hub import read_local_config
+
+    with pytest.raises(TfoptError, match="not a directory"):
+        read_local_config(tmp_path / "missing")
+    with pytest.raises(TfoptError, match="no config.json, not a Hugging Face model directory"):
+        read_local_config(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(TfoptError, match="cannot read config.json"):
+        read_local_config(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "bert", "hidden_size": 32}')
+    assert read_local_config(tmp_path).hidden_size == 32

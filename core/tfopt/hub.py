@@ -80,3 +80,29 @@ def unreachable_hub_error(name: str, builtin_names: Iterable[str]) -> TfoptError
         f"{name}: not a directory, not a built-in name ({', '.join(builtin_names)}), "
         f"and the Hugging Face hub {why} (nor is {name} in the local hub cache)"
     )
+
+
+def read_local_config(path: os.PathLike | str):
+    """The ``transformers`` config of a local Hugging Face model directory, or a one-line refusal.
+
+    Checked in the order a user's mistake shows: not a directory, unreadable, no config.json,
+    a config.json transformers cannot read (bad JSON, an unknown model type). Read before any
+    weight is loaded, so an adapter refuses a model type it does not handle at once.
+    """
+    from pathlib import Path
+
+    from .errors import first_line
+
+    path = Path(path)
+    if not path.is_dir():
+        raise TfoptError(f"{path}: not a directory (expected a Hugging Face model directory)")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise TfoptError(f"{path}: model directory is not readable")
+    if not (path / "config.json").is_file():
+        raise TfoptError(f"{path}: no config.json, not a Hugging Face model directory")
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # bad JSON, unknown model_type, unreadable file
+        raise TfoptError(f"{path}: cannot read config.json ({first_line(exc)})") from None

@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from tfopt.errors import TfoptError, first_line
-from tfopt.hub import hub_reachable, looks_like_hub_id, unreachable_hub_error
+from tfopt.hub import hub_reachable, looks_like_hub_id, read_local_config, unreachable_hub_error
 from tfopt.results import ModelInfo
 from tfopt.torch_kit import no_progress_bar, perturb_vector_params
 
@@ -159,14 +159,7 @@ def _model_class(config, lm_head: bool | None):
 
 
 def _from_directory(path: Path, attn_implementation: str, lm_head: bool | None) -> SourceModel:
-    if not path.is_dir():
-        raise TfoptError(f"{path}: not a directory (expected a Hugging Face model directory)")
-    if not (path / "config.json").is_file():
-        raise TfoptError(f"{path}: no config.json, not a Hugging Face model directory")
-    try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
-    except Exception as exc:  # bad JSON, unknown model_type, unreadable file
-        raise TfoptError(f"{path}: cannot read config.json ({first_line(exc)})") from None
+    config = read_local_config(path)
     if config.model_type != "gpt2":  # before loading weights we would not use
         raise TfoptError(f"{path}: model type {config.model_type!r} is not handled by the gpt2 adapter")
     try:

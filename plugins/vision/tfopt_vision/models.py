@@ -9,7 +9,6 @@ vision tower.
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
 from tfopt.errors import TfoptError, first_line
 from tfopt.graph import encoder_counts
-from tfopt.hub import hub_reachable, looks_like_hub_id, unreachable_hub_error
+from tfopt.hub import hub_reachable, looks_like_hub_id, read_local_config, unreachable_hub_error
 from tfopt.results import ModelInfo
 from tfopt.torch_kit import no_progress_bar
 
@@ -217,16 +216,7 @@ def _check_attn(attn_implementation: str | None) -> None:
 
 
 def _from_directory(path: Path, attn_implementation: str | None, *, name: str) -> SourceModel:
-    if not path.is_dir():
-        raise TfoptError(f"{path}: not a directory (expected a Hugging Face model directory)")
-    if not os.access(path, os.R_OK | os.X_OK):
-        raise TfoptError(f"{path}: model directory is not readable")
-    if not (path / "config.json").is_file():
-        raise TfoptError(f"{path}: no config.json, not a Hugging Face model directory")
-    try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
-    except Exception as exc:  # bad JSON, unknown model_type, unreadable file
-        raise TfoptError(f"{path}: cannot read config.json ({first_line(exc)})") from None
+    config = read_local_config(path)
     family = family_of(config, path)  # before loading weights we would not use
     try:
         with no_progress_bar(), _quiet_tower(config):
