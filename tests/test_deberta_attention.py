@@ -18,6 +18,8 @@ import pytest
 from tfopt.graph import fuse_file
 from tfopt.results import ModelInfo
 
+from tfopt_host_models import assert_text_encoder_matches_torch, export_text_encoder, perturbed, text_encoder
+
 torch = pytest.importorskip("torch")  # the TensorFlow deployment has none
 transformers = pytest.importorskip("transformers")
 
@@ -35,58 +37,24 @@ EXPECTED = {
 }
 
 
-class _FirstOutput(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask)[0]
-
-
 def _deberta(version: str):
     torch.manual_seed(0)
     config = transformers.DebertaV2Config(**_SIZES, **(_V3 if version == "v3" else {}))
-    model = transformers.DebertaV2Model(config)
-    with torch.no_grad():  # random init leaves biases and norms constant: perturb everything
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.02)
-    return _FirstOutput(model.eval()).eval()
+    return text_encoder(perturbed(transformers.DebertaV2Model(config)))
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
 @pytest.mark.parametrize("version", ["v2", "v3"])
 def test_deberta_attention_fuses_every_layer_and_matches_torch(tmp_path, version, exporter):
-    from tfopt.torch_kit import quiet_export
-
     model = _deberta(version)
-    ids, mask = torch.randint(3, 100, (2, 7)), torch.ones(2, 7, dtype=torch.int64)
-    path = tmp_path / "model.onnx"
-    names = dict(input_names=["input_ids", "attention_mask"], output_names=["out"])
-    with quiet_export():
-        if exporter == "dynamo":
-            dynamic = torch.export.Dim.DYNAMIC
-            torch.onnx.export(model, (ids, mask), str(path), dynamo=True, dynamic_shapes=({0: dynamic, 1: dynamic},) * 2, **names)
-        else:
-            axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}
-            torch.onnx.export(model, (ids, mask), str(path), dynamo=False, opset_version=17, dynamic_axes=axes, **names)
+    path = export_text_encoder(model, tmp_path / "model.onnx", exporter)
     result = fuse_file(path, tmp_path / "model.opt.onnx", ModelInfo(model_type="custom"))
     expected = EXPECTED[version]
     assert {op: result.op_counts.get(op, 0) for op in expected} == expected, result.op_counts
     assert result.leftover == {} and result.validation.passed, (result.leftover, result.validation)
     rules = result.rule_counts
     assert rules["FoldedScores"] == 2 and rules["FoldedContext"] == 2 and rules["SelectedScores[fill first]"] == 2, rules
-    session = ort.InferenceSession(str(result.model_path), providers=["CPUExecutionProvider"])
-    generator = torch.Generator().manual_seed(1)
-    for batch, sequence in [(1, 5), (3, 11)]:
-        ids = torch.randint(3, 100, (batch, sequence), generator=generator)
-        mask = torch.ones(batch, sequence, dtype=torch.int64)
-        mask[-1, sequence - 3:] = 0  # the last row padded
-        with torch.no_grad():
-            expected_out = model(ids, mask).numpy()
-        actual = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
-        real = mask.numpy().astype(bool)
-        np.testing.assert_allclose(actual[real], expected_out[real], atol=1e-5, rtol=0)
+    assert_text_encoder_matches_torch(model, result.model_path, shapes=((1, 5), (3, 11)))
 
 
 # --- The rules on hand-built graphs: any head-folded attention, not DeBERTa's alone ------------------------------

@@ -21,6 +21,8 @@ from tfopt.graph import fuse_file
 from tfopt.graph.passes import drop_unit_factors
 from tfopt.results import ModelInfo
 
+from tfopt_host_models import assert_text_encoder_matches_torch, export_text_encoder, perturbed, text_encoder
+
 torch = pytest.importorskip("torch")  # the TensorFlow deployment has none
 transformers = pytest.importorskip("transformers")
 
@@ -54,49 +56,17 @@ CASES = {  # name -> (model, exporter, expected fused counts)
 }
 
 
-class _FirstOutput(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask)[0]
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_encoder_fuses_fully_and_matches_torch(tmp_path, case):
-    from tfopt.torch_kit import quiet_export
-
     build, exporter, expected = CASES[case]
     torch.manual_seed(0)
-    model = _FirstOutput(build()).eval()
-    with torch.no_grad():  # random init leaves biases and norms at constants: perturb all
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.02)
-    ids, mask = torch.randint(3, 100, (2, 7)), torch.ones(2, 7, dtype=torch.int64)
-    path = tmp_path / "model.onnx"
-    names = dict(input_names=["input_ids", "attention_mask"], output_names=["out"])
-    with quiet_export():
-        if exporter == "dynamo":
-            dynamic = torch.export.Dim.DYNAMIC
-            torch.onnx.export(model, (ids, mask), str(path), dynamo=True, dynamic_shapes=({0: dynamic, 1: dynamic},) * 2, **names)
-        else:
-            axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}
-            torch.onnx.export(model, (ids, mask), str(path), dynamo=False, opset_version=17, dynamic_axes=axes, **names)
+    model = text_encoder(perturbed(build()))
+    path = export_text_encoder(model, tmp_path / "model.onnx", exporter)
     result = fuse_file(path, tmp_path / "model.opt.onnx", ModelInfo(model_type="custom"))
     assert {op: result.op_counts.get(op, 0) for op in expected} == expected, result.op_counts
     assert result.leftover == {} and not result.dropped_rules, (result.leftover, result.dropped_rules)
     assert "Softmax" not in result.op_counts and "Neg" not in result.op_counts and result.validation.passed
-    session = ort.InferenceSession(str(result.model_path), providers=["CPUExecutionProvider"])
-    for batch, sequence in [(1, 5), (3, 9)]:
-        ids = torch.randint(3, 100, (batch, sequence))
-        mask = torch.ones(batch, sequence, dtype=torch.int64)
-        mask[-1, sequence - 3:] = 0  # the last row padded
-        with torch.no_grad():
-            expected_out = model(ids, mask).numpy()
-        actual = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
-        real = mask.numpy().astype(bool)
-        np.testing.assert_allclose(actual[real], expected_out[real], atol=1e-5, rtol=0)
+    assert_text_encoder_matches_torch(model, result.model_path)
 
 
 def _product(op_type: str, x_shape, factor: np.ndarray, factor_first: bool = False) -> ir.Graph:

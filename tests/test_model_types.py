@@ -15,6 +15,8 @@ from click.testing import CliRunner
 
 from tfopt.graph.model_types import BY_NAME, MODEL_TYPES, NOT_COVERED, counts_formula, types_help
 
+from tfopt_host_models import perturbed, text_encoder
+
 torch = pytest.importorskip("torch")  # the TensorFlow deployment has none
 transformers = pytest.importorskip("transformers")
 
@@ -45,18 +47,13 @@ def test_an_onnx_runtime_type_without_rules_is_refused_in_one_line_naming_the_ne
     assert not (tmp_path / "out.onnx").exists()
 
 
-class _TextOutput(torch.nn.Module):
-    """The first output, with named inputs (torch.export matches dynamic_shapes to them)."""
+class _FirstOutput(torch.nn.Module):
+    """An image or audio encoder's last hidden state."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask)[0]
-
-
-class _FirstOutput(_TextOutput):
     def forward(self, features):
         return self.model(features)[0]
 
@@ -145,11 +142,8 @@ def test_a_users_export_fuses_fully_under_its_model_type_and_matches_torch(tmp_p
 
     kind, build, exporter, model_type = CASES[case]
     torch.manual_seed(0)
-    model = build()
-    with torch.no_grad():  # default inits leave biases and bias tables constant (Swin's folds away): make every weight real
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.02)
-    model = (_TextOutput if kind == "text" else _FirstOutput)(model.eval()).eval()
+    model = perturbed(build())
+    model = text_encoder(model) if kind == "text" else _FirstOutput(model).eval()
     source = tmp_path / "model.onnx"
     _export(model, kind, exporter, source)
     optimized = tfopt.optimize_model(source, model_type=model_type)
@@ -240,11 +234,7 @@ def test_a_users_decoder_step_with_past_fuses_self_and_cross_attention_and_match
     name, exporter, model_type = DECODER_CASES[case]
     masked = name != "whisper"  # Whisper's decoder attends to every audio frame
     torch.manual_seed(0)
-    model = _seq2seq(name)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.02)
-    step = _DecoderStep(model.eval(), masked).eval()
+    step = _DecoderStep(perturbed(_seq2seq(name)), masked).eval()
     layers = range(DECODER_LAYERS)
     past = [f"past_key_values.{i}.{side}.{kind}" for side in ("decoder", "encoder") for i in layers for kind in ("key", "value")]
     inputs = ["input_ids", "encoder_hidden_states", *(["encoder_attention_mask"] if masked else []), *past]
