@@ -12,7 +12,20 @@ def test_bert_pt_is_discovered_as_an_adapter(tmp_path):
     assert "bert_pt" in adapter_names(isolated_plugin_manager(tmp_path))
 
 
-@pytest.mark.parametrize(("source", "exporter"), [("tiny-roberta", "legacy"), ("tiny-albert", "dynamo")])
+# Every family through the whole pipeline once in CI (the exporters alternate); -m slow: the other exporter too.
+CONFORMANCE = [
+    ("tiny-roberta", "legacy"), ("tiny-albert", "dynamo"),
+    ("tiny-electra", "dynamo"), ("tiny-xlm-roberta", "legacy"), ("tiny-mpnet", "legacy"),
+    ("tiny-deberta-v2", "dynamo"), ("tiny-deberta-v3", "legacy"), ("tiny-modernbert", "dynamo"),
+]
+OTHER_EXPORTER = {"dynamo": "legacy", "legacy": "dynamo"}
+CASES = [
+    *CONFORMANCE,
+    *[pytest.param(source, OTHER_EXPORTER[exporter], marks=pytest.mark.slow) for source, exporter in CONFORMANCE[2:]],
+]
+
+
+@pytest.mark.parametrize(("source", "exporter"), CASES)
 def test_bert_pt_conforms(tmp_path, source, exporter):
     outcome = check_adapter("bert_pt", source=source, options={"exporter": exporter}, work_dir=tmp_path)
     assert outcome.passed

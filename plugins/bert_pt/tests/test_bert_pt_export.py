@@ -5,14 +5,14 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from bert_pt_cases import FP32_TOLERANCE, VARIANT_IDS, VARIANTS, make_ctx, max_valid_diff
+from bert_pt_cases import FP32_TOLERANCE, TINY_MODELS, VARIANTS, make_ctx, max_valid_diff
 from tfopt.errors import TfoptError
 from tfopt_bert_pt.cache import source_model
 from tfopt.torch_kit import default_exporter
 from tfopt_bert_pt.export import DEFAULT_OPSETS, export_source
 from tfopt_bert_pt.inputs import dummy_inputs
 
-HAS_SEGMENTS = {"tiny-bert": True, "tiny-albert": True, "tiny-distilbert": False, "tiny-roberta": False}
+HAS_SEGMENTS = {model: model in ("tiny-bert", "tiny-albert", "tiny-electra") for model in TINY_MODELS}
 
 
 def _opset(path) -> int:
@@ -20,7 +20,7 @@ def _opset(path) -> int:
     return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
 
 
-@pytest.mark.parametrize(("model", "exporter", "attn"), VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize(("model", "exporter", "attn"), VARIANTS)
 def test_export_io_and_parity(exported_variant, model, exporter, attn):
     ctx, exported = exported_variant(model, exporter, attn)
     expected_inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if HAS_SEGMENTS[model] else [])

@@ -3,9 +3,10 @@
 Every cell exports a tiny model itself (not through the adapter, whose own spelling the other
 tests cover) with one exporter, one dynamic-shape spelling (tfopt.torch_kit.SPELLINGS), an
 opset, an attention implementation, an input order and a set of inputs; then ``fuse_file``
-must reach the family's full counts (one EmbedLayerNormalization, L attentions, 2L
-SkipLayerNormalization, L gelus, no Softmax left) and match torch within 1e-4 on padded
-batches of several shapes (the export's own shape only, for static exports).
+must reach the family's full counts (the host's table for its model type, exactly: BERT's
+layout has one EmbedLayerNormalization, L attentions, 2L SkipLayerNormalization, L gelus;
+plus the per-model facts of bert_pt_cases; no Softmax left) and match torch within 1e-4 on
+padded batches of several shapes (the export's own shape only, for static exports).
 
 CI runs a cover of the matrix (every spelling, family, opset, attention, order and input set at
 least once); ``-m slow`` runs the products.
@@ -20,9 +21,9 @@ import pytest
 import torch
 from transformers import ElectraConfig, XLMRobertaConfig
 
-from bert_pt_cases import FP32_TOLERANCE
+from bert_pt_cases import EMBED_LAYER_NORMS, FP32_TOLERANCE, LAYER_NORMS_LEFT
 from tfopt.bench import ort_session
-from tfopt.graph import encoder_counts, fuse_file
+from tfopt.graph import expected_counts, fuse_file
 from tfopt.results import ModelInfo
 from tfopt.torch_kit import SPELLINGS, ExportForm, export_in_form
 from tfopt_bert_pt.models import TINY_CONFIGS, random_model
@@ -40,10 +41,16 @@ CONFIGS = {
         vocab_size=150, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
         max_position_embeddings=66, type_vocab_size=1, pad_token_id=1,
     ),
+    "mpnet": TINY_CONFIGS["tiny-mpnet"],
+    "deberta-v2": TINY_CONFIGS["tiny-deberta-v2"],
+    "deberta-v3": TINY_CONFIGS["tiny-deberta-v3"],
+    "modernbert": TINY_CONFIGS["tiny-modernbert"],
 }
+MODEL_TYPE = {"deberta-v2": "deberta", "deberta-v3": "deberta"}  # tfopt's name where the family's differs
+NO_SEGMENTS = ("distilbert", "mpnet", "deberta-v2", "deberta-v3", "modernbert")  # no token_type_ids to export
+EAGER_ONLY = ("mpnet", "deberta-v2", "deberta-v3")  # transformers has no sdpa for them
 EXAMPLE = (2, 8)  # the export's example (batch, sequence): all > 1, so nothing specializes
 PARITY_SHAPES = ((1, 5), (3, 11), (2, 8))
-GELU_OPS = ("BiasGelu", "FastGelu", "Gelu")
 
 
 class Encoder(torch.nn.Module):
@@ -59,7 +66,7 @@ class Encoder(torch.nn.Module):
 
 def _names(family: str, order: str, inputs: str) -> list[str]:
     names = ["input_ids", "attention_mask"]
-    if family not in ("distilbert",) and inputs != "minimal":
+    if family not in NO_SEGMENTS and inputs != "minimal":
         names.append("token_type_ids")
     if inputs == "with-position-ids":
         names.append("position_ids")
@@ -81,6 +88,8 @@ def _feed(names, batch, sequence, config, rng, pad_first_row=False) -> dict[str,
 
 
 def _check_cell(tmp_path, family, form: ExportForm, attn="sdpa", order="natural", inputs="default"):
+    if attn == "sdpa" and family in EAGER_ONLY:
+        pytest.skip(f"transformers has no sdpa attention for {family}")
     config = CONFIGS[family]()
     model = random_model(config, attn_implementation=attn)
     names = _names(family, order, inputs)
@@ -100,16 +109,15 @@ def _check_cell(tmp_path, family, form: ExportForm, attn="sdpa", order="natural"
     except Exception as exc:  # the exporter's limit, not tfopt's: say which
         pytest.skip(f"torch cannot export {form.id}: {str(exc).splitlines()[0][:160]}")
     layers = config.num_hidden_layers if hasattr(config, "num_hidden_layers") else config.n_layers
-    info = ModelInfo(model_type="bert", num_layers=layers)
+    info = ModelInfo(model_type=MODEL_TYPE.get(family, family), num_layers=layers)
     fused = fuse_file(path, tmp_path / "optimized.onnx", info)
     counts = fused.op_counts
-    expected = encoder_counts(layers)
+    table = expected_counts(info, layers)  # the host's counts for the model type
     assert fused.missing == [], (form.id, fused.missing)
-    assert counts.get("EmbedLayerNormalization", 0) == expected["EmbedLayerNormalization"]
-    assert counts.get("MultiHeadAttention", 0) == layers
-    assert counts.get("SkipLayerNormalization", 0) == 2 * layers
-    assert sum(counts.get(op, 0) for op in GELU_OPS) == layers
-    assert counts.get("Softmax", 0) == 0 and counts.get("LayerNormalization", 0) == 0
+    assert table and {key: sum(counts.get(op, 0) for op in key.split("|")) for key in table} == table, (form.id, counts)
+    assert counts.get("EmbedLayerNormalization", 0) == EMBED_LAYER_NORMS[f"tiny-{family}"]
+    assert counts.get("MultiHeadAttention", 0) + counts.get("Attention", 0) == layers
+    assert counts.get("Softmax", 0) == 0 and counts.get("LayerNormalization", 0) == LAYER_NORMS_LEFT[f"tiny-{family}"]
     session = ort_session(fused.model_path)
     shapes = [EXAMPLE] if form.spelling == "static" else PARITY_SHAPES
     for batch, sequence in shapes:
@@ -123,12 +131,19 @@ def _check_cell(tmp_path, family, form: ExportForm, attn="sdpa", order="natural"
         assert worst <= FP32_TOLERANCE, (form.id, batch, sequence, worst)
 
 
-# CI's cover: every spelling of both exporters on BERT, every family on Dim.DYNAMIC, the opsets,
-# eager attention, another input order and other input sets.
+# CI's cover: every spelling of both exporters on BERT, every BERT-layout family on Dim.DYNAMIC, the
+# opsets, eager attention, another input order and other input sets; MPNet, DeBERTa-v2/v3 and
+# ModernBERT once each on a spelling the adapter's own exports (test_fusion_matrix) do not use.
+LATER_FAMILIES = ("mpnet", "deberta-v2", "deberta-v3", "modernbert")
 COVER = [
     *[("bert", ExportForm("dynamo", spelling), "sdpa", "natural", "default") for spelling in SPELLINGS["dynamo"]],
     *[("bert", ExportForm("legacy", spelling), "sdpa", "natural", "default") for spelling in SPELLINGS["legacy"]],
-    *[(family, ExportForm("dynamo", "Dim.DYNAMIC"), "sdpa", "natural", "default") for family in CONFIGS if family != "bert"],
+    *[(family, ExportForm("dynamo", "Dim.DYNAMIC"), "sdpa", "natural", "default") for family in CONFIGS
+      if family != "bert" and family not in LATER_FAMILIES],
+    ("mpnet", ExportForm("legacy", "dynamic_axes-distinct"), "eager", "reversed", "with-position-ids"),
+    ("deberta-v2", ExportForm("dynamo", "Dim.AUTO"), "eager", "natural", "with-position-ids"),
+    ("deberta-v3", ExportForm("legacy", "dynamic_axes", 18), "eager", "reversed", "default"),
+    ("modernbert", ExportForm("dynamo", "Dim.DYNAMIC"), "eager", "natural", "with-position-ids"),
     ("bert", ExportForm("dynamo", "Dim.DYNAMIC", 18), "sdpa", "natural", "default"),
     ("roberta", ExportForm("dynamo", "Dim.AUTO", 17), "eager", "natural", "default"),
     ("bert", ExportForm("legacy", "dynamic_axes-distinct", 14), "eager", "natural", "default"),
@@ -152,10 +167,21 @@ def test_export_form_fuses_fully_with_parity(tmp_path, cell):
 ALL_FORMS = [ExportForm(exporter, spelling) for exporter, spellings in SPELLINGS.items() for spelling in spellings]
 
 
+# Known gaps of the shared rules, measured: each cell must fail today (strict), so a fix shows.
+STATIC_ROTARY = pytest.mark.xfail(
+    strict=True,
+    reason="RotaryEmbedding: the shared rotary rule does not fuse a static-shape ModernBERT export's rotary "
+    "(rotate-half left unfused; 2L RotaryEmbedding expected, 0 found), on both exporters",
+)
+FAMILY_FORMS = [
+    pytest.param(family, form, id=f"{family}-{form.id}", marks=[STATIC_ROTARY] if (family, form.spelling) == ("modernbert", "static") else [])
+    for family in CONFIGS for form in ALL_FORMS
+]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-@pytest.mark.parametrize("form", ALL_FORMS, ids=[f.id for f in ALL_FORMS])
-@pytest.mark.parametrize("family", list(CONFIGS))
+@pytest.mark.parametrize(("family", "form"), FAMILY_FORMS)
 def test_every_family_every_spelling(tmp_path, family, form, attn):
     _check_cell(tmp_path, family, form, attn)
 

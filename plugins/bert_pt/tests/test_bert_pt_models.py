@@ -8,11 +8,15 @@ import time
 import pytest
 import torch
 
-from bert_pt_cases import TINY_MODELS
+from bert_pt_cases import EAGER_ONLY, TINY_MODELS
 from tfopt.errors import TfoptError
+from tfopt.graph import MODEL_TYPES
 from tfopt.results import ModelInfo
 from tfopt_bert_pt import models
 from tfopt_bert_pt.models import load_source
+
+
+TFOPT_TYPE = {"tiny-deberta-v2": "deberta", "tiny-deberta-v3": "deberta"}  # HF's deberta-v2 is tfopt's deberta
 
 
 @pytest.mark.parametrize("name", TINY_MODELS)
@@ -20,10 +24,12 @@ def test_tiny_models_are_small_deterministic_and_perturbed(name):
     first = load_source(name)
     again = load_source(name, attn_implementation="eager")
     info = first.info
-    assert info.model_type == name.removeprefix("tiny-")
+    assert info.model_type == TFOPT_TYPE.get(name, name.removeprefix("tiny-"))
+    assert info.model_type in MODEL_TYPES  # the host has expected counts for it
     assert info.num_heads == 4 and 32 <= info.hidden_size <= 64 and 2 <= info.num_layers <= 3
     assert 100 <= first.vocab_size <= 200
-    assert first.model.config._attn_implementation == "sdpa"
+    # the default attention: sdpa where transformers has it for the model, else eager
+    assert first.model.config._attn_implementation == ("eager" if name in EAGER_ONLY else "sdpa")
     assert again.model.config._attn_implementation == "eager"
     # Same weights every time: verify rebuilds the model export saw.
     for (key, a), b in zip(first.model.state_dict().items(), again.model.state_dict().values()):
@@ -41,25 +47,43 @@ def test_albert_embedding_width_differs_from_hidden():
     assert config.embedding_size != config.hidden_size
 
 
-@pytest.mark.parametrize(("name", "segments"), [("tiny-bert", True), ("tiny-albert", True), ("tiny-distilbert", False), ("tiny-roberta", False)])
+@pytest.mark.parametrize(
+    ("name", "segments"), [(name, name in ("tiny-bert", "tiny-albert", "tiny-electra")) for name in TINY_MODELS]
+)
 def test_input_names_follow_the_model(name, segments):
     expected = ("input_ids", "attention_mask") + (("token_type_ids",) if segments else ())
     assert load_source(name).input_names == expected
 
 
-def test_local_directory_round_trip(tmp_path):
-    original = load_source("tiny-roberta")
+@pytest.mark.parametrize("name", ["tiny-roberta", "tiny-electra", "tiny-xlm-roberta", "tiny-mpnet", "tiny-deberta-v3", "tiny-modernbert"])
+def test_local_directory_round_trip(tmp_path, name):
+    original = load_source(name)
     original.model.save_pretrained(tmp_path)
     loaded = load_source(str(tmp_path), attn_implementation="eager")
     assert loaded.info == original.info
+    assert loaded.input_names == original.input_names
     assert loaded.model.config._attn_implementation == "eager"
-    assert loaded.pad_token_id == 1 and loaded.max_sequence_length == original.max_sequence_length == 64
-    ids = torch.tensor([[5, 6, 7, 8]])
-    mask = torch.ones_like(ids)
+    assert loaded.pad_token_id == original.pad_token_id
+    assert loaded.max_sequence_length == original.max_sequence_length == 64
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0]])
     with torch.inference_mode():
         expected = original.model(input_ids=ids, attention_mask=mask).last_hidden_state
         actual = loaded.model(input_ids=ids, attention_mask=mask).last_hidden_state
-    torch.testing.assert_close(actual, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(actual[:, :5], expected[:, :5], atol=1e-5, rtol=0)
+
+
+def test_local_deberta_v2_directory_is_tfopts_deberta_with_eager_attention(tmp_path):
+    load_source("tiny-deberta-v2").model.save_pretrained(tmp_path)
+    loaded = load_source(str(tmp_path))  # no attention named: DeBERTa-v2 has only eager
+    assert loaded.model.config.model_type == "deberta-v2" and loaded.info.model_type == "deberta"
+    assert loaded.model.config._attn_implementation == "eager"
+
+
+@pytest.mark.parametrize("name", EAGER_ONLY)
+def test_sdpa_on_an_eager_only_model_is_one_line_error(name):
+    message = _one_line_error(name, attn_implementation="sdpa")
+    assert "has no sdpa attention" in message and "eager" in message
 
 
 def test_default_source_is_the_real_minilm():
@@ -112,6 +136,7 @@ def test_unsupported_model_type(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     message = _one_line_error(str(tmp_path))
     assert "'gpt2' is not handled by bert_pt" in message
+    assert "deberta-v2" in message and "modernbert" in message  # the message lists what it handles
 
 
 def test_unreadable_directory(tmp_path, monkeypatch):

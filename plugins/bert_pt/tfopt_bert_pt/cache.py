@@ -14,8 +14,9 @@ def _key(ctx: RunContext) -> tuple:
     return (ctx.source, attn_implementation(ctx))
 
 
-def attn_implementation(ctx: RunContext) -> str:
-    return ctx.option("attn_implementation", "sdpa")
+def attn_implementation(ctx: RunContext) -> str | None:
+    """The attention the user asked for; None: sdpa where the model has it, else eager (models.attention_for)."""
+    return ctx.option("attn_implementation")
 
 
 def remember(ctx: RunContext, source: SourceModel) -> SourceModel:
