@@ -142,7 +142,9 @@ def test_unsupported_model_type(tmp_path):
 def test_unreadable_directory(tmp_path, monkeypatch):
     load_source("tiny-bert").model.save_pretrained(tmp_path)
     # chmod does not stop root, so simulate the permission check failing.
-    monkeypatch.setattr(models.os, "access", lambda path, mode: False)
+    import tfopt.hub
+
+    monkeypatch.setattr(tfopt.hub.os, "access", lambda path, mode: False)
     assert "not readable" in _one_line_error(str(tmp_path))
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from tfopt.errors import TfoptError, first_line
-from tfopt.hub import hub_reachable, looks_like_hub_id, unreachable_hub_error
+from tfopt.hub import hub_reachable, looks_like_hub_id, read_local_config, unreachable_hub_error
 from tfopt.results import ModelInfo
 from tfopt.torch_kit import no_progress_bar, perturb_vector_params
 
@@ -254,16 +253,7 @@ def _from_config(config: PretrainedConfig, attn_implementation: str) -> PreTrain
 
 
 def _from_directory(path: Path, attn_implementation: str | None, *, name: str) -> SourceModel:
-    if not path.is_dir():
-        raise TfoptError(f"{path}: not a directory (expected a Hugging Face model directory)")
-    if not os.access(path, os.R_OK | os.X_OK):
-        raise TfoptError(f"{path}: model directory is not readable")
-    if not (path / "config.json").is_file():
-        raise TfoptError(f"{path}: no config.json, not a Hugging Face model directory")
-    try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
-    except Exception as exc:  # bad JSON, unknown model_type, unreadable file
-        raise TfoptError(f"{path}: cannot read config.json ({first_line(exc)})") from None
+    config = read_local_config(path)
     _check_supported(config.model_type, path)  # before loading weights we would not use
     attn_implementation = attention_for(config, attn_implementation, path)
     try:
