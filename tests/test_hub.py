@@ -83,3 +83,28 @@ def test_a_local_directory_is_refused_in_one_line_before_any_weight_is_read(tmp_
         read_local_config(tmp_path)
     (tmp_path / "config.json").write_text('{"model_type": "bert", "hidden_size": 32}')
     assert read_local_config(tmp_path).hidden_size == 32
+
+
+def test_a_hub_load_reads_the_cache_only_when_the_hub_is_unreachable_and_fails_in_one_line(monkeypatch):
+    seen = []
+
+    def load(cached_only):
+        seen.append(cached_only)
+        raise OSError("not in the cache")
+
+    monkeypatch.setattr(hub, "hub_offline", lambda: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda: False)
+    with pytest.raises(TfoptError, match="is not reachable") as unreachable:
+        hub.load_from_hub("org/model", ["tiny-a"], load)
+    assert seen == [True] and "tiny-a" in str(unreachable.value)
+    monkeypatch.setattr(hub, "hub_reachable", lambda: True)
+    with pytest.raises(TfoptError, match=r"^org/model: cannot load from the Hugging Face hub \(not in the cache\)$"):
+        hub.load_from_hub("org/model", ["tiny-a"], load)
+    assert seen == [True, False]
+
+    def refuses(cached_only):
+        raise TfoptError("org/model: model type 'x' is not handled")
+
+    with pytest.raises(TfoptError, match="model type 'x' is not handled"):  # the adapter's own line passes through
+        hub.load_from_hub("org/model", [], refuses)
+    assert hub.load_from_hub("org/model", [], lambda cached_only: "model") == "model"

@@ -12,9 +12,11 @@ import re
 import socket
 import threading
 import urllib.parse
-from typing import Iterable
+from typing import Callable, Iterable, TypeVar
 
 from .errors import TfoptError
+
+T = TypeVar("T")
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 PROBE_TIMEOUT_SECONDS = 3.0
@@ -106,3 +108,24 @@ def read_local_config(path: os.PathLike | str):
         return AutoConfig.from_pretrained(path, local_files_only=True)
     except Exception as exc:  # bad JSON, unknown model_type, unreadable file
         raise TfoptError(f"{path}: cannot read config.json ({first_line(exc)})") from None
+
+
+def load_from_hub(repo_id: str, builtin_names: Iterable[str], load: Callable[[bool], T]) -> T:
+    """``load(cached_only)`` against the hub, its failures as one line.
+
+    The hub is probed first (:func:`hub_reachable`): unreachable, ``load`` reads the local cache
+    only (``local_files_only=True``) instead of waiting through huggingface_hub's retries, and a
+    copy that is not cached is :func:`unreachable_hub_error`. An adapter's own :class:`TfoptError`
+    (a model type it does not handle) passes through as it is.
+    """
+    from .errors import first_line
+
+    cached_only = not hub_reachable()
+    try:
+        return load(cached_only)
+    except TfoptError:
+        raise
+    except Exception as exc:  # not in the cache, unknown repo, gated model, no network
+        if cached_only:
+            raise unreachable_hub_error(repo_id, builtin_names) from None
+        raise TfoptError(f"{repo_id}: cannot load from the Hugging Face hub ({first_line(exc)})") from None

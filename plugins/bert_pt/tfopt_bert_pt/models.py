@@ -31,7 +31,7 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from tfopt.errors import TfoptError, first_line
-from tfopt.hub import hub_reachable, looks_like_hub_id, read_local_config, unreachable_hub_error
+from tfopt.hub import load_from_hub, looks_like_hub_id, read_local_config
 from tfopt.results import ModelInfo
 from tfopt.torch_kit import no_progress_bar, perturb_vector_params
 
@@ -265,24 +265,12 @@ def _from_directory(path: Path, attn_implementation: str | None, *, name: str) -
 
 
 def _from_hub(repo_id: str, attn_implementation: str | None) -> SourceModel:
-    if not hub_reachable():  # at once, instead of huggingface_hub's ~20 s of retries; a cached copy still loads
-        try:
-            with no_progress_bar():
-                config = AutoConfig.from_pretrained(repo_id, local_files_only=True)
-                _check_supported(config.model_type, repo_id)
-                attn = attention_for(config, attn_implementation, repo_id)
-                model = AutoModel.from_pretrained(repo_id, local_files_only=True, attn_implementation=attn)
-        except TfoptError:
-            raise
-        except Exception:  # not in the cache
-            raise unreachable_hub_error(repo_id, TINY_CONFIGS) from None
-        return describe(model, repo_id)
-    try:
-        config = AutoConfig.from_pretrained(repo_id)
-        _check_supported(config.model_type, repo_id)
-        model = AutoModel.from_pretrained(repo_id, attn_implementation=attention_for(config, attn_implementation, repo_id))
-    except TfoptError:
-        raise
-    except Exception as exc:  # unknown repo, no network, gated model
-        raise TfoptError(f"{repo_id}: cannot load from the Hugging Face hub ({first_line(exc)})") from None
+    def load(cached_only: bool) -> PreTrainedModel:
+        with no_progress_bar():
+            config = AutoConfig.from_pretrained(repo_id, local_files_only=cached_only)
+            _check_supported(config.model_type, repo_id)
+            attn = attention_for(config, attn_implementation, repo_id)
+            return AutoModel.from_pretrained(repo_id, local_files_only=cached_only, attn_implementation=attn)
+
+    model = load_from_hub(repo_id, TINY_CONFIGS, load)
     return describe(model, repo_id)

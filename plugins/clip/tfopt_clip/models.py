@@ -15,7 +15,7 @@ import transformers
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
 from tfopt.errors import TfoptError, first_line
-from tfopt.hub import hub_reachable, looks_like_hub_id, read_local_config, unreachable_hub_error
+from tfopt.hub import load_from_hub, looks_like_hub_id, read_local_config
 from tfopt.results import ModelInfo
 from tfopt.torch_kit import no_progress_bar
 
@@ -205,18 +205,12 @@ def _from_directory(path: Path, attn_implementation: str | None, *, name: str) -
 
 
 def _from_hub(repo_id: str, attn_implementation: str | None) -> SourceModel:
-    online = hub_reachable()  # at once, instead of huggingface_hub's retries; a cached copy still loads
-    try:
-        config = AutoConfig.from_pretrained(repo_id, local_files_only=not online)
+    def load(cached_only: bool) -> PreTrainedModel:
+        config = AutoConfig.from_pretrained(repo_id, local_files_only=cached_only)
         family = family_of(config, repo_id)
         with no_progress_bar():
-            model = getattr(transformers, family.model_class).from_pretrained(
-                repo_id, local_files_only=not online, **_kwargs(attn_implementation)
+            return getattr(transformers, family.model_class).from_pretrained(
+                repo_id, local_files_only=cached_only, **_kwargs(attn_implementation)
             )
-    except TfoptError:
-        raise
-    except Exception as exc:  # not in the cache, unknown repo, gated model
-        if not online:
-            raise unreachable_hub_error(repo_id, TINY_CONFIGS) from None
-        raise TfoptError(f"{repo_id}: cannot load from the Hugging Face hub ({first_line(exc)})") from None
-    return describe(model, repo_id)
+
+    return describe(load_from_hub(repo_id, TINY_CONFIGS, load), repo_id)

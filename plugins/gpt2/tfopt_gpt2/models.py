@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from tfopt.errors import TfoptError, first_line
-from tfopt.hub import hub_reachable, looks_like_hub_id, read_local_config, unreachable_hub_error
+from tfopt.hub import load_from_hub, looks_like_hub_id, read_local_config
 from tfopt.results import ModelInfo
 from tfopt.torch_kit import no_progress_bar, perturb_vector_params
 
@@ -173,23 +173,13 @@ def _from_directory(path: Path, attn_implementation: str, lm_head: bool | None) 
 
 
 def _from_hub(repo_id: str, attn_implementation: str, lm_head: bool | None) -> SourceModel:
-    # Unreachable: fail at once instead of huggingface_hub's ~20 s of retries; a cached copy still loads.
-    cached_only = not hub_reachable()
-    try:
+    def load(cached_only: bool):
         config = AutoConfig.from_pretrained(repo_id, local_files_only=cached_only)
-    except Exception as exc:
-        if cached_only:
-            raise unreachable_hub_error(repo_id, BUILTIN_MODELS) from None
-        raise TfoptError(f"{repo_id}: cannot load from the Hugging Face hub ({first_line(exc)})") from None
-    try:
         if config.model_type != "gpt2":
             raise TfoptError(f"{repo_id}: model type {config.model_type!r} is not handled by the gpt2 adapter")
         with no_progress_bar():
-            model = _model_class(config, lm_head).from_pretrained(
+            return _model_class(config, lm_head).from_pretrained(
                 repo_id, local_files_only=cached_only, attn_implementation=attn_implementation
             )
-    except TfoptError:
-        raise
-    except Exception as exc:  # unknown repo, no network, gated model
-        raise TfoptError(f"{repo_id}: cannot load from the Hugging Face hub ({first_line(exc)})") from None
-    return describe(model, repo_id)
+
+    return describe(load_from_hub(repo_id, BUILTIN_MODELS, load), repo_id)

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoConfig, LongformerConfig, LongformerModel
 
 from tfopt.errors import TfoptError, first_line
-from tfopt.hub import hub_reachable, looks_like_hub_id, unreachable_hub_error
+from tfopt.hub import load_from_hub, looks_like_hub_id
 from tfopt.results import ModelInfo
 from tfopt.torch_kit import no_progress_bar, perturb_vector_params
 
@@ -130,18 +130,9 @@ def _from_directory(path: Path, name: str) -> SourceModel:
 
 
 def _from_hub(repo_id: str) -> SourceModel:
-    try:
-        if not hub_reachable():  # a cached copy still loads
-            try:
-                with no_progress_bar():
-                    model = LongformerModel.from_pretrained(repo_id, local_files_only=True, add_pooling_layer=False)
-            except Exception:
-                raise unreachable_hub_error(repo_id, TINY_CONFIGS) from None
-        else:
-            with no_progress_bar():
-                model = LongformerModel.from_pretrained(repo_id, add_pooling_layer=False)
-    except TfoptError:
-        raise
-    except Exception as exc:
-        raise TfoptError(f"{repo_id}: cannot load from the Hugging Face hub ({first_line(exc)})") from None
+    def load(cached_only: bool) -> LongformerModel:
+        with no_progress_bar():
+            return LongformerModel.from_pretrained(repo_id, local_files_only=cached_only, add_pooling_layer=False)
+
+    model = load_from_hub(repo_id, TINY_CONFIGS, load)
     return describe(model, repo_id)
