@@ -513,19 +513,26 @@ def bench_command(ctx, targets, batch_sizes, sequence_lengths, repeat, extra, as
         click.echo("\n".join(latency_lines(to_jsonable(result))))
 
 
-GENERATE_HELP = """Generate text with a decoder run's optimized model (gpt2, llama).
+GENERATE_HELP = """Generate text with a decoder run's optimized model (gpt2, llama, seq2seq).
 
 RUN_DIR is a `tfopt run` output directory of a decoder adapter: its final model is driven
 one token per step, the cache kept in ONNX Runtime between steps (IO binding). Prompts are
 text (tokenized with the tokenizer of the run's model directory) or token ids
-(--prompt-ids, for models without a tokenizer such as the built-in tiny ones); several
-prompts are left-padded into one batch. Greedy unless --do-sample.
+(--prompt-ids, for models without a tokenizer such as the built-in tiny ones). Greedy unless
+--do-sample. A decoder-only run left-pads the prompts into one batch and continues them.
+
+A seq2seq run (an encoder and a decoder) reads each prompt as a source: the sources are
+right-padded into one batch, encoded once, and the decoder writes each one's output from its
+start token; --num-beams N > 1 is beam search as transformers' generate defines it (with
+--length-penalty and --early-stopping). Whisper's source is audio: use the Python API.
 
 \b
 Examples:
   tfopt run --plugin llama --no-benchmark --output out-llama/
   tfopt generate out-llama/ --prompt-ids 1,2,3 --prompt-ids 4,5 --max-new-tokens 8
   tfopt generate out-llama/ --prompt-ids 7,8,9 --do-sample --temperature 0.8 --top-k 20 --seed 1
+  tfopt run --plugin seq2seq --no-benchmark --output out-t5/
+  tfopt generate out-t5/ --prompt-ids 5,6,7,8 --prompt-ids 9,10 --num-beams 4
 """
 
 
@@ -539,8 +546,13 @@ Examples:
 @click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="0 = no top-k filter.")
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--num-beams", type=click.IntRange(min=1), default=1, show_default=True, help="Beam search (seq2seq runs).")
+@click.option("--length-penalty", type=float, default=1.0, show_default=True, help="Beam search: score / length ** this.")
+@click.option("--early-stopping", type=click.Choice(["false", "true", "never"]), default="false", show_default=True,
+              help="Beam search: when a batch row is done (transformers' meaning).")
 @click.option("--json", "as_json", is_flag=True, help="Print the new token ids (and text) as JSON.")
-def generate_command(run_dir, prompts, prompt_ids, max_new_tokens, do_sample, temperature, top_k, top_p, seed, as_json):
+def generate_command(run_dir, prompts, prompt_ids, max_new_tokens, do_sample, temperature, top_k, top_p, seed,
+                     num_beams, length_penalty, early_stopping, as_json):
     from .generation import Sampling, generate_onnx, left_padded
     from .report import load_report, resolve_output
 
@@ -552,15 +564,45 @@ def generate_command(run_dir, prompts, prompt_ids, max_new_tokens, do_sample, te
         raise TfoptError("give the prompts as --prompt TEXT or as --prompt-ids 1,2,3 (one of the two)")
     tokenizer = _tokenizer_of(report.get("source")) if prompts else None
     rows = [tokenizer.encode(text) for text in prompts] if prompts else [_token_ids(ids) for ids in prompt_ids]
-    ids, mask = left_padded(rows)
-    sampling = Sampling(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    tokens = generate_onnx(final, ids, mask, max_new_tokens, sampling=sampling)
+    encoder = resolve_output(report, run_dir, "encoder_final")
+    if encoder is not None:
+        if do_sample:
+            raise TfoptError("a seq2seq run generates greedily or by beam search (--num-beams); --do-sample is for decoder-only runs")
+        tokens = _generate_seq2seq(encoder, final, rows, max_new_tokens, num_beams, length_penalty,
+                                   {"false": False, "true": True}.get(early_stopping, early_stopping))
+    elif num_beams > 1:
+        raise TfoptError("--num-beams is for seq2seq runs; a decoder-only run samples or decodes greedily")
+    else:
+        ids, mask = left_padded(rows)
+        sampling = Sampling(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        tokens = generate_onnx(final, ids, mask, max_new_tokens, sampling=sampling)
     texts = [tokenizer.decode(row) for row in tokens.tolist()] if tokenizer is not None else None
     if as_json:
         click.echo(json.dumps({"tokens": tokens.tolist(), "text": texts}, indent=2))
         return
     for index, row in enumerate(tokens.tolist()):
         click.echo(texts[index] if texts is not None else " ".join(map(str, row)))
+
+
+def _generate_seq2seq(encoder: Path, decoder: Path, rows: list[list[int]], max_new_tokens: int, num_beams: int,
+                      length_penalty: float, early_stopping):
+    """The sources right-padded (with the pad token the decoder's metadata states) and generated from."""
+    import numpy as np
+
+    from .encoder_decoder import ATTENTION_MASK, INPUT_IDS, EncoderDecoder
+
+    if not encoder.is_file():
+        raise TfoptError(f"{encoder}: the run's encoder is missing; run `tfopt run` again")
+    pair = EncoderDecoder(encoder, decoder)
+    if INPUT_IDS not in {spec.name for spec in pair.encoder.get_inputs()}:
+        raise TfoptError("this encoder reads audio features, not tokens: generate with the Python API (tfopt.encoder_decoder)")
+    width = max(len(row) for row in rows)
+    ids = np.full((len(rows), width), pair.tokens.pad_token_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for index, row in enumerate(rows):
+        ids[index, : len(row)], mask[index, : len(row)] = row, 1
+    return pair.generate({INPUT_IDS: ids, ATTENTION_MASK: mask}, max_new_tokens, num_beams=num_beams,
+                         length_penalty=length_penalty, early_stopping=early_stopping)
 
 
 def _token_ids(value: str) -> list[int]:

@@ -272,6 +272,7 @@ def summary_text(report: dict[str, Any], run_dir: str | os.PathLike | None = Non
     lines += [f"  {note}" for note in (report.get("convert_precision") or {}).get("notes") or []]  # how it was converted
     if report.get("verify"):
         lines.append(parity_line(report["verify"]))
+        lines += [f"  {note}" for note in report["verify"].get("notes") or []]  # the adapter's further checks
     if report.get("benchmark"):
         lines += latency_lines(report["benchmark"])
     for warning in report.get("warnings", []):

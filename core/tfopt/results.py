@@ -114,6 +114,9 @@ class FuseResult:
     peak_rss_mb: float = 0.0
     validation: Validation | None = None  # None = written unvalidated (--no-validate)
     dropped_rules: list[DroppedRule] = field(default_factory=list)
+    # Other graphs of the same model this stage fused (an encoder beside its decoder), by role:
+    # op_counts, expected, missing and leftover cover them too (the conformance kit counts them all).
+    companions: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass
@@ -149,6 +152,7 @@ class VerifyResult:
     seconds: float = 0.0
     histogram: dict[str, Any] | None = None  # abs differences per log10 bin (tfopt.verify.diff_histogram); None = not kept
     failure: str | None = None  # why it failed when the criterion is not max abs diff (int8 embeddings, accuracy)
+    notes: list[str] = field(default_factory=list)  # one line each: further checks the adapter ran (generation, ...)
 
 
 @dataclass

@@ -185,12 +185,15 @@ def check_adapter(
     fused = results.get("fuse")
     assert isinstance(fused, FuseResult), f"fuse returned {type(fused).__name__}"
     assert Path(fused.model_path).is_file(), f"fuse: {fused.model_path} does not exist"
-    actual_counts = _graph_op_counts(Path(fused.model_path))
-    assert fused.op_counts == actual_counts, f"fuse: reported op counts {fused.op_counts} != the file's {actual_counts}"
+    graphs = [Path(fused.model_path), *map(Path, fused.companions.values())]
+    for path in graphs[1:]:
+        assert path.is_file(), f"fuse: companion graph {path} does not exist"
+    actual_counts = dict(sum((Counter(_graph_op_counts(path)) for path in graphs), Counter()))
+    assert fused.op_counts == actual_counts, f"fuse: reported op counts {fused.op_counts} != the files' {actual_counts}"
     if expect_full_fusion:
         assert not fused.missing, f"fuse: expected fusions did not happen: {fused.missing}"
-        left = _leftover_in_file(Path(fused.model_path), ctx.option("disabled", ()))
-        assert not left, f"fuse: the fused file still holds primitives no fusion replaced: {left}"
+        left = [line for path in graphs for line in _leftover_in_file(path, ctx.option("disabled", ()))]
+        assert not left, f"fuse: the fused files still hold primitives no fusion replaced: {left}"
         for key, want in fused.expected.items():
             have = sum(actual_counts.get(op, 0) for op in key.split("|"))
             assert have >= want, f"fuse: {key} expected {want}, found {have}"

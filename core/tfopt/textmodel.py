@@ -1,10 +1,11 @@
-"""Small causal LMs trained here on real text, so that quantization is judged on a model with structure.
+"""Small models trained here on real text, so that quantization and generation are judged on a model with structure.
 
 No trained weights can be downloaded here, and a random model's logits are nearly flat
 (next-token agreement on it means nothing). So the decoder adapters train byte-level models
 (vocabulary: the 256 byte values) on the docstrings of Python's standard library, which every
 machine running tfopt has. An adapter states the architecture (a transformers model built
-from a config) and a :class:`TrainingBudget`; this module holds the text, the training loop
+from a config), a :class:`TrainingBudget` and, beyond next-byte prediction, its task (the
+seq2seq adapter's span restoration); this module holds the text, the training loop
 and the cache. Training is deterministic by seed (same corpus, same batches, same initial
 weights; float summation order can differ across thread counts) and cached under
 ``tfopt.run_cache.cache_root()`` ($TFOPT_CACHE_DIR, default ``~/.cache/tfopt``) keyed by the
@@ -89,25 +90,39 @@ def cache_dir(family: str) -> Path:
     return cache_root() / f"{family}-text"
 
 
-def _key(config, budget: TrainingBudget, train: bytes) -> str:
+def causal_lm_batch(data, rng: np.random.Generator, budget: TrainingBudget) -> dict:
+    """Next-byte prediction on random windows of the text: the decoder LLMs' task."""
     import torch
 
-    text = json.dumps(
-        {"config": config.to_diff_dict(), "budget": asdict(budget), "corpus": hashlib.sha256(train).hexdigest(), "torch": torch.__version__},
-        sort_keys=True, default=str,
-    )
+    starts = rng.integers(0, len(data) - budget.sequence_length - 1, size=budget.batch_size)
+    batch = torch.stack([data[s : s + budget.sequence_length] for s in starts])
+    return {"input_ids": batch, "labels": batch}
+
+
+def _key(config, budget: TrainingBudget, train: bytes, make_batch: Callable = causal_lm_batch) -> str:
+    import torch
+
+    identity = {"config": config.to_diff_dict(), "budget": asdict(budget), "corpus": hashlib.sha256(train).hexdigest(), "torch": torch.__version__}
+    if make_batch is not causal_lm_batch:  # another task is another model (the causal LMs' keys stay as they were)
+        identity["task"] = f"{make_batch.__module__}.{make_batch.__qualname__}"
+    text = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def trained_model(name: str, family: str, config, model_class, budget: TrainingBudget, *,
-                  attn_implementation: str = "sdpa", progress: Callable[[str], None] | None = None):
-    """``model_class`` built from ``config``, trained on the stdlib text with ``budget``: from the cache or trained now."""
+                  attn_implementation: str = "sdpa", progress: Callable[[str], None] | None = None,
+                  make_batch: Callable = causal_lm_batch):
+    """``model_class`` built from ``config``, trained on the stdlib text with ``budget``: from the cache or trained now.
+
+    ``make_batch(data, rng, budget)`` draws one batch of the task (the model's keyword arguments,
+    labels included) from the training text as an int64 tensor of bytes; default next-byte prediction.
+    """
     from .torch_kit import no_progress_bar
 
     train, _ = corpus()
-    target = cache_dir(family) / f"{name}-{_key(config, budget, train)}"
+    target = cache_dir(family) / f"{name}-{_key(config, budget, train, make_batch)}"
     if not (target / "config.json").is_file():
-        model = train_model(model_class, config, budget, train, progress=progress or (lambda message: None))
+        model = train_model(model_class, config, budget, train, progress=progress or (lambda message: None), make_batch=make_batch)
         target.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
@@ -124,7 +139,8 @@ def trained_model(name: str, family: str, config, model_class, budget: TrainingB
     return model.eval()
 
 
-def train_model(model_class, config, budget: TrainingBudget, train: bytes, *, progress: Callable[[str], None]):
+def train_model(model_class, config, budget: TrainingBudget, train: bytes, *, progress: Callable[[str], None],
+                make_batch: Callable = causal_lm_batch):
     """Train a fresh ``model_class(config)`` on ``train`` (AdamW, one-cycle schedule), deterministic by ``budget.seed``."""
     import torch
 
@@ -139,9 +155,7 @@ def train_model(model_class, config, budget: TrainingBudget, train: bytes, *, pr
     started, last_report = time.perf_counter(), time.perf_counter()
     progress(f"training the text model ({budget.steps} steps, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; cached afterwards) ...")
     for step in range(budget.steps):
-        starts = rng.integers(0, len(data) - budget.sequence_length - 1, size=budget.batch_size)
-        batch = torch.stack([data[s : s + budget.sequence_length] for s in starts])
-        loss = model(input_ids=batch, labels=batch).loss
+        loss = model(**make_batch(data, rng, budget)).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -1,0 +1,140 @@
+"""The ``verify`` hook: both graphs against PyTorch, then generation against transformers' ``generate``.
+
+1. The encoder on padded sources: its hidden states and every layer's cross keys/values,
+   on real source positions.
+2. The decoder on decoding steps (``make_dummy_inputs``): the first step (past 0) and later
+   ones with one or several new tokens, over padded sources; logits and the grown
+   self-attention cache, all positions (a decoder is never padded: every row advances together).
+3. Generation: the two ONNX graphs driven by :class:`tfopt.encoder_decoder.EncoderDecoder`,
+   greedy and beam search (4 beams), against ``model.generate`` with the same settings:
+   in fp32 the tokens must be identical. For the models trained here the sources are held-out
+   text; below fp32 the share of identical tokens is reported and judged instead.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tfopt import encoder_decoder as names
+from tfopt.bench import ort_session
+from tfopt.errors import TfoptError
+from tfopt.results import ExportResult, RunContext, VerifyResult
+from tfopt.verify import diff_stats, merge_stats
+
+from . import step as steps
+from .export import ENCODER_OUTPUTS
+from .generate import generate_torch
+from .models import SourceModel
+from .source import source_model
+from .textmodel import TEXT_MODELS, heldout_sources
+
+# (batch, source length, past, new tokens); Whisper's source length is fixed by its position table
+DECODER_CASES = ((1, 6, 0, 1), (3, 9, 0, 1), (2, 7, 5, 1), (4, 11, 9, 1), (3, 8, 4, 3), (2, 5, 16, 2))
+ENCODER_CASES = ((1, 7), (3, 12))
+GENERATION = dict(batch=3, length=10, max_new_tokens=32, beams=(1, 4))
+TOLERANCES = {"fp32": 1e-4, "fp16": 0.2, "int8": 3.0, "int4": 3.0}
+MIN_SAME_TOKENS = {"fp16": 0.9, "int8": 0.9, "int4": 0.8}  # below fp32, on the trained model: share of identical tokens
+
+
+def dummy_inputs(ctx: RunContext, exported: ExportResult) -> list[dict[str, np.ndarray]]:
+    """Decoding steps over padded random sources, the cross keys/values computed by torch's encoder."""
+    source = source_model(ctx)
+    rng = np.random.default_rng(int(ctx.option("seed", 0)))
+    encoder = steps.encoder_step(source)
+    feeds = []
+    for batch, length, past, new in DECODER_CASES:
+        encoded = steps.encoder_feed(source, batch, length, rng)
+        cross = steps.run_torch(encoder, steps.encoder_inputs(source), encoded)[1:]
+        feeds.append(steps.decoder_feed(source, encoded, cross, past, new, rng))
+    return feeds
+
+
+def _encoder_stats(source: SourceModel, encoder_path: Path, seed: int):
+    session, module = ort_session(encoder_path), steps.encoder_step(source)
+    rng, stats, cases = np.random.default_rng(seed + 1), [], []
+    for batch, length in ENCODER_CASES:
+        feed = steps.encoder_feed(source, batch, length, rng)
+        expected = steps.run_torch(module, steps.encoder_inputs(source), feed)
+        actual = session.run(steps.encoder_outputs(source), feed)
+        real = None if source.spec.audio else feed[names.ATTENTION_MASK].astype(bool)
+        parts = [diff_stats(expected[0], actual[0], real)]  # hidden: [batch, source, width]
+        for want, got in zip(expected[1:], actual[1:]):  # cross: [batch, heads, source, head_size]
+            parts.append(diff_stats(want.transpose(0, 2, 1, 3), got.transpose(0, 2, 1, 3), real))
+        stats.append(merge_stats(parts))
+        cases.append({"graph": "encoder", "batch_size": batch, "source_length": feed[steps.encoder_inputs(source)[0]].shape[-1],
+                      "diff": stats[-1]})
+    return stats, cases
+
+
+def generation_sources(source: SourceModel, seed: int) -> dict[str, np.ndarray]:
+    """Held-out text for the models trained here; padded random tokens (or random features) otherwise."""
+    if source.name in TEXT_MODELS:
+        ids, mask, _ = heldout_sources(GENERATION["batch"], TEXT_MODELS[source.name].budget.sequence_length, seed=seed)
+        return {names.INPUT_IDS: ids, names.ATTENTION_MASK: mask}
+    return steps.encoder_feed(source, GENERATION["batch"], GENERATION["length"], np.random.default_rng(seed + 2))
+
+
+def same_tokens(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Share of positions where both sequences hold the same token (the shorter padded with -1)."""
+    width = max(expected.shape[1], actual.shape[1])
+    pad = lambda a: np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=-1)  # noqa: E731
+    return float((pad(expected) == pad(actual)).mean()) if width else 1.0
+
+
+def verify_model(ctx: RunContext, exported: ExportResult, model_path: Path, inputs: list[dict[str, np.ndarray]]) -> VerifyResult:
+    precision = ctx.option("precision", "fp32")
+    if precision not in TOLERANCES:
+        raise TfoptError(f"unknown precision {precision!r}; known: {', '.join(TOLERANCES)}")
+    tolerance = float(ctx.option("tolerance", TOLERANCES[precision]))
+    source = source_model(ctx)
+    seed = int(ctx.option("seed", 0))
+    start = time.perf_counter()
+    encoder_path = Path((ctx.results.get("extra_outputs") or {}).get(ENCODER_OUTPUTS["final"]) or
+                        (ctx.results.get("extra_outputs") or {})[ENCODER_OUTPUTS["export"]])
+    stats, cases = _encoder_stats(source, encoder_path, seed)
+    session, module = ort_session(model_path), steps.decoder_step(source)
+    for feed in inputs:
+        expected = steps.run_torch(module, steps.decoder_inputs(source), feed)
+        actual = session.run(steps.decoder_outputs(source), feed)
+        stats.append(merge_stats([diff_stats(want, got) for want, got in zip(expected, actual)]))
+        batch, new = feed[names.INPUT_IDS].shape
+        past = feed[names.self_past_names(source.decoder_layers)[0]].shape[2]
+        cases.append({"graph": "decoder", "batch_size": batch, "past_length": past, "sequence_length": new, "diff": stats[-1]})
+    overall = merge_stats(stats)
+    failure, notes = None, _encoder_validation(ctx)
+    pair = names.EncoderDecoder(encoder_path, model_path)
+    sources = generation_sources(source, seed)
+    worst_same = 1.0
+    for beams in GENERATION["beams"]:
+        search = "greedy" if beams == 1 else f"beam-{beams}"
+        want = generate_torch(source, sources, GENERATION["max_new_tokens"], num_beams=beams)
+        got = pair.generate(sources, GENERATION["max_new_tokens"], num_beams=beams)
+        same = same_tokens(want, got)
+        worst_same = min(worst_same, same)
+        cases.append({"generation": search, "batch_size": want.shape[0], "new_tokens": int(want.shape[1]),
+                      "identical": bool(same == 1.0), "same_tokens": same})
+        verdict = "identical to" if same == 1.0 else f"{same:.1%} the same as"
+        notes.append(f"{search} generation ({want.shape[0]} sources, up to {GENERATION['max_new_tokens']} tokens): "
+                     f"{verdict} transformers' generate")
+        if precision == "fp32" and same < 1.0 and failure is None:
+            failure = f"{search} tokens differ from transformers' generate ({same:.1%} the same)"
+    if precision != "fp32" and source.name in TEXT_MODELS and worst_same < MIN_SAME_TOKENS[precision]:
+        failure = f"generated tokens {worst_same:.1%} the same as torch's < {MIN_SAME_TOKENS[precision]:.0%} ({precision})"
+    return VerifyResult(
+        passed=overall.max_abs <= tolerance and overall.nan_count == 0 and failure is None, tolerance=tolerance,
+        precision=precision, reference="torch", overall=overall, cases=cases, top1_agreement=worst_same,
+        seconds=time.perf_counter() - start, failure=failure, notes=notes,
+    )
+
+
+def _encoder_validation(ctx: RunContext) -> list[str]:
+    """The fused encoder's validation line (the report's own line is the decoder's)."""
+    from tfopt.graph.validate import validation_line
+
+    fused = ctx.results.get("encoder_fuse")
+    if fused is None or fused.validation is None:
+        return []
+    return [f"{Path(fused.model_path).name}: {validation_line(fused.validation)}"]
