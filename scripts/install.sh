@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create the two deployments tfopt is tested in, inside the repo:
-#   .venv     the host + PyTorch-family adapters (bert_pt, gpt2, llama, longformer, qat, vision, clip), transformers 5
+#   .venv     the host + PyTorch-family adapters (bert_pt, gpt2, llama, longformer, qat, vision, clip, seq2seq), transformers 5
 #   .venv-tf  the host + TensorFlow/Keras adapters (bert_tf, bert_keras), transformers 4.57 + TF 2.21
 # transformers 5 (PyTorch) and 4.57 (the last with TFBertModel) cannot share one environment.
 # Idempotent: re-running only installs what changed. torch is pinned (constraints.txt) to the
@@ -46,6 +46,7 @@ make_venv .venv
     -e plugins/longformer \
     -e plugins/vision \
     -e plugins/clip \
+    -e plugins/seq2seq \
     -e examples/vit \
     -e plugins/qat \
     pytest sympy

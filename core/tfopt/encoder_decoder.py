@@ -166,7 +166,8 @@ class EncoderDecoder:
 
     def generate(self, source: dict[str, np.ndarray], max_new_tokens: int = 32, *, num_beams: int = 1,
                  length_penalty: float = 1.0, early_stopping: bool | str = False) -> np.ndarray:
-        """New tokens (batch, <= max_new_tokens), without the start token, right-padded with the pad token.
+        """New tokens (batch, <= max_new_tokens), without the start token; rows that ended early are filled as
+        transformers fills them (greedy: the pad token; beam search: the pad token, or EOS where the pad token is 0).
 
         ``source``: the encoder's inputs (``input_ids`` and ``attention_mask``, or ``input_features``).
         Greedy for ``num_beams=1``; beam search as transformers' ``generate`` defines it otherwise.

@@ -126,7 +126,8 @@ def trained_model(name: str, family: str, config, model_class, budget: TrainingB
         target.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            model.save_pretrained(scratch)
+            with no_progress_bar():  # transformers' "Writing model shards" bar
+                model.save_pretrained(scratch)
             try:
                 os.replace(scratch, target)  # atomic; another process may have won the race
             except OSError:

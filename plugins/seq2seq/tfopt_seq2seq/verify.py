@@ -35,8 +35,11 @@ from .textmodel import TEXT_MODELS, heldout_sources
 DECODER_CASES = ((1, 6, 0, 1), (3, 9, 0, 1), (2, 7, 5, 1), (4, 11, 9, 1), (3, 8, 4, 3), (2, 5, 16, 2))
 ENCODER_CASES = ((1, 7), (3, 12))
 GENERATION = dict(batch=3, length=10, max_new_tokens=32, beams=(1, 4))
-TOLERANCES = {"fp32": 1e-4, "fp16": 0.2, "int8": 3.0, "int4": 3.0}
-MIN_SAME_TOKENS = {"fp16": 0.9, "int8": 0.9, "int4": 0.8}  # below fp32, on the trained model: share of identical tokens
+# Max abs difference of encoder outputs and decoder logits. Below fp32 the logits move by design
+# (int4 more than int8): what decides there is the share of generated tokens torch also generates.
+TOLERANCES = {"fp32": 1e-4, "fp16": 0.2, "int8": 3.0, "int4": 8.0}
+# Below fp32, on the model trained here: next-token agreement with torch along torch's own greedy output
+MIN_TOP1 = {"fp16": 0.95, "int8": 0.95, "int4": 0.90}
 
 
 def dummy_inputs(ctx: RunContext, exported: ExportResult) -> list[dict[str, np.ndarray]]:
@@ -107,13 +110,13 @@ def verify_model(ctx: RunContext, exported: ExportResult, model_path: Path, inpu
     failure, notes = None, _encoder_validation(ctx)
     pair = names.EncoderDecoder(encoder_path, model_path)
     sources = generation_sources(source, seed)
-    worst_same = 1.0
+    worst_same, greedy = 1.0, None
     for beams in GENERATION["beams"]:
         search = "greedy" if beams == 1 else f"beam-{beams}"
         want = generate_torch(source, sources, GENERATION["max_new_tokens"], num_beams=beams)
         got = pair.generate(sources, GENERATION["max_new_tokens"], num_beams=beams)
         same = same_tokens(want, got)
-        worst_same = min(worst_same, same)
+        worst_same, greedy = min(worst_same, same), want if beams == 1 else greedy
         cases.append({"generation": search, "batch_size": want.shape[0], "new_tokens": int(want.shape[1]),
                       "identical": bool(same == 1.0), "same_tokens": same})
         verdict = "identical to" if same == 1.0 else f"{same:.1%} the same as"
@@ -121,13 +124,38 @@ def verify_model(ctx: RunContext, exported: ExportResult, model_path: Path, inpu
                      f"{verdict} transformers' generate")
         if precision == "fp32" and same < 1.0 and failure is None:
             failure = f"{search} tokens differ from transformers' generate ({same:.1%} the same)"
-    if precision != "fp32" and source.name in TEXT_MODELS and worst_same < MIN_SAME_TOKENS[precision]:
-        failure = f"generated tokens {worst_same:.1%} the same as torch's < {MIN_SAME_TOKENS[precision]:.0%} ({precision})"
+    agreement = None
+    if precision != "fp32":
+        agreement, positions = teacher_forced_agreement(source, pair, sources, greedy)
+        notes.append(f"next-token agreement with torch along its greedy output: {agreement:.1%} of {positions} positions")
+        if source.name in TEXT_MODELS and agreement < MIN_TOP1[precision]:
+            failure = f"next-token agreement with torch {agreement:.1%} < {MIN_TOP1[precision]:.0%} ({precision}; {positions} positions)"
     return VerifyResult(
         passed=overall.max_abs <= tolerance and overall.nan_count == 0 and failure is None, tolerance=tolerance,
-        precision=precision, reference="torch", overall=overall, cases=cases, top1_agreement=worst_same,
+        precision=precision, reference="torch", overall=overall, cases=cases, top1_agreement=agreement,
         seconds=time.perf_counter() - start, failure=failure, notes=notes,
     )
+
+
+def teacher_forced_agreement(source: SourceModel, pair: names.EncoderDecoder, sources: dict[str, np.ndarray],
+                             greedy: np.ndarray) -> tuple[float, int]:
+    """Share of positions where the ONNX decoder's next token is torch's, both reading torch's greedy output.
+
+    One decoder call per side over the whole output (past 0): every position is judged on the
+    same history, so one early difference does not shift every later token (as comparing two
+    generated sequences would). Positions after a row's first EOS are left out.
+    """
+    cross, _ = pair._encode(sources)
+    start = np.full((greedy.shape[0], 1), source.decoder_start_token_id, dtype=np.int64)
+    tokens = np.concatenate([start, greedy[:, :-1]], axis=1)
+    feed = {names.INPUT_IDS: tokens, **cross, **pair._empty_self_past(tokens.shape[0])}
+    if source.spec.encoder_mask:
+        feed[names.ENCODER_MASK] = sources[names.ATTENTION_MASK]
+    actual = pair.decoder.run([names.LOGITS], feed)[0]
+    expected = steps.run_torch(steps.decoder_step(source), steps.decoder_inputs(source), feed)[0]
+    ended = np.cumsum(greedy == source.eos_token_id, axis=1) - (greedy == source.eos_token_id) > 0
+    keep = ~ended
+    return float((actual.argmax(-1) == expected.argmax(-1))[keep].mean()), int(keep.sum())
 
 
 def _encoder_validation(ctx: RunContext) -> list[str]:
