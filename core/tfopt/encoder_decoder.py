@@ -109,7 +109,7 @@ class EncoderDecoder:
             raise TfoptError(f"the encoder does not return the cross-attention keys/values the decoder reads ({lacking[0]}, ...)")
         self.decoder_outputs = [LOGITS, *(present_name(name) for name in self.self_past)]
 
-    def _encode(self, source: dict[str, np.ndarray]):
+    def encode(self, source: dict[str, np.ndarray]):
         """The cross keys/values (numpy, batch of the source) and the source mask for the decoder."""
         from .feeds import session_feed
 
@@ -118,7 +118,7 @@ class EncoderDecoder:
         mask = source.get(ATTENTION_MASK)
         return dict(zip(self.cross_past, outputs)), mask
 
-    def _empty_self_past(self, batch_size: int) -> dict[str, np.ndarray]:
+    def empty_self_past(self, batch_size: int) -> dict[str, np.ndarray]:
         past = {}
         for spec in self.decoder.get_inputs():
             if spec.name in self.self_past:
@@ -134,7 +134,7 @@ class EncoderDecoder:
 
         from .generation import run_bound
 
-        cross, mask = self._encode(source)
+        cross, mask = self.encode(source)
         batch_size = next(iter(cross.values())).shape[0] * num_beams
         fixed = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(np.repeat(value, num_beams, axis=0)))
                  for name, value in cross.items()}  # bound every step, never copied again
@@ -142,7 +142,7 @@ class EncoderDecoder:
             if mask is None:
                 raise TfoptError("the decoder takes encoder_attention_mask: give the source's attention_mask")
             fixed[ENCODER_MASK] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(np.repeat(mask.astype(np.int64), num_beams, axis=0)))
-        state = {"past": {name: ort.OrtValue.ortvalue_from_numpy(value) for name, value in self._empty_self_past(batch_size).items()}}
+        state = {"past": {name: ort.OrtValue.ortvalue_from_numpy(value) for name, value in self.empty_self_past(batch_size).items()}}
         binding = self.decoder.io_binding()
 
         def step(tokens: np.ndarray, beam_origin: np.ndarray | None) -> np.ndarray:

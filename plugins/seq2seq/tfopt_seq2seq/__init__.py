@@ -22,7 +22,7 @@ from .hooks import benchmark_hook, convert_precision_hook, export_hook, fuse_hoo
 
 tfopt_options = (
     PluginOption("seed", int, 0, "Seed of the verification inputs."),
-    PluginOption("bench_shapes", str, "1,32,1;1,32,32", "Timed decoding steps as batch,past,new_tokens triples "
+    PluginOption("bench_shapes", str, "1,32,1;4,32,1", "Timed decoding steps as batch,past,new_tokens triples "
                  "(';'-separated); generation of 32 tokens is timed besides.", metavar="B,P,S;..."),
 )
 

@@ -171,13 +171,15 @@ def describe(model, name: str) -> SourceModel:
         decoder_layers, encoder_layers = config.decoder_layers, config.encoder_layers
         heads = config.decoder_attention_heads
         head_size = config.d_model // heads
-    start = config.decoder_start_token_id
+    start, eos = config.decoder_start_token_id, config.eos_token_id
+    if isinstance(eos, (list, tuple)):  # several end tokens: the search here stops on one, the first
+        eos = eos[0] if eos else None
     if start is None:
         raise TfoptError(f"{name}: the config names no decoder_start_token_id; generation cannot start")
     return SourceModel(
         model=model.eval(), name=name, family=family, decoder_layers=decoder_layers, encoder_layers=encoder_layers,
         heads=heads, head_size=head_size, width=config.d_model, vocab_size=model.get_output_embeddings().out_features,
-        decoder_start_token_id=int(start), eos_token_id=config.eos_token_id,
+        decoder_start_token_id=int(start), eos_token_id=None if eos is None else int(eos),
         pad_token_id=int(config.pad_token_id if config.pad_token_id is not None else 0),
         num_mel_bins=int(getattr(config, "num_mel_bins", 0) or 0),
         max_source_positions=int(getattr(config, "max_source_positions", 0) or 0),

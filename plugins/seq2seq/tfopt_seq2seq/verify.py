@@ -145,10 +145,10 @@ def teacher_forced_agreement(source: SourceModel, pair: names.EncoderDecoder, so
     same history, so one early difference does not shift every later token (as comparing two
     generated sequences would). Positions after a row's first EOS are left out.
     """
-    cross, _ = pair._encode(sources)
+    cross, _ = pair.encode(sources)
     start = np.full((greedy.shape[0], 1), source.decoder_start_token_id, dtype=np.int64)
     tokens = np.concatenate([start, greedy[:, :-1]], axis=1)
-    feed = {names.INPUT_IDS: tokens, **cross, **pair._empty_self_past(tokens.shape[0])}
+    feed = {names.INPUT_IDS: tokens, **cross, **pair.empty_self_past(tokens.shape[0])}
     if source.spec.encoder_mask:
         feed[names.ENCODER_MASK] = sources[names.ATTENTION_MASK]
     actual = pair.decoder.run([names.LOGITS], feed)[0]
