@@ -112,3 +112,22 @@ def test_quantized_decoder_still_generates_what_torch_does(tmp_path, precision):
     agreement = report["verify"]["top1_agreement"]  # next tokens along torch's greedy output, as torch's
     assert agreement >= {"int8": 0.95, "int4": 0.9}[precision], agreement
     assert report["outputs"]["encoder_final"].endswith("encoder.opt.onnx")  # the encoder stays fp32
+
+
+def test_whisper_decodes_synthesized_audio_as_transformers_does(tmp_path):
+    """The audio pipeline end to end: 1 s clips -> Whisper's own feature extractor -> the fused pair."""
+    from transformers import WhisperFeatureExtractor
+
+    check_adapter("seq2seq", "tiny-whisper", {**QUICK, "benchmark": False}, work_dir=tmp_path)
+    rate = 16000
+    time_axis = np.arange(rate) / rate
+    clips = [np.sin(2 * np.pi * (200 + 900 * time_axis) * time_axis),  # a chirp
+             0.3 * np.sin(2 * np.pi * 440 * time_axis) + 0.05 * np.random.default_rng(0).standard_normal(rate)]
+    extractor = WhisperFeatureExtractor(feature_size=16, sampling_rate=rate, hop_length=160, chunk_length=1, n_fft=400)
+    features = extractor(clips, sampling_rate=rate, return_tensors="np").input_features.astype(np.float32)
+    assert features.shape == (2, 16, 100)  # the tiny model's 50 encoder positions after the stride-2 conv
+    pair = EncoderDecoder(tmp_path / "run" / "encoder.opt.onnx", tmp_path / "run" / "decoder.opt.onnx")
+    source = load_source("tiny-whisper")
+    for beams in (1, 4):
+        want = generate_torch(source, {"input_features": features}, 16, num_beams=beams)
+        np.testing.assert_array_equal(pair.generate({"input_features": features}, 16, num_beams=beams), want)

@@ -61,7 +61,7 @@ def _tiny(name: str):
         return transformers.MarianConfig(**_SHAPE, **{**ids, "decoder_start_token_id": 1}, decoder_vocab_size=100,
                                          max_position_embeddings=64, forced_eos_token_id=None)
     return transformers.WhisperConfig(**_SHAPE, **{**ids, "pad_token_id": 0, "bos_token_id": 1, "decoder_start_token_id": 1},
-                                      num_mel_bins=16, max_source_positions=20, max_target_positions=64)
+                                      num_mel_bins=16, max_source_positions=50, max_target_positions=64)  # 1 s of audio
 
 
 TINY_NAMES = ("tiny-t5", "tiny-flan-t5", "tiny-bart", "tiny-marian", "tiny-whisper")
