@@ -45,6 +45,20 @@ class StepShape:
         return self.past_length + self.sequence_length
 
 
+def parse_step_shapes(value, option: str) -> list[StepShape]:
+    """An option's ``batch,past,new_tokens;...`` triples (batch and new tokens >= 1), or a one-line error."""
+    from .errors import TfoptError
+
+    problem = f"{option} must be batch,past,new_tokens triples (batch and new tokens >= 1), ';'-separated; got {value!r}"
+    try:
+        triples = [tuple(int(n) for n in part.split(",")) for part in str(value).split(";") if part.strip()]
+    except ValueError:
+        raise TfoptError(problem) from None
+    if not triples or any(len(t) != 3 or min(t) < 0 or t[0] < 1 or t[2] < 1 for t in triples):
+        raise TfoptError(problem)
+    return [StepShape(*t) for t in triples]
+
+
 def position_ids_for(attention_mask: np.ndarray, sequence_length: int) -> np.ndarray:
     """Positions of the last ``sequence_length`` slots: count of real tokens before each, padding at 0."""
     positions = np.cumsum(attention_mask, axis=1) - 1

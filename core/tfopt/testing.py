@@ -100,6 +100,20 @@ class _CaptureInputs:
         return feeds
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: with 2 threads, torch's OpenMP workers wait on
+    each other whenever another process holds a core (4 ms per tiny matmul, 3x slower tests).
+    Restored after each module, so other directories' tests keep torch's default. Applies to
+    the tests of a conftest that imports it (``from tfopt.testing import one_torch_thread``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _graph_op_counts(model_path: Path) -> dict[str, int]:
     graph = onnx.load(str(model_path), load_external_data=False).graph
     return dict(Counter(node.op_type for node in graph.node))

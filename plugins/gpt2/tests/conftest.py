@@ -13,20 +13,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach for the network
 
 import pytest  # noqa: E402
 
+from tfopt.testing import one_torch_thread  # noqa: E402,F401 (autouse: one torch thread per module)
+
 from gpt2_cases import make_ctx  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: with 2 threads, torch's OpenMP workers wait on
-    each other whenever another process holds a core (4 ms per tiny matmul, 3x slower tests).
-    Restored after each module, so other directories' tests keep torch's default."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -38,16 +38,9 @@ def step_shapes(ctx: RunContext, max_positions: int, option: str = "shapes", def
     """``--option shapes=b,p,s;b,p,s`` (or ``option``) or the defaults; each must fit the model's positions."""
     value = ctx.option(option, default)
     if value is None:
-        triples = DEFAULT_SHAPES
+        shapes = [causal_lm.StepShape(*t) for t in DEFAULT_SHAPES]
     else:
-        problem = f"{option} must be batch,past,new_tokens triples (batch and new tokens >= 1), ';'-separated; got {value!r}"
-        try:
-            triples = [tuple(int(n) for n in part.split(",")) for part in str(value).split(";") if part.strip()]
-        except ValueError:
-            raise TfoptError(problem) from None
-        if not triples or any(len(t) != 3 or min(t) < 0 or t[0] < 1 or t[2] < 1 for t in triples):
-            raise TfoptError(problem)
-    shapes = [causal_lm.StepShape(*t) for t in triples]
+        shapes = causal_lm.parse_step_shapes(value, option)
     for shape in shapes:
         if shape.total_length > max_positions:
             raise TfoptError(f"past {shape.past_length} + new tokens {shape.sequence_length} exceeds the model's {max_positions} positions")

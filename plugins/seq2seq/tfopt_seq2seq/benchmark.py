@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
 
 from tfopt import encoder_decoder as names
 from tfopt.bench import latency_row, ort_session, time_interleaved
-from tfopt.errors import TfoptError
+from tfopt.causal_lm import parse_step_shapes
 from tfopt.results import BenchResult, ExportResult, RunContext
 
 from . import step as steps
@@ -35,17 +36,6 @@ GENERATE_TOKENS = 32
 _ENCODER_OF = {"ort:raw": "export", "ort:tfopt": "final"}
 
 
-def bench_shapes(value: str) -> list[tuple[int, int, int]]:
-    problem = f"bench_shapes must be batch,past,new_tokens triples (batch and new tokens >= 1), ';'-separated; got {value!r}"
-    try:
-        triples = [tuple(int(n) for n in part.split(",")) for part in str(value).split(";") if part.strip()]
-    except ValueError:
-        raise TfoptError(problem) from None
-    if not triples or any(len(t) != 3 or min(t) < 0 or t[0] < 1 or t[2] < 1 for t in triples):
-        raise TfoptError(problem)
-    return triples
-
-
 def benchmark_models(ctx: RunContext, exported: ExportResult, models: dict[str, Path]) -> BenchResult:
     start = time.perf_counter()
     source = source_model(ctx)
@@ -55,7 +45,7 @@ def benchmark_models(ctx: RunContext, exported: ExportResult, models: dict[str, 
     rng = np.random.default_rng(3)
     module, encoder = steps.decoder_step(source), steps.encoder_step(source)
     rows = []
-    for batch, past, new in bench_shapes(ctx.option("bench_shapes", DEFAULT_BENCH_SHAPES)):
+    for batch, past, new in map(astuple, parse_step_shapes(ctx.option("bench_shapes", DEFAULT_BENCH_SHAPES), "bench_shapes")):
         encoded = steps.encoder_feed(source, batch, SOURCE_LENGTH, rng)
         if not source.spec.audio:
             encoded[names.ATTENTION_MASK][:] = 1  # timing wants full rows
