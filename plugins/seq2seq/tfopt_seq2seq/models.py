@@ -113,7 +113,7 @@ def expected_counts(source: SourceModel, graph: str) -> dict[str, int]:
     sum (EmbedLayerNormalization from the legacy exporter, SkipLayerNormalization from dynamo's
     GatherND lookup); the encoder's first norm reads the conv front end (a LayerNormalization
     stays), its final norm the last residual: 2L. A gelu per feed-forward where the family's
-    activation is gelu (Flan-T5's gated-gelu too); Whisper's conv front end adds two (minimums).
+    activation is gelu (Flan-T5's gated-gelu too); Whisper's conv front end adds two.
     """
     config = source.model.config
     layers = source.encoder_layers if graph == "encoder" else source.decoder_layers
@@ -126,10 +126,9 @@ def expected_counts(source: SourceModel, graph: str) -> dict[str, int]:
         return {ATTENTION_KEY: attentions, "SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": norms, **gelus}
     if family == "bart":
         return {"EmbedLayerNormalization": 1, ATTENTION_KEY: attentions, "SkipLayerNormalization": norms, **gelus}
-    if family == "whisper" and graph == "encoder":
-        return {ATTENTION_KEY: attentions, "SkipLayerNormalization": norms, **gelus}
-    if family == "whisper":
-        return {ATTENTION_KEY: attentions, "EmbedLayerNormalization|SkipLayerNormalization": norms + 1, **gelus}
+    if family == "whisper":  # one key for both graphs, so the run's summed table reads right
+        front_end = {GELU_KEY: layers + 2} if graph == "encoder" else gelus
+        return {ATTENTION_KEY: attentions, "EmbedLayerNormalization|SkipLayerNormalization": norms + (graph == "decoder"), **front_end}
     return {ATTENTION_KEY: attentions, "SkipLayerNormalization": norms, **gelus}
 
 
@@ -237,4 +236,6 @@ def _from_hub(repo_id: str, attn_implementation: str | None) -> SourceModel:
         with no_progress_bar():
             return model_class.from_pretrained(repo_id, local_files_only=cached_only, **kwargs)
 
-    return describe(load_from_hub(repo_id, TINY_NAMES, load), repo_id)
+    from .textmodel import TEXT_MODELS
+
+    return describe(load_from_hub(repo_id, [*TINY_NAMES, *TEXT_MODELS], load), repo_id)
