@@ -188,6 +188,37 @@ def shapes_from_sources(graph: ir.Graph) -> int:
     return changed
 
 
+def static_shape_slices(graph: ir.Graph) -> int:
+    """Slice(Shape(x), starts, ends) whose picked dims are all known integers -> a constant.
+
+    TorchScript's scaled_dot_product_attention computes its scale from ``Shape(q)[-1:]`` (the
+    head size), which constant folding leaves alone because other dims of ``q`` are symbolic;
+    once shapes are inferred the head size is known, the scale folds to a constant, and the
+    attention rules (which want a constant scale) match. Returns how many slices were replaced.
+    """
+    changed = 0
+    for node in list(graph):
+        if node.op_type != "Slice" or node.domain != "" or len(node.inputs) < 3 or len(node.inputs) > 4:
+            continue  # with steps (a 5th input) or axes other than 0 it is not worth the cases
+        shape_node = node.inputs[0].producer() if node.inputs[0] is not None else None
+        if shape_node is None or shape_node.op_type != "Shape" or shape_node.domain != "" or shape_node.attributes:
+            continue
+        dims = shape_node.inputs[0].shape
+        bounds = [constant_array(value) for value in node.inputs[1:3]]
+        axes = constant_array(node.inputs[3]) if len(node.inputs) == 4 and node.inputs[3] is not None else np.array([0])
+        if dims is None or any(b is None or b.size != 1 for b in bounds) or axes is None or axes.tolist() not in ([0], [-1]):
+            continue
+        picked = list(dims)[slice(int(bounds[0].item()), int(bounds[1].item()))]
+        if not picked or not all(isinstance(dim, int) for dim in picked):
+            continue
+        folded = ir.node("Constant", [], attributes={"value": ir.tensor(np.array(picked, dtype=np.int64), name=f"{node.name}_folded")},
+                         name=f"{node.name}_folded")
+        graph.insert_before(node, [folded])
+        node.outputs[0].replace_all_uses_with(folded.outputs[0])
+        changed += 1
+    return changed
+
+
 def _is_lookup(value: ir.Value | None) -> bool:
     """``value`` is Gather(constant 2-D table, ids) on axis 0: an embedding lookup."""
     node = value.producer() if value is not None else None
@@ -367,6 +398,7 @@ def prepare(model: ir.Model) -> None:
     for _ in range(2):  # equal sizes under different names (Dim.DYNAMIC exports) become one symbol;
         changed = unify_dims(model.graph)  # inference then fills in more dims, which may show more;
         changed += dims_from_targets(model.graph)  # one symbol may let a -1 entry's sizes cancel
+        changed += static_shape_slices(model.graph)  # the dims known now may make a shape's slice constant
         if not changed:
             break
         onnxscript.optimizer.fold_constants(model, onnx_shape_inference=True, should_fold=_is_embedding_lookup)

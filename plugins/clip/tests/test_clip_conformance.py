@@ -90,6 +90,15 @@ def test_legacy_exporter_on_clip(tmp_path):
     assert report["verify"]["overall"]["max_abs"] <= 1e-4 and report["verify"]["top1_agreement"] == 1.0
 
 
+def test_legacy_exporter_on_siglip_fuses_the_pooling_head_too(tmp_path):
+    """TorchScript computes the head attention's scale from Shape(q)[-1:]; once that folds to the head
+    size (tfopt.graph.passes.static_shape_slices) the head fuses like the towers' attentions."""
+    report = check_adapter("clip", source="tiny-siglip", options={"exporter": "legacy"}, work_dir=tmp_path).report
+    fuse = report["fuse"]
+    assert report["status"] == "passed" and fuse["leftover"] == {} and fuse["missing"] == []
+    assert found(fuse["op_counts"], "Attention|MultiHeadAttention") == EXACT["tiny-siglip"]["Attention|MultiHeadAttention"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_converted_precisions_verify_against_torch(tmp_path, precision):

@@ -1,0 +1,79 @@
+"""torch's ``nn.MultiheadAttention`` (a pooling probe's cross-attention, self-attention, with a padding mask) fuses.
+
+SigLIP's pooling head, DETR-style decoders and many hand-written models use the module rather
+than transformers' attention classes. TorchScript (the legacy exporter) computes its
+scaled_dot_product_attention scale from ``Shape(q)[-1:]``; ``prepare``'s
+``static_shape_slices`` turns that into the head size once shapes are known, and the shared
+attention rules match. Counts and parity with torch on two shapes, both exporters.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from tfopt.graph import fuse_file
+from tfopt.results import ModelInfo
+from tfopt.torch_kit import quiet_export
+
+WIDTH, HEADS = 32, 4
+
+
+class Block(torch.nn.Module):
+    def __init__(self, form: str):
+        super().__init__()
+        self.form = form
+        self.probe = torch.nn.Parameter(torch.randn(1, 1, WIDTH))
+        self.attention = torch.nn.MultiheadAttention(WIDTH, HEADS, batch_first=True)
+
+    def forward(self, x, mask):
+        if self.form == "probe":  # one learned query over the sequence (SigLIP's head)
+            return self.attention(self.probe.expand(x.shape[0], -1, -1), x, x, need_weights=False)[0]
+        padding = (mask == 0) if self.form == "padded" else None
+        return self.attention(x, x, x, key_padding_mask=padding, need_weights=False)[0]
+
+
+def _inputs(batch: int, sequence: int, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch, sequence, dtype=torch.int64)
+    mask[-1, sequence - 2:] = 0
+    return torch.randn(batch, sequence, WIDTH, generator=generator), mask
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+@pytest.mark.parametrize("form", ["probe", "self", "padded"])
+def test_multihead_attention_module_fuses_and_matches_torch(tmp_path, form, exporter):
+    torch.manual_seed(0)
+    block = Block(form).eval()
+    source, fused = tmp_path / "block.onnx", tmp_path / "block.opt.onnx"
+    with quiet_export():
+        if exporter == "legacy":
+            torch.onnx.export(block, _inputs(2, 7, 0), str(source), dynamo=False, opset_version=17, input_names=["x", "mask"],
+                              output_names=["y"], dynamic_axes={"x": {0: "batch", 1: "sequence"}, "mask": {0: "batch", 1: "sequence"}})
+        else:
+            dynamic = torch.export.Dim.DYNAMIC
+            torch.onnx.export(block, _inputs(2, 7, 0), str(source), dynamo=True, input_names=["x", "mask"], output_names=["y"],
+                              dynamic_shapes=({0: dynamic, 1: dynamic}, {0: dynamic, 1: dynamic}))
+    result = fuse_file(source, fused, ModelInfo(model_type="custom"))
+    counts = Counter(node.op_type for node in onnx.load(str(fused)).graph.node)
+    assert counts["Attention"] + counts["MultiHeadAttention"] == 1 and "Softmax" not in counts, dict(counts)
+    assert result.leftover == {}
+    session = ort.InferenceSession(str(fused), providers=["CPUExecutionProvider"])
+    fed = {value.name for value in session.get_inputs()}
+    # TorchScript bakes the module's sequence length into its reshapes (torch's legacy export of it
+    # runs at the traced length only, raw or fused); images of one size (SigLIP) keep it fixed anyway
+    shapes = [(1, 7), (3, 7)] if exporter == "legacy" else [(1, 5), (3, 9)]
+    for batch, sequence in shapes:
+        x, mask = _inputs(batch, sequence, seed=batch)
+        with torch.no_grad():
+            expected = block(x, mask).numpy()
+        actual = session.run(None, {name: value.numpy() for name, value in (("x", x), ("mask", mask)) if name in fed})[0]
+        if form == "padded":  # a padded query's row is whatever each implementation leaves there
+            real = mask.numpy().astype(bool)
+            actual, expected = actual[real], expected[real]
+        np.testing.assert_allclose(actual, expected, atol=1e-5, rtol=0)
