@@ -7,7 +7,8 @@ saved to a local directory and run through the seq2seq adapter as a user's model
   - a decoding step (1 new token, past 32 and 128) over a source of 128 tokens (Whisper: 30 s of
     audio, 1500 encoder frames): p50 ms of torch eager (the decoder step module), ORT on the raw
     decoder export, the same again (a second session: the A/A control), ORT on tfopt's fused
-    decoder in fp32, and with its weights in int8 and int4 (``MatMulNBits``); engines interleaved
+    decoder in fp32, and with its weights in int8 and int4 (``MatMulNBits``, rounded to nearest:
+    random weights carry no text to calibrate GPTQ on); engines interleaved
     in blocks, ratios to the raw export (target: tfopt <= 0.7x raw);
   - greedy generation of 32 tokens for one source, encoder included: transformers' ``generate``
     (eager torch), the raw pair and the fused pairs driven by ``tfopt.encoder_decoder`` (IO
@@ -103,7 +104,7 @@ def measure(family: str, config, work: Path, repeat: int) -> dict:
            "fused": {k: v for k, v in fused.op_counts.items() if "Attention" in k or "Norm" in k or "Gelu" in k}}
     decoders = {"ort:raw": exported.model_path, "ort:raw (A/A)": exported.model_path, "ort:tfopt": fused.model_path}
     for precision in ("int8", "int4"):
-        decoders[f"ort:tfopt {precision}"] = host_precision.convert(fused.model_path, precision).model_path
+        decoders[f"ort:tfopt {precision}"] = host_precision.convert(fused.model_path, precision, int8_method="weight_only").model_path
     sessions = {label: session(path) for label, path in decoders.items()}
     module, encoder = steps.decoder_step(source), steps.encoder_step(source)
     rng = np.random.default_rng(0)

@@ -134,3 +134,10 @@ def test_whisper_decodes_synthesized_audio_as_transformers_does(tmp_path):
     for beams in (1, 4):
         want = generate_torch(source, {"input_features": features}, 16, num_beams=beams)
         np.testing.assert_array_equal(pair.generate({"input_features": features}, 16, num_beams=beams), want)
+
+
+def test_gptq_rounding_needs_a_model_trained_here(tmp_path):
+    result = CliRunner().invoke(main, ["run", "--plugin", "seq2seq", "--model", "tiny-t5", "--exporter", "legacy",
+                                       "--precision", "int4", "--option", "weight_rounding=gptq", "--no-benchmark",
+                                       "--output", str(tmp_path / "out")])
+    assert result.exit_code != 0 and "weight_rounding=gptq needs calibration text" in result.output

@@ -105,3 +105,32 @@ def trained_model(name: str, *, attn_implementation: str | None = None, progress
     spec = TEXT_MODELS[name]
     return textmodel.trained_model(name, "seq2seq", config_for(spec), T5ForConditionalGeneration, spec.budget,
                                    attn_implementation=attn_implementation or "eager", progress=progress, make_batch=denoising_batch)
+
+
+def calibration(encoder_path, spec: TextModelSpec, *, windows: int = 64, seed: int = 7):
+    """GPTQ's calibration for the decoder (:data:`tfopt.gptq.Calibration`): restorations of *training* text.
+
+    Each feed is one teacher-forced decoder call (past 0) over 8 sources: the masked windows go
+    through the fused encoder for their cross keys/values, the decoder reads the start token and
+    the target: ``windows`` x 33 activation rows, more than any of the decoder's MatMuls has inputs.
+    """
+    from tfopt import encoder_decoder as names
+
+    text = np.frombuffer(textmodel.corpus()[0], dtype=np.uint8).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, len(text) - spec.budget.sequence_length - 1, size=windows)
+    examples = [masked_example(text[s : s + spec.budget.sequence_length], rng) for s in starts]
+
+    def feeds(session):
+        pair = names.EncoderDecoder(encoder_path, session, names.GenerationTokens(PAD, EOS, PAD))
+        for first in range(0, windows, 8):
+            chunk = examples[first : first + 8]
+            sources = np.stack([source for source, _ in chunk])
+            targets = np.stack([target for _, target in chunk])
+            source = {names.INPUT_IDS: sources, names.ATTENTION_MASK: np.ones_like(sources)}
+            cross, _ = pair.encode(source)
+            tokens = np.concatenate([np.full((len(chunk), 1), PAD), targets[:, :-1]], axis=1)
+            yield {names.INPUT_IDS: tokens, names.ENCODER_MASK: source[names.ATTENTION_MASK], **cross,
+                   **pair.empty_self_past(len(chunk))}
+
+    return feeds
