@@ -203,7 +203,7 @@ def check_adapter(
     for path in graphs[1:]:
         assert path.is_file(), f"fuse: companion graph {path} does not exist"
     actual_counts = dict(sum((Counter(_graph_op_counts(path)) for path in graphs), Counter()))
-    assert fused.op_counts == actual_counts, f"fuse: reported op counts {fused.op_counts} != the files' {actual_counts}"
+    assert fused.op_counts == actual_counts, f"fuse: reported op counts {fused.op_counts} != the file's {actual_counts}"  # summed over companions
     if expect_full_fusion:
         assert not fused.missing, f"fuse: expected fusions did not happen: {fused.missing}"
         left = [line for path in graphs for line in _leftover_in_file(path, ctx.option("disabled", ()))]
