@@ -20,7 +20,9 @@ carry text to calibrate on, so they default to ``gptq`` (on stdlib-gpt2 int4 top
 92.1% -> 95.9%, docs/benchmark-gpt2.md) and every other source to ``nearest``; asking ``gptq``
 for a source without calibration text is a one-line error. Same file format and speed either way.
 
-An adapter passes ``text_models``: its trained sources' names and their position counts.
+An adapter passes ``text_models``: its trained sources' names and their position counts, and,
+when its model is not a causal LM fed windows of text (the seq2seq decoder), ``calibration``: a
+factory of the feeds GPTQ measures on (``tfopt.gptq.Calibration``), called only when GPTQ rounds.
 """
 
 from __future__ import annotations
@@ -41,10 +43,11 @@ CALIBRATION_WINDOWS = 64  # windows of training text, 8 per session call
 CALIBRATION_LENGTH = 128  # tokens per window: 64 x 128 = 8,192 activation rows, >= K of every MatMul up to 8,192
 
 
-def calibration_for(ctx: RunContext, precision: str, method: str, text_models: dict[str, int]):
+def calibration_for(ctx: RunContext, precision: str, method: str, text_models: dict[str, int], factory=None):
     """The calibration callable for ``tfopt.precision.convert`` (GPTQ rounding), or None for nearest.
 
-    ``text_models``: the adapter's trained sources -> their number of positions.
+    ``text_models``: the adapter's trained sources -> their number of positions. ``factory()``,
+    when given, makes the calibration instead of the causal LM's windows of training text.
     """
     positions = text_models.get(ctx.source or "")
     rounding = str(ctx.option(ROUNDING_OPTION, "gptq" if positions else "nearest"))
@@ -57,6 +60,8 @@ def calibration_for(ctx: RunContext, precision: str, method: str, text_models: d
             f"{ROUNDING_OPTION}=gptq needs calibration text, which only the trained text models "
             f"({', '.join(text_models)}) carry; use {ROUNDING_OPTION}=nearest for {ctx.source or 'this model'}"
         )
+    if factory is not None:
+        return factory()
     length = min(CALIBRATION_LENGTH, positions)
 
     def feeds(session):
@@ -70,7 +75,7 @@ def calibration_for(ctx: RunContext, precision: str, method: str, text_models: d
     return feeds
 
 
-def convert_decoder(ctx: RunContext, fused: FuseResult, text_models: dict[str, int]) -> PrecisionResult:
+def convert_decoder(ctx: RunContext, fused: FuseResult, text_models: dict[str, int], calibration=None) -> PrecisionResult:
     precision = ctx.option("precision", "fp32")
     lm_head = str(ctx.option(LM_HEAD_OPTION, "quantized"))
     host_precision.check_lm_head(lm_head)
@@ -80,9 +85,9 @@ def convert_decoder(ctx: RunContext, fused: FuseResult, text_models: dict[str, i
     block = ctx.option(INT4_BLOCK_OPTION, host_precision.INT4_BLOCK_SIZE)
     if isinstance(block, bool) or not isinstance(block, int):
         raise TfoptError(f"{INT4_BLOCK_OPTION} must be an integer, got {block!r}")
-    calibration = calibration_for(ctx, precision, method, text_models)
+    calibration = calibration_for(ctx, precision, method, text_models, calibration)
     if calibration is not None:
-        ctx.progress(f"calibrating GPTQ rounding on {CALIBRATION_WINDOWS} windows of the model's training text ...")
+        ctx.progress("calibrating GPTQ rounding on the model's training text ...")
     converted = host_precision.convert(
         fused.model_path, precision, lm_head=lm_head, int8_method=method, int4_block_size=block, calibration=calibration
     )

@@ -13,10 +13,13 @@ the encoder of each stage (``encoder_exported``, ``encoder_optimized``, ``encode
 Generation: :class:`tfopt.encoder_decoder.EncoderDecoder` and ``tfopt generate RUN_DIR``.
 
 Options: exporter (dynamo, legacy), attn_implementation, opset, seed, precision (fp32, fp16,
-int8 and int4 for the decoder's weights), tolerance, bench_repeat, bench_warmup, bench_shapes.
+int8 and int4 for the decoder's weights), the decoder precision options of
+:mod:`tfopt.decoder_precision` (lm_head_precision, int8_method, int4_block_size, weight_rounding),
+tolerance, bench_repeat, bench_warmup, bench_shapes.
 """
 
 from tfopt import PluginOption
+from tfopt.plugin_options import DECODER_PRECISION_OPTIONS
 
 from .hooks import benchmark_hook, convert_precision_hook, export_hook, fuse_hook, make_dummy_inputs_hook, verify_hook
 
@@ -24,6 +27,7 @@ tfopt_options = (
     PluginOption("seed", int, 0, "Seed of the verification inputs."),
     PluginOption("bench_shapes", str, "1,32,1;4,32,1", "Timed decoding steps as batch,past,new_tokens triples "
                  "(';'-separated); generation of 32 tokens is timed besides.", metavar="B,P,S;..."),
+    *DECODER_PRECISION_OPTIONS,
 )
 
 __all__ = ["tfopt_options", "benchmark_hook", "convert_precision_hook", "export_hook", "fuse_hook", "make_dummy_inputs_hook",

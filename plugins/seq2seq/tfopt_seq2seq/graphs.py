@@ -66,40 +66,24 @@ def fuse_pair(ctx: RunContext, exported: ExportResult) -> FuseResult:
     )
 
 
-def _calibration(ctx: RunContext, precision: str, encoder: Path):
-    """GPTQ rounding for the trained models' int8/int4 decoders (their training text calibrates it), else
-    round-to-nearest; ``weight_rounding`` (tfopt.decoder_precision's option) chooses."""
-    from tfopt.decoder_precision import ROUNDING_OPTION, ROUNDINGS
+def convert_pair(ctx: RunContext, fused: FuseResult) -> PrecisionResult:
+    """The decoder as the other decoder adapters convert theirs (:mod:`tfopt.decoder_precision`: its
+    options, GPTQ for the trained models on restorations of their training text); fp16 converts the
+    encoder too, int8/int4 keep it fp32."""
+    from tfopt.decoder_precision import convert_decoder
 
     from .textmodel import TEXT_MODELS, calibration
 
-    trained = TEXT_MODELS.get(ctx.source or "")
-    rounding = str(ctx.option(ROUNDING_OPTION, "gptq" if trained else "nearest"))
-    if rounding not in ROUNDINGS:
-        raise TfoptError(f"{ROUNDING_OPTION} must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
-    if rounding == "nearest" or precision not in WEIGHT_ONLY:
-        return None
-    if trained is None:
-        raise TfoptError(f"{ROUNDING_OPTION}=gptq needs calibration text, which only {', '.join(TEXT_MODELS)} carry; "
-                         f"use {ROUNDING_OPTION}=nearest for {ctx.source or 'this model'}")
-    ctx.progress("calibrating GPTQ rounding on restorations of the model's training text ...")
-    return calibration(encoder, trained)
-
-
-def convert_pair(ctx: RunContext, fused: FuseResult) -> PrecisionResult:
     precision = ctx.option("precision", "fp32")
     encoder = _encoder_of(ctx, "fuse")
-    if precision != "fp32":
-        ctx.progress(f"converting the decoder{'' if precision in WEIGHT_ONLY else ' and the encoder'} to {precision} ...")
-    from tfopt.decoder_precision import DEFAULT_INT8_METHOD, INT8_METHOD_OPTION
-
-    method = str(ctx.option(INT8_METHOD_OPTION, DEFAULT_INT8_METHOD))  # weight-only (MatMulNBits) unless asked
-    calibration = _calibration(ctx, precision, encoder) if precision == "int4" or method == DEFAULT_INT8_METHOD else None
-    converted = host_precision.convert(fused.model_path, precision, int8_method=method, calibration=calibration)
-    final_encoder = encoder if precision in WEIGHT_ONLY else host_precision.convert(encoder, precision).model_path
-    if precision != "fp32" and ctx.option("validate", True):
-        converted.validation = validate_written(converted.model_path, fused.model_path, precision)
-        if final_encoder != encoder:
+    trained = TEXT_MODELS.get(ctx.source or "")
+    positions = {name: spec.budget.sequence_length for name, spec in TEXT_MODELS.items()}
+    converted = convert_decoder(ctx, fused, positions, calibration=lambda: calibration(encoder, trained))
+    final_encoder = encoder
+    if precision not in ("fp32", *WEIGHT_ONLY):
+        ctx.progress(f"converting the encoder to {precision} ...")
+        final_encoder = host_precision.convert(encoder, precision).model_path
+        if ctx.option("validate", True):
             validate_written(final_encoder, encoder, precision)  # raises (and removes the file) when it fails
     ctx.add_output(ENCODER_OUTPUTS["final"], final_encoder)
     return converted
