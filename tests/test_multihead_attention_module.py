@@ -1,10 +1,14 @@
-"""torch's ``nn.MultiheadAttention`` (a pooling probe's cross-attention, self-attention, with a padding mask) fuses.
+"""torch's own attention modules fuse: ``nn.MultiheadAttention`` (a pooling probe, self-attention, a padding
+mask) and ``nn.TransformerEncoder`` (post-LN and pre-LN).
 
-SigLIP's pooling head, DETR-style decoders and many hand-written models use the module rather
+SigLIP's pooling head, DETR-style decoders and many hand-written models use these modules rather
 than transformers' attention classes. TorchScript (the legacy exporter) computes its
 scaled_dot_product_attention scale from ``Shape(q)[-1:]``; ``prepare``'s
 ``static_shape_slices`` turns that into the head size once shapes are known, and the shared
-attention rules match. Counts and parity with torch on two shapes, both exporters.
+attention rules match (without it neither module fuses on the legacy exporter). Counts and
+parity with torch on two shapes, both exporters. Not covered yet: ``nn.MultiheadAttention``
+called with ``need_weights=True`` (its default), whose math path keeps the heads folded into the
+batch, sequence-first (docs/clip.md).
 """
 
 from __future__ import annotations
@@ -77,3 +81,39 @@ def test_multihead_attention_module_fuses_and_matches_torch(tmp_path, form, expo
             real = mask.numpy().astype(bool)
             actual, expected = actual[real], expected[real]
         np.testing.assert_allclose(actual, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_torch_transformer_encoder_fuses_and_matches_torch(tmp_path, norm_first, exporter):
+    """``nn.TransformerEncoder`` as a user builds it (post-LN, or pre-LN with ``norm_first``): every
+    attention, norm and gelu fused; pre-LN keeps the first layer's norm (it reads the input, no residual)."""
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(WIDTH, HEADS, 2 * WIDTH, dropout=0.0, batch_first=True, norm_first=norm_first,
+                                             activation="gelu")
+    encoder = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    with torch.no_grad():  # off the default init (LayerNorms at 1 and 0, biases at 0)
+        for parameter in encoder.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    source, fused = tmp_path / "encoder.onnx", tmp_path / "encoder.opt.onnx"
+    example = torch.randn(2, 7, WIDTH)
+    with quiet_export():
+        if exporter == "legacy":
+            torch.onnx.export(encoder, (example,), str(source), dynamo=False, opset_version=17, input_names=["x"],
+                              output_names=["y"], dynamic_axes={"x": {0: "batch", 1: "sequence"}})
+        else:
+            dynamic = torch.export.Dim.DYNAMIC
+            torch.onnx.export(encoder, (example,), str(source), dynamo=True, input_names=["x"], output_names=["y"],
+                              dynamic_shapes=({0: dynamic, 1: dynamic},))
+    result = fuse_file(source, fused, ModelInfo(model_type="custom"))
+    counts = Counter(node.op_type for node in onnx.load(str(fused)).graph.node)
+    assert counts["Attention"] + counts["MultiHeadAttention"] == 2 and counts["BiasGelu"] == 2, dict(counts)
+    assert counts["SkipLayerNormalization"] == (3 if norm_first else 4) and counts["LayerNormalization"] == int(norm_first)
+    assert result.leftover == {}
+    session = ort.InferenceSession(str(fused), providers=["CPUExecutionProvider"])
+    shapes = [(1, 7), (3, 7)] if exporter == "legacy" else [(1, 5), (3, 9)]  # TorchScript bakes the length in
+    for batch, sequence in shapes:
+        x = torch.randn(batch, sequence, WIDTH, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            expected = encoder(x).numpy()
+        np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], expected, atol=1e-5, rtol=0)
