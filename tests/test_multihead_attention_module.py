@@ -5,10 +5,11 @@ SigLIP's pooling head, DETR-style decoders and many hand-written models use thes
 than transformers' attention classes. TorchScript (the legacy exporter) computes its
 scaled_dot_product_attention scale from ``Shape(q)[-1:]``; ``prepare``'s
 ``static_shape_slices`` turns that into the head size once shapes are known, and the shared
-attention rules match (without it neither module fuses on the legacy exporter). Counts and
-parity with torch on two shapes, both exporters. Not covered yet: ``nn.MultiheadAttention``
-called with ``need_weights=True`` (its default), whose math path keeps the heads folded into the
-batch, sequence-first (docs/clip.md).
+attention rules match (without it neither module fuses on the legacy exporter). Called with
+``need_weights=True`` (its default) the module runs its math path, sequence-first with the heads
+folded into the batch, which ``head_folded.SequenceFirstFolded`` unfolds: fused on the dynamo
+exporter; not yet on the legacy one (its fold shapes stay unknown) nor with a padding mask
+(strict xfails, so a fix shows). Counts and parity with torch on two shapes.
 """
 
 from __future__ import annotations
@@ -29,17 +30,17 @@ WIDTH, HEADS = 32, 4
 
 
 class Block(torch.nn.Module):
-    def __init__(self, form: str):
+    def __init__(self, form: str, need_weights: bool = False):
         super().__init__()
-        self.form = form
+        self.form, self.need_weights = form, need_weights
         self.probe = torch.nn.Parameter(torch.randn(1, 1, WIDTH))
         self.attention = torch.nn.MultiheadAttention(WIDTH, HEADS, batch_first=True)
 
     def forward(self, x, mask):
         if self.form == "probe":  # one learned query over the sequence (SigLIP's head)
-            return self.attention(self.probe.expand(x.shape[0], -1, -1), x, x, need_weights=False)[0]
+            return self.attention(self.probe.expand(x.shape[0], -1, -1), x, x, need_weights=self.need_weights)[0]
         padding = (mask == 0) if self.form == "padded" else None
-        return self.attention(x, x, x, key_padding_mask=padding, need_weights=False)[0]
+        return self.attention(x, x, x, key_padding_mask=padding, need_weights=self.need_weights)[0]
 
 
 def _inputs(batch: int, sequence: int, seed: int):
@@ -49,11 +50,20 @@ def _inputs(batch: int, sequence: int, seed: int):
     return torch.randn(batch, sequence, WIDTH, generator=generator), mask
 
 
-@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
-@pytest.mark.parametrize("form", ["probe", "self", "padded"])
-def test_multihead_attention_module_fuses_and_matches_torch(tmp_path, form, exporter):
+# need_weights=True (the module's default) runs its math path: sequence-first, heads folded into the
+# batch (head_folded.SequenceFirstFolded); the legacy exporter leaves that path's shapes unknown
+_NOT_YET = pytest.mark.xfail(strict=True, reason="need_weights=True: unfused on the legacy exporter, and with a padding mask")
+CASES = [pytest.param(form, exporter, False, id=f"{form}-{exporter}") for form in ("probe", "self", "padded")
+         for exporter in ("legacy", "dynamo")]
+CASES += [pytest.param(form, "dynamo", True, id=f"{form}-dynamo-weights") for form in ("probe", "self")]
+CASES += [pytest.param(form, exporter, True, id=f"{form}-{exporter}-weights", marks=_NOT_YET)
+          for form, exporter in (("probe", "legacy"), ("self", "legacy"), ("padded", "dynamo"))]
+
+
+@pytest.mark.parametrize("form,exporter,need_weights", CASES)
+def test_multihead_attention_module_fuses_and_matches_torch(tmp_path, form, exporter, need_weights):
     torch.manual_seed(0)
-    block = Block(form).eval()
+    block = Block(form, need_weights).eval()
     source, fused = tmp_path / "block.onnx", tmp_path / "block.opt.onnx"
     with quiet_export():
         if exporter == "legacy":

@@ -193,6 +193,102 @@ class FoldedContext(pattern.RewriteRuleClassBase):
         return product
 
 
+class SequenceFirstFolded(pattern.RewriteRuleClassBase):
+    """torch's ``nn.MultiheadAttention`` math path (``need_weights=True``, its default): sequence-first,
+    heads folded into the batch, 3-D throughout -> the batch-first 4-D form the attention rules fuse.
+
+    ::
+
+        q = Transpose(Reshape(q_seq [T, B, D], [T, B*H, d]), [1, 0, 2])       # [B*H, T, d]
+        kt = Transpose(Reshape(k_seq [S, B, D], [S, B*H, d]), [1, 2, 0])      # [B*H, d, S]
+        v = Transpose(Reshape(v_seq [S, B, Dv], [S, B*H, dv]), [1, 0, 2])
+        out = Transpose(MatMul(Softmax(MatMul(q·c, kt·c')·c''), v), [1, 0, 2])  # [T, B*H, dv]
+
+    A row-major [T, B, D] viewed as [T, B*H, d] is [T, B, H, d] with (B, H) merged, so the product
+    over the B*H folded pairs is the product over (B, H): Q becomes
+    ``Transpose(Reshape(Transpose(q_seq, [1, 0, 2]), [0, 0, H, d]), [0, 2, 1, 3])`` ([B, H, T, d]),
+    K and V alike, and the context goes back through ``[B, T, Dv]`` (the shape the rules' output
+    form has) to ``[T, B*H, dv]``. Proved from shapes: Q's, K's and V's sequence-first batch the
+    same dim, each fold keeping the sequence dim and a static head size dividing the static width.
+    """
+
+    def __init__(self):
+        super().__init__(name="SequenceFirstFolded", remove_nodes=False)  # Shape() reads of the folded tensors
+
+    def pattern(self, op, q_seq, k_seq, v_seq, q_factor, k_factor, s_factor):
+        query = op.Transpose(op.Reshape(q_seq, pattern.ANY_VALUE, _allow_other_attributes=True, _outputs=["q_folded"]), perm=[1, 0, 2])
+        key_t = op.Transpose(op.Reshape(k_seq, pattern.ANY_VALUE, _allow_other_attributes=True, _outputs=["k_folded"]), perm=[1, 2, 0])
+        value = op.Transpose(op.Reshape(v_seq, pattern.ANY_VALUE, _allow_other_attributes=True, _outputs=["v_folded"]), perm=[1, 0, 2])
+        scores = op.MatMul(scaled(op, query, q_factor, "q_scaling"), scaled(op, key_t, k_factor, "k_scaling"))
+        probs = op.Softmax(scaled(op, scores, s_factor, "s_scaling"), _allow_other_attributes=True, _outputs=["probs"])
+        return op.Transpose(op.MatMul(probs, value), perm=[1, 0, 2], _outputs=["attended"])
+
+    def check(self, context, q_seq, k_seq, v_seq, q_folded, k_folded, v_folded, probs, **tags):
+        result = pattern.MatchResult()
+        dims = {name: _dims(value, 3) for name, value in
+                (("q", q_seq), ("k", k_seq), ("v", v_seq), ("qf", q_folded), ("kf", k_folded), ("vf", v_folded))}
+        if any(d is None for d in dims.values()):
+            return result.fail("Q, K, V or their folds are not 3-D tensors of known rank")
+        if probs.producer().attributes.get_int("axis", -1) not in (-1, 2):
+            return result.fail("the Softmax is not over the keys")
+        if not (same_dim(dims["q"][1], dims["k"][1]) and same_dim(dims["k"][1], dims["v"][1]) and same_dim(dims["k"][0], dims["v"][0])):
+            return result.fail("Q, K and V do not provably share the batch (and K, V the keys)")
+        heads = set()
+        for side in ("q", "k", "v"):
+            seq, folded = dims[side], dims[side + "f"]
+            width, head_size = seq[2], folded[2]
+            if not same_dim(seq[0], folded[0]) or not isinstance(width, int) or not isinstance(head_size, int) or width % head_size:
+                return result.fail(f"the {side.upper()} fold does not keep the sequence and split a static width into static heads")
+            heads.add(width // head_size)
+        if len(heads) != 1 or dims["q"][2] != dims["k"][2]:
+            return result.fail("Q, K and V do not split into the same number of heads of one Q/K head size")
+        self._heads = heads.pop()
+        self._factors = {}
+        for side in ("q", "k", "s"):
+            if tags[f"{side}_scaling"] == "None":
+                continue
+            factor = _constant_factor(tags.get(f"{side}_factor"))
+            if factor is None:
+                return result.fail(f"the {side} scale is not one constant number")
+            self._factors[side] = factor
+        return result
+
+    def rewrite(self, op, q_seq, k_seq, v_seq, q_folded, v_folded, probs, attended, **tags):
+        dtype, heads = q_seq.dtype, self._heads
+
+        def typed(value, dims):
+            _typed(value, dims, dtype)
+            return value
+
+        def heads_first(value, folded):  # [L, B, D] -> [B, H, L, d], each new value given its shape
+            length, batch, width = _dims(value, 3)
+            head_size = folded.shape[2]
+            split = op.Constant(value=ir.tensor(np.array([0, 0, heads, head_size], dtype=np.int64), name="split_heads"))
+            batch_first = typed(op.Transpose(value, perm=[1, 0, 2]), [batch, length, width])
+            return typed(op.Transpose(typed(op.Reshape(batch_first, split), [batch, length, heads, head_size]), perm=[0, 2, 1, 3]),
+                         [batch, heads, length, head_size])
+
+        def scale(value, side):
+            if side not in self._factors:
+                return value
+            constant = op.Constant(value=ir.tensor(self._factors[side].reshape(()), name=f"{side}_scale"))
+            return typed(getattr(op, tags[f"{side}_scaling"])(value, constant), list(value.shape.dims))
+
+        query, key, value = heads_first(q_seq, q_folded), heads_first(k_seq, tags["k_folded"]), heads_first(v_seq, v_folded)
+        batch, _, length, head_size = _dims(query, 4)
+        keys, value_size = _dims(key, 4)[2], v_folded.shape[2]
+        key_t = typed(op.Transpose(key, perm=[0, 1, 3, 2]), [batch, heads, head_size, keys])
+        scores = scale(typed(op.MatMul(scale(query, "q"), scale(key_t, "k")), [batch, heads, length, keys]), "s")
+        weights = typed(op.Softmax(scores, axis=-1), [batch, heads, length, keys])
+        context = typed(op.MatMul(weights, value), [batch, heads, length, value_size])
+        width = op.Constant(value=ir.tensor(np.array([0, 0, heads * value_size], dtype=np.int64), name="merge_heads"))
+        spread = typed(op.Transpose(context, perm=[0, 2, 1, 3]), [batch, length, heads, value_size])
+        merged = typed(op.Reshape(spread, width), [batch, length, heads * value_size])  # [B, T, Dv]: the rules' output form
+        folded = op.Constant(value=ir.tensor(np.array([0, -1, value_size], dtype=np.int64), name="fold_heads"))
+        sequence_first = typed(op.Transpose(merged, perm=[1, 0, 2]), [length, batch, heads * value_size])
+        return typed(op.Reshape(sequence_first, folded), list(attended.shape.dims))  # [T, B*H, dv], as before
+
+
 _SCORE_PRODUCERS = ("MatMul", "Div", "Mul", "Add")
 
 
@@ -248,4 +344,7 @@ class SelectedScores(pattern.RewriteRuleClassBase):
 
 def head_folded_rules() -> list[pattern.RewriteRule]:
     """Unfold first (the select's check reads the scores' product), then the select as an additive mask."""
-    return [FoldedScores.rule(), FoldedContext.rule(), SelectedScores.rule(fill_first=True), SelectedScores.rule(fill_first=False)]
+    return [
+        SequenceFirstFolded.rule(), FoldedScores.rule(), FoldedContext.rule(),
+        SelectedScores.rule(fill_first=True), SelectedScores.rule(fill_first=False),
+    ]
