@@ -149,6 +149,17 @@ def merge_stats(stats: Sequence[DiffStats]) -> DiffStats:
     )
 
 
+def run_tolerance(ctx, tolerances: dict[str, float]) -> tuple[str, float]:
+    """(precision, tolerance) of a run: ``--precision`` checked against the adapter's ``tolerances``
+    table, ``--option tolerance=X`` overriding its entry; an unknown precision is a one-line error."""
+    from .errors import TfoptError
+
+    precision = ctx.option("precision", "fp32")
+    if precision not in tolerances:
+        raise TfoptError(f"unknown precision {precision!r}; known: {', '.join(tolerances)}")
+    return precision, float(ctx.option("tolerance", tolerances[precision]))
+
+
 def compare_cases(
     references: Sequence[np.ndarray],
     actuals: Sequence[np.ndarray],

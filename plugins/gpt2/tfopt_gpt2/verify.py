@@ -23,7 +23,7 @@ from tfopt.bench import ort_session
 from tfopt.errors import TfoptError
 from tfopt.feeds import session_feed
 from tfopt.results import DiffStats, ExportResult, RunContext, VerifyResult
-from tfopt.verify import diff_stats, merge_stats
+from tfopt.verify import diff_stats, merge_stats, run_tolerance
 
 from .cache import source_model
 from .decoder import ATTENTION_MASK, decoder_step, output_names, run_torch
@@ -68,10 +68,7 @@ class _CaseOutcome:
 
 
 def tolerance_for(ctx: RunContext) -> tuple[str, float]:
-    precision = ctx.option("precision", "fp32")
-    if precision not in TOLERANCES:
-        raise TfoptError(f"unknown precision {precision!r}; known: {', '.join(TOLERANCES)}")
-    return precision, float(ctx.option("tolerance", TOLERANCES[precision]))
+    return run_tolerance(ctx, TOLERANCES)
 
 
 def verification_feeds(ctx: RunContext, source: SourceModel, inputs: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:

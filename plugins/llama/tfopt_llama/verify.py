@@ -19,7 +19,7 @@ from tfopt import causal_lm
 from tfopt.bench import ort_session
 from tfopt.errors import TfoptError
 from tfopt.results import ExportResult, RunContext, VerifyResult
-from tfopt.verify import merge_stats
+from tfopt.verify import merge_stats, run_tolerance
 
 from .step import difference_stats, feeds, output_names, real_token_mask, source_model, torch_outputs
 from .textmodel import TEXT_MODELS
@@ -67,10 +67,7 @@ def dummy_inputs(ctx: RunContext, exported: ExportResult) -> list[dict[str, np.n
 
 
 def verify_model(ctx: RunContext, exported: ExportResult, model_path: Path, inputs: list[dict[str, np.ndarray]]) -> VerifyResult:
-    precision = ctx.option("precision", "fp32")
-    if precision not in TOLERANCES:
-        raise TfoptError(f"unknown precision {precision!r}; known: {', '.join(TOLERANCES)}")
-    tolerance = float(ctx.option("tolerance", TOLERANCES[precision]))
+    precision, tolerance = run_tolerance(ctx, TOLERANCES)
     source = source_model(ctx)
     start = time.perf_counter()
     session = ort_session(model_path)

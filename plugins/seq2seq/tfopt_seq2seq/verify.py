@@ -20,9 +20,8 @@ import numpy as np
 
 from tfopt import encoder_decoder as names
 from tfopt.bench import ort_session
-from tfopt.errors import TfoptError
 from tfopt.results import ExportResult, RunContext, VerifyResult
-from tfopt.verify import diff_stats, merge_stats
+from tfopt.verify import diff_stats, merge_stats, run_tolerance
 
 from . import step as steps
 from .export import ENCODER_OUTPUTS
@@ -88,10 +87,7 @@ def same_tokens(expected: np.ndarray, actual: np.ndarray) -> float:
 
 
 def verify_model(ctx: RunContext, exported: ExportResult, model_path: Path, inputs: list[dict[str, np.ndarray]]) -> VerifyResult:
-    precision = ctx.option("precision", "fp32")
-    if precision not in TOLERANCES:
-        raise TfoptError(f"unknown precision {precision!r}; known: {', '.join(TOLERANCES)}")
-    tolerance = float(ctx.option("tolerance", TOLERANCES[precision]))
+    precision, tolerance = run_tolerance(ctx, TOLERANCES)
     source = source_model(ctx)
     seed = int(ctx.option("seed", 0))
     start = time.perf_counter()

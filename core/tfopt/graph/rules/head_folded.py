@@ -72,6 +72,27 @@ def _constant_factor(factor: ir.Value | None) -> np.ndarray | None:
     return array
 
 
+def _scale_factors(tags: dict) -> dict[str, np.ndarray] | str:
+    """The constant factor of each scale the match found on Q, Kᵀ or the scores, or the side whose is not one."""
+    factors = {}
+    for side in ("q", "k", "s"):
+        if tags[f"{side}_scaling"] == "None":
+            continue
+        factor = _constant_factor(tags.get(f"{side}_factor"))
+        if factor is None:
+            return side
+        factors[side] = factor
+    return factors
+
+
+def _rescaled(op, value, side: str, factors: dict, tags: dict):
+    """``value`` scaled as the match scaled that side (Mul or Div by its constant), or as it is."""
+    if side not in factors:
+        return value
+    constant = op.Constant(value=ir.tensor(factors[side].reshape(()), name=f"{side}_scale"))
+    return getattr(op, tags[f"{side}_scaling"])(value, constant)
+
+
 class FoldedScores(pattern.RewriteRuleClassBase):
     """Q·Kᵀ over heads folded into the batch (3-D MatMul), unfolded to [B, N, S, T] -> the 4-D Q·Kᵀ.
 
@@ -120,14 +141,9 @@ class FoldedScores(pattern.RewriteRuleClassBase):
         if not (same_dim(out[1], q[1]) and same_dim(out[2], q[2]) and same_dim(out[3], k[2])):
             return result.fail("the scores are not unfolded to [B, N, S, T] with Q's heads")
         self._scores_shape = ir.Shape([q[0], q[1], q[2], k[2]])  # what the new values are (the rules after read it)
-        self._factors = {}
-        for side in ("q", "k", "s"):
-            if tags[f"{side}_scaling"] == "None":
-                continue
-            factor = _constant_factor(tags.get(f"{side}_factor"))
-            if factor is None:
-                return result.fail(f"the {side} scale is not one constant number")
-            self._factors[side] = factor
+        self._factors = _scale_factors(tags)
+        if isinstance(self._factors, str):
+            return result.fail(f"the {self._factors} scale is not one constant number")
         if biased != "none":
             if bias is None or bias.shape is None or bias.shape.rank() > 3:
                 return result.fail("the added term is not a tensor of known rank 3 or less")
@@ -138,10 +154,7 @@ class FoldedScores(pattern.RewriteRuleClassBase):
 
     def rewrite(self, op, query, key, biased, bias=None, **tags):
         def scale(value, side):
-            if side not in self._factors:
-                return value
-            constant = op.Constant(value=ir.tensor(self._factors[side].reshape(()), name=f"{side}_scale"))
-            return getattr(op, tags[f"{side}_scaling"])(value, constant)
+            return _rescaled(op, value, side, self._factors, tags)
 
         product = op.MatMul(scale(query, "q"), scale(op.Transpose(key, perm=[0, 1, 3, 2]), "k"))
         product = scale(product, "s")
@@ -243,14 +256,9 @@ class SequenceFirstFolded(pattern.RewriteRuleClassBase):
         if len(heads) != 1 or dims["q"][2] != dims["k"][2]:
             return result.fail("Q, K and V do not split into the same number of heads of one Q/K head size")
         self._heads = heads.pop()
-        self._factors = {}
-        for side in ("q", "k", "s"):
-            if tags[f"{side}_scaling"] == "None":
-                continue
-            factor = _constant_factor(tags.get(f"{side}_factor"))
-            if factor is None:
-                return result.fail(f"the {side} scale is not one constant number")
-            self._factors[side] = factor
+        self._factors = _scale_factors(tags)
+        if isinstance(self._factors, str):
+            return result.fail(f"the {self._factors} scale is not one constant number")
         return result
 
     def rewrite(self, op, q_seq, k_seq, v_seq, q_folded, v_folded, probs, attended, **tags):
@@ -269,10 +277,8 @@ class SequenceFirstFolded(pattern.RewriteRuleClassBase):
                          [batch, heads, length, head_size])
 
         def scale(value, side):
-            if side not in self._factors:
-                return value
-            constant = op.Constant(value=ir.tensor(self._factors[side].reshape(()), name=f"{side}_scale"))
-            return typed(getattr(op, tags[f"{side}_scaling"])(value, constant), list(value.shape.dims))
+            scaled_value = _rescaled(op, value, side, self._factors, tags)
+            return scaled_value if scaled_value is value else typed(scaled_value, list(value.shape.dims))
 
         query, key, value = heads_first(q_seq, q_folded), heads_first(k_seq, tags["k_folded"]), heads_first(v_seq, v_folded)
         batch, _, length, head_size = _dims(query, 4)
