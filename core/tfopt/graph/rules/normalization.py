@@ -291,6 +291,10 @@ class SkipLayerNorm(pattern.RewriteRuleClassBase):
             return False
         if self.with_bias and not is_constant_vector(bias):
             return False
+        # LayerNormalization lets gamma/beta be another float type than its input (fp16 data, fp32
+        # weights); the fused ops bind one type T to all of them
+        if any(v is not None and v.dtype != a.dtype for v in (b, gamma, beta, bias if self.with_bias else None)):
+            return False
         if a.const_value is not None or b.const_value is not None:
             return False
         if not _skip_ln_takes(a):
