@@ -20,11 +20,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 
 from tfopt.graph import fuse_file
 from tfopt.results import ModelInfo
-from tfopt.torch_kit import quiet_export
+
+torch = pytest.importorskip("torch")  # the TensorFlow deployment has none
+
+from tfopt.torch_kit import quiet_export  # noqa: E402
 
 WIDTH, HEADS = 32, 4
 

@@ -293,7 +293,8 @@ class SkipLayerNorm(pattern.RewriteRuleClassBase):
             return False
         # LayerNormalization lets gamma/beta be another float type than its input (fp16 data, fp32
         # weights); the fused ops bind one type T to all of them
-        if any(v is not None and v.dtype != a.dtype for v in (b, gamma, beta, bias if self.with_bias else None)):
+        weights = (b, gamma, beta, bias if self.with_bias else None)
+        if a.dtype is not None and any(v is not None and v.dtype is not None and v.dtype != a.dtype for v in weights):
             return False
         if a.const_value is not None or b.const_value is not None:
             return False
