@@ -56,3 +56,29 @@ class PerRun:
         if cached is not None and cached[0] == key:
             return cached[1]
         return self.remember(ctx, key, load())
+
+
+class SourceModels:
+    """An adapter's source model, one per run: ``load(source, attn_implementation)`` on first use, and
+    again only when the run's source or its ``attn_implementation`` option changed.
+
+    The bookkeeping of :class:`PerRun` around the key adapters share; ``label`` names the default
+    model in the "loading ..." line. ``remember`` makes a model built in code the run's (tests).
+    """
+
+    def __init__(self, load: Callable[[str | None, str | None], T], label: str) -> None:
+        self._load, self._label, self._models = load, label, PerRun()
+
+    @staticmethod
+    def _key(ctx: RunContext) -> tuple:
+        return (ctx.source, ctx.option("attn_implementation"))
+
+    def get(self, ctx: RunContext) -> T:
+        def load() -> T:
+            ctx.progress(f"loading {ctx.source or self._label} ...")
+            return self._load(ctx.source, ctx.option("attn_implementation"))
+
+        return self._models.get(ctx, self._key(ctx), load)
+
+    def remember(self, ctx: RunContext, model: T) -> T:
+        return self._models.remember(ctx, self._key(ctx), model)

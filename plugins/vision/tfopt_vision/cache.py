@@ -1,34 +1,21 @@
-"""One loaded PyTorch model per run: export, dummy inputs, verify and benchmark share it."""
+"""One loaded PyTorch model per run: export, dummy inputs, verify and benchmark share it (attn_implementation unset: transformers' default for the class, sdpa where it has one)."""
 
 from __future__ import annotations
 
 from tfopt.results import RunContext
-from tfopt.run_cache import PerRun
+from tfopt.run_cache import SourceModels
 
-from .models import SourceModel, load_source
+from .models import DEFAULT_SOURCE, SourceModel, load_source
 
-_MODELS: PerRun[SourceModel] = PerRun()
-
-
-def attn_implementation(ctx: RunContext) -> str | None:
-    """The user's choice, or None: transformers' default for the class (sdpa where the class has it)."""
-    return ctx.option("attn_implementation")
-
-
-def _key(ctx: RunContext) -> tuple:
-    return (ctx.source, attn_implementation(ctx))
-
-
-def remember(ctx: RunContext, source: SourceModel) -> SourceModel:
-    """Make ``source`` the model of this run (for models built in code: tests, benchmarks)."""
-    return _MODELS.remember(ctx, _key(ctx), source)
+# load_source is looked up at call time, so a test can wrap it
+_MODELS: SourceModels = SourceModels(lambda source, attn: load_source(source, attn_implementation=attn), DEFAULT_SOURCE)
 
 
 def source_model(ctx: RunContext) -> SourceModel:
     """The run's model, loaded on first use; loaded again only if the source or the attention changed."""
+    return _MODELS.get(ctx)
 
-    def load() -> SourceModel:
-        ctx.progress(f"loading {ctx.source or 'tiny-vit'} ...")
-        return load_source(ctx.source, attn_implementation=attn_implementation(ctx))
 
-    return _MODELS.get(ctx, _key(ctx), load)
+def remember(ctx: RunContext, source: SourceModel) -> SourceModel:
+    """Make ``source`` the model of this run (models built in code: tests, benchmarks)."""
+    return _MODELS.remember(ctx, source)
