@@ -286,3 +286,17 @@ def test_a_family_group_can_build_its_rules_from_the_runs_model_info():
     assert "DoubleNeg" not in stats.rule_counts
     with pytest.raises(TfoptError, match="its rule factory returned NoneType, not a list of rules"):
         _fuse(ModelInfo("toy", expected={}), extra_rules=[FusionRules("broken", lambda info: None)])
+
+
+def test_validation_also_drops_a_rule_that_fires_in_place_of_a_dropped_one(tmp_path):
+    """Two wrong rules for one place: leaving out the first lets the second match; both are found and left out."""
+    first, second = _double_negation(wrong=True), _double_negation(wrong=True)
+    second.name = "DoubleNegWrongToo"
+    source = tmp_path / "toy.onnx"
+    _toy(source)
+    result = fuse_file(
+        source, tmp_path / "out.onnx", ModelInfo("toy", expected={"Softmax": 1}),
+        extra_rules=[FusionRules("bad", [first, second], before=None)],
+    )
+    assert sorted(dropped.rule for dropped in result.dropped_rules) == ["DoubleNegWrong", "DoubleNegWrongToo"]
+    assert result.validation.passed and result.op_counts["Neg"] == 2

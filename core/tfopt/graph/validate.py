@@ -671,7 +671,7 @@ def _without_breaking_rules(build, fired, problem, reference, precision, output_
     """(model, extra, dropped): rebuilt without each rule bisection blames, until it validates."""
     first_problem, skip, dropped = problem, set(), []
     while problem is not None:
-        candidates = [name for name in dict.fromkeys(fired) if name not in skip]
+        candidates = _with_stand_ins(build, skip, [name for name in dict.fromkeys(fired) if name not in skip])
         if not candidates or _build_problem(build, skip | set(candidates), reference, precision, output_path):
             raise ValidationFailed(
                 Validation(
@@ -694,6 +694,22 @@ def _without_breaking_rules(build, fired, problem, reference, precision, output_
         model, extra, fired = build(frozenset(skip))
         problem = _problem(model, reference, precision, output_path)
     return model, extra, dropped
+
+
+def _with_stand_ins(build, skip: set[str], candidates: list[str]) -> list[str]:
+    """``candidates`` and every rule that fires once they are all left out, until none more does.
+
+    A rule left out can let a sibling match in its place (``SkipLayerNorm+Sum`` where
+    ``SkipLayerNorm`` no longer fires) and break the model the same way; the bisection must be
+    able to blame it too, and "no rule applied" must mean none.
+    """
+    while candidates:
+        _, _, fired = build(frozenset(skip | set(candidates)))
+        stand_ins = [name for name in dict.fromkeys(fired) if name not in skip and name not in candidates]
+        if not stand_ins:
+            break
+        candidates = candidates + stand_ins
+    return candidates
 
 
 def _build_problem(build, skip: set[str], reference: Reference, precision: str, output_path: Path) -> str | None:
