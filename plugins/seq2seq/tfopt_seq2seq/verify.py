@@ -54,8 +54,8 @@ def dummy_inputs(ctx: RunContext, exported: ExportResult) -> list[dict[str, np.n
     return feeds
 
 
-def _encoder_stats(source: SourceModel, encoder_path: Path, seed: int):
-    session, module = ort_session(encoder_path), steps.encoder_step(source)
+def _encoder_stats(source: SourceModel, session, seed: int):
+    module = steps.encoder_step(source)
     rng, stats, cases = np.random.default_rng(seed + 1), [], []
     for batch, length in ENCODER_CASES:
         feed = steps.encoder_feed(source, batch, length, rng)
@@ -93,8 +93,9 @@ def verify_model(ctx: RunContext, exported: ExportResult, model_path: Path, inpu
     start = time.perf_counter()
     encoder_path = Path((ctx.results.get("extra_outputs") or {}).get(ENCODER_OUTPUTS["final"]) or
                         (ctx.results.get("extra_outputs") or {})[ENCODER_OUTPUTS["export"]])
-    stats, cases = _encoder_stats(source, encoder_path, seed)
-    session, module = ort_session(model_path), steps.decoder_step(source)
+    encoder_session, session = ort_session(encoder_path), ort_session(model_path)  # each loaded once: parity, then generation
+    stats, cases = _encoder_stats(source, encoder_session, seed)
+    module = steps.decoder_step(source)
     for feed in inputs:
         expected = steps.run_torch(module, steps.decoder_inputs(source), feed)
         actual = session.run(steps.decoder_outputs(source), feed)
@@ -104,7 +105,7 @@ def verify_model(ctx: RunContext, exported: ExportResult, model_path: Path, inpu
         cases.append({"graph": "decoder", "batch_size": batch, "past_length": past, "sequence_length": new, "diff": stats[-1]})
     overall = merge_stats(stats)
     failure, notes = None, _encoder_validation(ctx)
-    pair = names.EncoderDecoder(encoder_path, model_path)
+    pair = names.EncoderDecoder(encoder_session, session)
     sources = generation_sources(source, seed)
     worst_same, greedy = 1.0, None
     for beams in GENERATION["beams"]:
