@@ -14,6 +14,7 @@ import onnx_ir as ir
 from ..errors import TfoptError, first_line
 from ..results import IOSpec
 from .input_checks import check_input_file, check_model_proto
+from .values import release_mapped
 
 # ``ir.Model.meta`` keys: the notes of the repairs the loader made (``check_model_proto``), for fusion's
 # notes, and the shapes it gave inputs that declared none (validation feeds the input those shapes).
@@ -105,6 +106,24 @@ def model_files(path: str | os.PathLike) -> set[Path]:
     return files
 
 
+def write_file(model: ir.Model, path: str | os.PathLike, external_data: str | None = None) -> None:
+    """``ir.save``, unmapping each external-data weight of the input once it is copied out.
+
+    A weight read from the input's data file stays mapped after ``ir.save`` read it, and a mapped
+    page counts in the process's memory: writing a 5 GB model would end up holding all 5 GB.
+    """
+    written: list[ir.TensorProtocol] = []
+
+    def release_previous(tensor: ir.TensorProtocol, _info) -> None:  # called before each tensor is written
+        release_mapped(written)
+        written[:] = [tensor]
+
+    try:
+        ir.save(model, path, external_data=external_data, callback=release_previous if external_data else None)
+    finally:
+        release_mapped(written)
+
+
 def save_model(
     model: ir.Model,
     path: str | os.PathLike,
@@ -136,7 +155,7 @@ def save_model(
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         tmp_model = tmp_dir / path.name
-        ir.save(model, tmp_model, external_data=data_name if external else None)
+        write_file(model, tmp_model, data_name if external else None)
         if check is not None:
             check(tmp_model)
         if external:

@@ -18,36 +18,49 @@ from collections import defaultdict
 import numpy as np
 import onnx_ir as ir
 
-from .values import constant_array, new_initializer
+from .values import constant_tensor, new_initializer, release_mapped
 
 _MIN_SHARED = 2
 
 
-def _weight(node: ir.Node) -> np.ndarray | None:
-    """The constant 2-D float weight of ``MatMul(x, W)``, read by this MatMul only."""
+def _weight(node: ir.Node) -> ir.TensorProtocol | None:
+    """The constant 2-D float weight of ``MatMul(x, W)``, read by this MatMul only (its data is not read)."""
     if node.op_type != "MatMul" or node.domain != "" or len(node.inputs) != 2:
         return None
     weight = node.inputs[1]
     if weight is None or len(weight.uses()) != 1:
         return None
-    array = constant_array(weight)
-    if array is None or array.ndim != 2 or array.dtype not in (np.float32, np.float16):
+    tensor = constant_tensor(weight)
+    if tensor is None or len(tensor.shape) != 2 or tensor.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16):
         return None
-    return array
+    return tensor
+
+
+def _concatenated(tensors: list[ir.TensorProtocol]) -> ir.LazyTensor:
+    """The weights side by side along N, computed when the model is saved (or read), not now:
+    packing a 5 GB model would otherwise hold a copy of most of its weights until then."""
+
+    def compute() -> ir.Tensor:
+        joined = np.concatenate([tensor.numpy() for tensor in tensors], axis=1)
+        release_mapped(tensors)
+        return ir.tensor(joined)
+
+    width = sum(int(tensor.shape[1]) for tensor in tensors)
+    return ir.LazyTensor(compute, dtype=tensors[0].dtype, shape=ir.Shape([int(tensors[0].shape[0]), width]))
 
 
 def pack_shared_input_matmuls(graph: ir.Graph) -> int:
     """``MatMul(x, W1) ... MatMul(x, Wn)`` -> ``Split(MatMul(x, [W1 .. Wn]))``; returns how many MatMuls were merged away."""
-    groups: dict[int, list[tuple[ir.Node, np.ndarray]]] = defaultdict(list)
+    groups: dict[int, list[tuple[ir.Node, ir.TensorProtocol]]] = defaultdict(list)
     for node in graph:
-        array = _weight(node)
-        if array is not None and node.inputs[0] is not None:
-            groups[id(node.inputs[0])].append((node, array))
+        tensor = _weight(node)
+        if tensor is not None and node.inputs[0] is not None:
+            groups[id(node.inputs[0])].append((node, tensor))
     merged = 0
     for members in groups.values():
-        by_kind: dict[tuple, list[tuple[ir.Node, np.ndarray]]] = defaultdict(list)
-        for node, array in members:
-            by_kind[(array.shape[0], array.dtype.str)].append((node, array))
+        by_kind: dict[tuple, list[tuple[ir.Node, ir.TensorProtocol]]] = defaultdict(list)
+        for node, tensor in members:
+            by_kind[(int(tensor.shape[0]), tensor.dtype)].append((node, tensor))
         for same in by_kind.values():
             if len(same) < _MIN_SHARED:
                 continue
@@ -55,12 +68,12 @@ def pack_shared_input_matmuls(graph: ir.Graph) -> int:
     return merged
 
 
-def _pack(graph: ir.Graph, same: list[tuple[ir.Node, np.ndarray]]) -> int:
+def _pack(graph: ir.Graph, same: list[tuple[ir.Node, ir.TensorProtocol]]) -> int:
     nodes = [node for node, _ in same]
     first = min(nodes, key=lambda node: list(graph).index(node))  # the earliest keeps the graph in order
     x = first.inputs[0]
-    widths = [array.shape[1] for _, array in same]
-    weight = new_initializer(graph, f"{nodes[0].inputs[1].name}_packed", np.concatenate([array for _, array in same], axis=1))
+    widths = [int(tensor.shape[1]) for _, tensor in same]
+    weight = new_initializer(graph, f"{nodes[0].inputs[1].name}_packed", _concatenated([tensor for _, tensor in same]))
     sizes = new_initializer(graph, f"{weight.name}_sizes", np.array(widths, dtype=np.int64))
     matmul = ir.node("MatMul", [x, weight], name=f"{first.name or 'matmul'}_packed")
     split = ir.node("Split", [matmul.outputs[0], sizes], attributes={"axis": -1}, num_outputs=len(nodes), name=f"{first.name or 'matmul'}_unpacked")

@@ -93,6 +93,10 @@ def _ort_session(path: Path, threads: int = 0, *, optimized: bool = True, initia
     # Prepacking re-lays every MatMul weight for speed: most of a session's start-up at
     # bert-base size (0.7 s of 0.8 s here), and pointless for two tiny validation runs.
     options.add_session_config_entry("session.disable_prepacking", "1")
+    # Without the arena, what a run allocates goes back when the run ends: a tied LM head's
+    # transposed table (1 GB at Llama-3.2-1B's size) would otherwise stay held by the reference
+    # while the candidate loads (validation of that model peaked at 1.5x its weights, 1.2x now).
+    options.enable_cpu_mem_arena = False
     for name, value in (initializers or {}).items():  # OrtValues the caller keeps alive
         options.add_initializer(name, value)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -12,8 +12,11 @@ MS_DOMAIN = "com.microsoft"
 _PASS_THROUGH = {"Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Expand", "Flatten"}
 
 
-def constant_array(value: ir.Value | None) -> np.ndarray | None:
-    """The value's data if it is an initializer or a folded constant, else None."""
+def constant_tensor(value: ir.Value | None) -> ir.TensorProtocol | None:
+    """The value's tensor if it is an initializer or a folded constant, else None.
+
+    Its data is not read: a weight in external data stays on disk until ``.numpy()``.
+    """
     if value is None:
         return None
     tensor = value.const_value
@@ -22,20 +25,39 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
         if producer is not None and producer.op_type == "Constant" and producer.domain == "":
             attr = producer.attributes.get("value")
             tensor = attr.value if attr is not None else None
-    if tensor is None:
-        return None
-    return tensor.numpy()
+    return tensor
 
 
-def new_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    """Register ``array`` as an initializer of ``graph``; ``name`` gets ``_`` suffixes until it is unused."""
+def constant_array(value: ir.Value | None) -> np.ndarray | None:
+    """The value's data if it is an initializer or a folded constant, else None."""
+    tensor = constant_tensor(value)
+    return None if tensor is None else tensor.numpy()
+
+
+def new_initializer(graph: ir.Graph, name: str, array: np.ndarray | ir.TensorProtocol) -> ir.Value:
+    """Register ``array`` (or a tensor, such as an ``ir.LazyTensor`` computed when saved) as an
+    initializer of ``graph``; ``name`` gets ``_`` suffixes until it is unused."""
     while name in graph.initializers:
         name += "_"
-    value = ir.Value(
-        name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)), const_value=ir.tensor(array, name=name)
-    )
+    if isinstance(array, np.ndarray):
+        tensor = ir.tensor(array, name=name)
+    else:
+        tensor, tensor.name = array, name
+    value = ir.Value(name=name, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
     graph.register_initializer(value)
     return value
+
+
+def release_mapped(tensors) -> None:
+    """Unmap the external-data weights among ``tensors`` once read: a mapped weight's pages count in
+    the process's memory until then, so a pass over a 5 GB model would hold all of it. They are
+    mapped again if read later."""
+    for tensor in tensors:
+        if isinstance(tensor, ir.ExternalTensor):
+            try:
+                tensor.release()
+            except BufferError:  # an array over the mapping is still in use: keep it mapped
+                pass
 
 
 def scalar(value: ir.Value | None) -> float | None:
