@@ -8,8 +8,9 @@ least. On the trained stdlib-gpt2 4-bit (blocks of 32) next-token agreement with
 from 92.1% (nearest) to 95.9% (docs/benchmark-gpt2.md).
 
 Scales and zero points keep ONNX Runtime's MatMulNBits layout (one per block of
-``block_size`` rows of each column, chosen when the block's first row is reached), so the
-result replaces the data of the nodes ONNX Runtime's quantizer wrote and runs on its kernels.
+``block_size`` rows of each column, chosen when the block's first row is reached), so
+:mod:`tfopt.matmul_nbits` writes GPTQ's codes in the tensors it would otherwise fill by
+rounding to nearest, and ONNX Runtime's kernels run them.
 """
 
 from __future__ import annotations

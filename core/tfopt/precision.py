@@ -19,9 +19,10 @@ tensor, MatMulInteger) and "weight_only" (MatMulNBits with 8 bits, blocks like i
 activations quantized per block inside the kernel). On a trained decoder weight-only
 agrees better with fp32 (docs/benchmark-gpt2.md), so the gpt2 adapter picks it.
 
-Weight-only MatMulNBits weights are rounded to nearest by ONNX Runtime's quantizer, or, given
-``calibration`` feeds, by GPTQ (:mod:`tfopt.gptq`), which replaces the data of the nodes it
-wrote: same file format and speed, less change in the model's outputs.
+Weight-only MatMulNBits is written by :mod:`tfopt.matmul_nbits`, one weight at a time while
+the output is written: rounded to nearest by the kernel ONNX Runtime's quantizer calls (the
+same bytes), or, given ``calibration`` feeds, by GPTQ (:mod:`tfopt.gptq`): same file format
+and speed, less change in the model's outputs.
 
 On the CPU: fp16 is a GPU format. ONNX Runtime 1.32 does run the fp16 contrib ops
 this project emits on its CPU provider (measured: EmbedLayerNormalization, Attention,
@@ -32,8 +33,10 @@ load the model, verification says so in one line instead of producing numbers.
 Real-size models keep their weights as external data (``exported.onnx.data``), and may be
 larger than protobuf's 2 GB message limit. Neither conversion ever serializes a whole
 model with its weights: fp16 infers types on a weightless stand-in and converts a proto
-whose weights it read from the input's folder; int8 hands ONNX Runtime a staged copy with
-external data (its quantizer then takes the path-based route). The outputs' weights go to
+whose weights it read from the input's folder; dynamic int8 hands ONNX Runtime a staged copy
+with external data (its quantizer then takes the path-based route); weight-only int8/int4
+never hold more than one weight (Llama-3.2-1B's 4.9 GB of fp32 weights to int4: 0.5x their
+size at peak, ONNX Runtime's quantizer 1.9x; ``scripts/benchmark_llama_memory.py``). The outputs' weights go to
 ``<output name>.data`` beside the output when the input had external data or they are
 large; the input's files are only read.
 """
@@ -58,7 +61,8 @@ from .errors import TfoptError, first_line
 from .graph import io as graph_io
 from .graph.input_checks import sort_nodes
 from .graph.values import new_initializer
-from .graph.io import load_model, save_model, uses_external_data
+from . import matmul_nbits
+from .graph.io import load_model, save_model, uses_external_data, write_file
 from .gptq import Calibration
 from .results import PRECISIONS, PrecisionResult
 
@@ -394,12 +398,18 @@ def untie_transposed_weights(model: ir.Model) -> int:
             continue
         if len(weight.const_value.shape) != 2 or (perm is not None and list(perm.value) != [1, 0]):
             continue
-        copy = new_initializer(graph, f"{weight.name}.transposed", np.ascontiguousarray(weight.const_value.numpy().T))
+        copy = new_initializer(graph, f"{weight.name}.transposed", _transposed(weight.const_value))
         node.replace_input_with(1, copy)
         if not transpose.outputs[0].uses() and not transpose.outputs[0].is_graph_output():
             graph.remove(transpose, safe=True)
         rewritten += 1
     return rewritten
+
+
+def _transposed(tensor: ir.TensorProtocol) -> ir.LazyTensor:
+    """``tensor``^T, computed when read: a tied head's table is 1 GB at Llama-3.2-1B's size."""
+    rows, columns = (int(d) for d in tensor.shape)
+    return ir.LazyTensor(lambda: ir.tensor(np.ascontiguousarray(tensor.numpy().T)), dtype=tensor.dtype, shape=ir.Shape([columns, rows]))
 
 
 def head_node_names(model: ir.Model) -> list[str]:
@@ -448,9 +458,8 @@ def _quantize_dynamic_int8(staged: Path, produced: Path, external: bool, exclude
 
 @dataclass
 class _Calibrated:
-    """What GPTQ needs for each weight: the fp32 model holding it, the activation it multiplies, ``X^T X`` of that."""
+    """What GPTQ needs for each weight: the activation it multiplies and ``X^T X`` of that."""
 
-    source: Path
     weight_inputs: dict[str, str]
     moments: dict[str, np.ndarray]
     rows: int
@@ -475,60 +484,30 @@ def _calibrate(staged: Path, calibration) -> _Calibrated | None:
     if not weight_inputs:
         return None
     moments, rows = second_moments(staged, sorted(set(weight_inputs.values())), calibration)
-    return _Calibrated(staged, weight_inputs, moments, rows)
+    return _Calibrated(weight_inputs, moments, rows)
 
 
-def _round_with_calibration(proto: onnx.ModelProto, calibrated: _Calibrated, bits: int, block_size: int) -> int:
-    """Replace the data of the MatMulNBits nodes ONNX Runtime's quantizer wrote (round-to-nearest)
-    with GPTQ's rounding of the same weights; returns how many weights."""
+def _rounding(bits: int, block_size: int, calibrated: _Calibrated | None) -> matmul_nbits.Rounding | None:
+    """GPTQ's codes for the weights calibration saw (in MatMulNBits' layout); nearest for the rest."""
+    if calibrated is None:
+        return None
     from .gptq import pack_matmul_nbits, round_weight
 
-    tensors = {t.name: t for t in proto.graph.initializer}
-    source = ir.load(calibrated.source)  # fp32 weights, read lazily from external data
-    rounded = 0
-    for weight, activation in calibrated.weight_inputs.items():
-        names = (f"{weight}_Q{bits}", f"{weight}_scales", f"{weight}_zero_points")
-        if not all(name in tensors for name in names):
-            continue  # not quantized in this pass (excluded, or not 2-D)
-        array = source.graph.initializers[weight].const_value.numpy()
-        parts = pack_matmul_nbits(
-            *round_weight(array, calibrated.moments[activation], bits=bits, block_size=block_size), bits=bits, block_size=block_size
-        )
-        for name, part in zip(names, parts):
-            if tuple(tensors[name].dims) != part.shape or tensors[name].data_type != onnx.helper.np_dtype_to_tensor_dtype(part.dtype):
-                raise TfoptError(f"MatMulNBits layout of {name} is not the one tfopt packs ({list(tensors[name].dims)})")
-            tensors[name].CopyFrom(onnx.numpy_helper.from_array(part, name))
-        rounded += 1
+    def rounded(name: str, weight: np.ndarray):
+        activation = calibrated.weight_inputs.get(name)
+        if activation is None:
+            return matmul_nbits.nearest(weight, bits, block_size, INT4_SYMMETRIC)
+        codes = round_weight(weight, calibrated.moments[activation], bits=bits, block_size=block_size)
+        return pack_matmul_nbits(*codes, bits=bits, block_size=block_size)
+
     return rounded
 
 
-def _quantize_nbits(bits: int, block_size: int, calibrated: _Calibrated | None = None):
-    def quantize(staged: Path, produced: Path, external: bool, exclude: list[str]) -> None:
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+def _prepared(input_path: Path, output_path: Path, lm_head: str) -> tuple[ir.Model, bool, list[str], list[str]]:
+    """The input made ready for quantization: (model, external output, head nodes to leave out, notes).
 
-        quantizer = MatMulNBitsQuantizer(
-            str(staged), bits=bits, block_size=block_size, is_symmetric=INT4_SYMMETRIC,
-            accuracy_level=INT4_ACCURACY_LEVEL or None, nodes_to_exclude=exclude, op_types_to_quantize=("MatMul",),
-        )
-        quantizer.process()
-        if calibrated is not None:
-            _round_with_calibration(quantizer.model.model, calibrated, bits, block_size)
-        quantizer.model.save_model_to_file(str(produced), use_external_data_format=external)
-
-    return quantize
-
-
-def _quantized(input_path, output_path, precision: str, quantizer_for, lm_head: str, calibration=None) -> tuple[Path, list[str]]:
-    """Quantize a staged copy in a temp dir beside the output, then rename it into place.
-
-    The copy (Gemm linears rewritten as MatMul, a tied head untied unless it stays fp32)
-    keeps its weights as external data when the output will, so ONNX Runtime's quantizer
-    infers shapes by path and writes ``<output>.data`` itself: nothing is serialized whole,
-    and its scratch files land in the temp dir, not beside the input. ``quantizer_for(calibrated)``
-    gives the quantization step; ``calibrated`` holds the staged copy's activation statistics
-    when ``calibration`` feeds were given (GPTQ rounding for MatMulNBits), else None.
+    Gemm linears become MatMul + Add; a tied head gets its own transposed weight unless it stays fp32.
     """
-    input_path, output_path = Path(input_path), Path(output_path)
     check_lm_head(lm_head)
     model = load_model(input_path)  # one-line errors for missing/corrupt input before ORT's own
     _refuse_input_files(input_path, output_path)
@@ -543,28 +522,76 @@ def _quantized(input_path, output_path, precision: str, quantizer_for, lm_head: 
     elif untie_transposed_weights(model):
         notes.append(f"tied LM head given its own transposed weight so that it is quantized (lm_head_precision={lm_head})")
     output_path.parent.mkdir(parents=True, exist_ok=True)
+    return model, external, exclude, notes
+
+
+def _weight_only(input_path, output_path, precision: str, bits: int, block_size: int, lm_head: str, calibration=None) -> tuple[Path, list[str]]:
+    """MatMulNBits for every constant fp32 MatMul weight (:mod:`tfopt.matmul_nbits`), written atomically.
+
+    The weights are quantized one at a time while the output is written, each read from the
+    input's data file and released again, so the conversion never holds the model's weights
+    (Llama-3.2-1B's 4.9 GB to int4: docs/benchmark-llama.md). GPTQ's calibration alone runs the
+    fp32 model, from a staged copy in a temp dir beside the output.
+    """
+    input_path, output_path = Path(input_path), Path(output_path)
+    model, external, exclude, notes = _prepared(input_path, output_path, lm_head)
+    calibrated = None
+    if calibration is not None:
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.", dir=output_path.parent))
+        try:
+            staged = tmp_dir / "fp32.onnx"
+            try:
+                write_file(model, staged, "fp32.onnx.data" if external else None)
+            except OSError as exc:
+                raise TfoptError(f"{output_path.parent}: cannot write ({exc.strerror or exc})") from None
+            calibrated = _calibrate(staged, calibration)
+        except TfoptError:
+            raise
+        except Exception as exc:
+            raise TfoptError(f"{precision} calibration failed ({first_line(exc)})") from None
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        if calibrated is not None:
+            notes.append(f"weights rounded by GPTQ, calibrated on {calibrated.rows} activation rows")
+    head = set(exclude)
+    matmul_nbits.quantize_matmuls(
+        model, bits=bits, block_size=block_size, accuracy_level=INT4_ACCURACY_LEVEL, symmetric=INT4_SYMMETRIC,
+        rounding=_rounding(bits, block_size, calibrated), include=lambda node: node.name not in head,
+    )
+    if lm_head == "int8" and exclude:  # the head alone, 8-bit weight-only
+        matmul_nbits.quantize_matmuls(
+            model, bits=8, block_size=INT4_BLOCK_SIZE, accuracy_level=INT4_ACCURACY_LEVEL, symmetric=INT4_SYMMETRIC,
+            rounding=_rounding(8, INT4_BLOCK_SIZE, calibrated), include=lambda node: node.name in head,
+        )
+        notes.append(f"LM head int8 weight-only ({', '.join(exclude)}; lm_head_precision=int8)")
+    try:
+        save_model(model, output_path, refuse=input_path, external=external)
+    except OSError as exc:
+        raise TfoptError(f"{output_path.parent}: cannot write ({exc.strerror or exc})") from None
+    return output_path, notes
+
+
+def _dynamic_int8(input_path, output_path, lm_head: str) -> tuple[Path, list[str]]:
+    """ONNX Runtime's dynamic quantization on a staged copy in a temp dir beside the output, then renamed into place.
+
+    The copy keeps its weights as external data when the output will, so ONNX Runtime's
+    quantizer infers shapes by path and writes ``<output>.data`` itself: nothing is serialized
+    whole, and its scratch files land in the temp dir, not beside the input.
+    """
+    input_path, output_path = Path(input_path), Path(output_path)
+    model, external, exclude, notes = _prepared(input_path, output_path, lm_head)
     data_name = output_path.name + ".data"
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.", dir=output_path.parent))
     try:
         staged = tmp_dir / "fp32.onnx"
         try:
-            ir.save(model, staged, external_data="fp32.onnx.data" if external else None)
+            write_file(model, staged, "fp32.onnx.data" if external else None)
         except OSError as exc:
             raise TfoptError(f"{output_path.parent}: cannot write ({exc.strerror or exc})") from None
         del model
-        calibrated = None
-        if calibration is not None:
-            try:
-                calibrated = _calibrate(staged, calibration)
-            except TfoptError:
-                raise
-            except Exception as exc:
-                raise TfoptError(f"{precision} calibration failed ({first_line(exc)})") from None
-            if calibrated is not None:
-                notes.append(f"weights rounded by GPTQ, calibrated on {calibrated.rows} activation rows")
-        passes = [(quantizer_for(calibrated), exclude)]
+        passes = [(_quantize_dynamic_int8, exclude)]
         if lm_head == "int8" and exclude:  # a second pass takes the head alone, 8-bit weight-only
-            passes.append((_quantize_nbits(8, INT4_BLOCK_SIZE, calibrated), []))
+            passes.append((_head_weight_only_int8, exclude))
             notes.append(f"LM head int8 weight-only ({', '.join(exclude)}; lm_head_precision=int8)")
         produced = tmp_dir / output_path.name
         try:
@@ -575,7 +602,7 @@ def _quantized(input_path, output_path, precision: str, quantizer_for, lm_head: 
                     step(current, written, external, skip)
                     current = written
         except Exception as exc:
-            raise TfoptError(f"{precision} quantization failed ({first_line(exc)})") from None
+            raise TfoptError(f"int8 quantization failed ({first_line(exc)})") from None
         if (tmp_dir / data_name).exists():
             # onnx writes external data owner-only; give it the model file's permissions
             os.chmod(tmp_dir / data_name, produced.stat().st_mode & 0o777)
@@ -586,6 +613,17 @@ def _quantized(input_path, output_path, precision: str, quantizer_for, lm_head: 
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return output_path, notes
+
+
+def _head_weight_only_int8(staged: Path, produced: Path, external: bool, head: list[str]) -> None:
+    """The head nodes of a dynamically quantized model as 8-bit MatMulNBits (dynamic int8 left them fp32)."""
+    model = load_model(staged)
+    names = set(head)
+    matmul_nbits.quantize_matmuls(
+        model, bits=8, block_size=INT4_BLOCK_SIZE, accuracy_level=INT4_ACCURACY_LEVEL, symmetric=INT4_SYMMETRIC,
+        include=lambda node: node.name in names,
+    )
+    write_file(model, produced, produced.name + ".data" if external else None)
 
 
 def to_int8(
@@ -600,16 +638,14 @@ def to_int8(
         raise TfoptError("calibrated rounding (GPTQ) is for weight-only int8 and int4, not dynamic int8")
     start = time.perf_counter()
     if method == "weight_only":
-        path, notes = _quantized(
-            input_path, output_path, "int8", lambda calibrated: _quantize_nbits(8, INT4_BLOCK_SIZE, calibrated), lm_head, calibration
-        )
+        path, notes = _weight_only(input_path, output_path, "int8", 8, INT4_BLOCK_SIZE, lm_head, calibration)
         notes.insert(
             0,
             f"weight-only int8: MatMulNBits, blocks of {INT4_BLOCK_SIZE} along K, {'symmetric' if INT4_SYMMETRIC else 'with zero points'},"
             f" accuracy_level {INT4_ACCURACY_LEVEL}",
         )
     else:
-        path, notes = _quantized(input_path, output_path, "int8", lambda calibrated: _quantize_dynamic_int8, lm_head)
+        path, notes = _dynamic_int8(input_path, output_path, lm_head)
         notes.insert(0, f"dynamic quantization: int8 weights for {', '.join(INT8_OP_TYPES)}, activations quantized at run time")
     return PrecisionResult(model_path=path, precision="int8", seconds=time.perf_counter() - start, notes=notes)
 
@@ -623,9 +659,7 @@ def to_int4(
     if block_size < 16 or block_size & (block_size - 1):
         raise TfoptError(f"int4 block size must be a power of two >= 16, got {block_size}")
     start = time.perf_counter()
-    path, notes = _quantized(
-        input_path, output_path, "int4", lambda calibrated: _quantize_nbits(4, block_size, calibrated), lm_head, calibration
-    )
+    path, notes = _weight_only(input_path, output_path, "int4", 4, block_size, lm_head, calibration)
     notes.insert(
         0,
         f"weight-only int4: MatMulNBits, blocks of {block_size} along K, {'symmetric' if INT4_SYMMETRIC else 'with zero points'},"
