@@ -3,7 +3,8 @@
 - ``sgemm_gflops``: ONNX Runtime's own fp32 MatMul (MLAS, all cores, packed weight) on a
   512x1024 @ 1024x1024 product: the compute roof an fp32 model's linears can reach.
 - ``bandwidth_gbs``: ONNX Runtime's ReduceSum over a 1 GiB fp32 input, all cores: the
-  rate weights can stream from DRAM (the decode step's roof). This CPU's L3 is reported
+  rate weights can stream from DRAM (the decode step's roof); ``measure_numpy_bandwidth``
+  is numpy's sum over threads, often faster here (the decode benchmarks take the best of both). This CPU's L3 is reported
   too: a model smaller than it can beat the DRAM figure once it stays cached.
 - ``rounds``: engines timed interleaved, one median per round, so the ratio to a base
   engine is taken within each round (both saw the same load) and its spread is shown.
@@ -109,6 +110,23 @@ def measure_bandwidth(threads: int = 0, gib: float = 1.0, seconds: float = 2.0) 
         return count * 4 / _best(lambda: session.run(None, {"x": x}), seconds) / 1e9
     finally:
         del x
+
+
+def measure_numpy_bandwidth(gib: float = 1.5, tries: int = 6, threads: int = 1) -> float:
+    """Best read rate of ``x.sum()`` over a ``gib`` GiB array, split over ``threads`` threads (numpy drops the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = np.ones(int(gib * 2**30 / 4), dtype=np.float32)
+    parts = np.array_split(x, threads)
+    best = float("inf")
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(tries + 1):
+            start = time.perf_counter()
+            list(pool.map(np.sum, parts))
+            best = min(best, time.perf_counter() - start)
+    nbytes = x.nbytes
+    del x, parts
+    return nbytes / best / 1e9
 
 
 def measure(threads: int = 0) -> MachineLimits:

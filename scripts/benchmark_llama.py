@@ -226,23 +226,6 @@ def cpu_name() -> str:
         return platform.processor() or "unknown"
 
 
-def numpy_bandwidth(gib: float = 1.5, tries: int = 6, threads: int = 1) -> float:
-    """Best read rate of ``x.sum()`` over a ``gib`` GiB array, split over ``threads`` threads (numpy drops the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    x = np.ones(int(gib * 2**30 / 4), dtype=np.float32)
-    parts = np.array_split(x, threads)
-    best = float("inf")
-    with ThreadPoolExecutor(threads) as pool:
-        for _ in range(tries + 1):
-            start = time.perf_counter()
-            list(pool.map(np.sum, parts))
-            best = min(best, time.perf_counter() - start)
-    nbytes = x.nbytes
-    del x, parts
-    return nbytes / best / 1e9
-
-
 def streamed_bytes(model_path: Path) -> int:
     import _machine_limits as limits
 
@@ -442,8 +425,8 @@ def main() -> None:
     say("measuring DRAM read bandwidth ...")
     import _machine_limits as limits
 
-    bw_numpy = numpy_bandwidth()
-    bw_numpy_mt = numpy_bandwidth(threads=THREADS)
+    bw_numpy = limits.measure_numpy_bandwidth()
+    bw_numpy_mt = limits.measure_numpy_bandwidth(threads=THREADS)
     bw_ort = limits.measure_bandwidth(threads=THREADS, gib=1.0, seconds=3.0)
     bandwidth = max(bw_numpy, bw_numpy_mt, bw_ort)
     say(f"bandwidth: numpy sum 1 thread {bw_numpy:.1f} GB/s, {THREADS} threads {bw_numpy_mt:.1f} GB/s, "

@@ -35,7 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
+import _machine_limits as limits
+
 REPO = Path(__file__).resolve().parents[1]
+BANDWIDTH_METHOD = "the faster of ONNX Runtime's ReduceSum over 1 GiB and numpy's sum over 1.5 GiB, all cores"
 SOURCE_TOKENS, NEW_TOKENS, PASTS = 128, 32, (32, 128)
 
 
@@ -112,8 +115,11 @@ def measure(family: str, config, work: Path, repeat: int) -> dict:
     if names.ATTENTION_MASK in encoded:
         encoded[names.ATTENTION_MASK][:] = 1
     cross = steps.run_torch(encoder, steps.encoder_inputs(source), encoded)[1:]
+    weights = {label: limits.streamed_weight_bytes(path) for label, path in decoders.items()}
     for past in PASTS:
         feed = steps.decoder_feed(source, encoded, cross, past, 1, rng)
+        cache = sum(value.nbytes for value in feed.values() if value.dtype == np.float32)  # self past + cross keys/values
+        row[f"step_past{past}_bytes"] = {label: weight + cache for label, weight in weights.items()}
         calls = {"torch": lambda feed=feed: steps.run_torch(module, steps.decoder_inputs(source), feed)}
         calls.update({label: (lambda s=s, feed=feed: s.run(steps.decoder_outputs(source), feed)) for label, s in sessions.items()})
         times = time_interleaved(calls, warmup=3, repeat=repeat)
@@ -134,7 +140,7 @@ def measure(family: str, config, work: Path, repeat: int) -> dict:
     return row
 
 
-def lines(rows: list[dict]) -> list[str]:
+def lines(rows: list[dict], bandwidth: float) -> list[str]:
     out = ["| family | decode step, past | torch ms | ORT raw ms | A/A | tfopt fp32 | tfopt int8 | tfopt int4 |",
            "|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -143,6 +149,19 @@ def lines(rows: list[dict]) -> list[str]:
             ratio = lambda label: f"{ms[label]:.2f} ms ({ms[label] / ms['ort:raw']:.2f}x)"  # noqa: E731
             out.append(f"| {row['family']} | {past} | {ms['torch']:.2f} | {ms['ort:raw']:.2f} | {ms['ort:raw (A/A)'] / ms['ort:raw']:.2f}x | "
                        f"{ratio('ort:tfopt')} | {ratio('ort:tfopt int8')} | {ratio('ort:tfopt int4')} |")
+    out += ["", f"Bytes a step streams (every weight read in full but embedding tables a Gather reads a row of, "
+            f"plus the self-attention past and the cross keys/values) against the DRAM read rate measured in this run "
+            f"({bandwidth:.1f} GB/s: {BANDWIDTH_METHOD}); 'needs' is the rate a step of 0.7x ORT raw would have to stream at.", "",
+            "| family | past | MB per step (fp32) | limit ms | ORT raw ms (% of limit) | tfopt fp32 ms (% of limit) | 0.7x raw ms | needs GB/s (% of measured) |",
+            "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        for past in PASTS:
+            ms, nbytes = row[f"step_past{past}_ms"], row[f"step_past{past}_bytes"]["ort:tfopt"]
+            limit = nbytes / bandwidth / 1e6
+            target = 0.7 * ms["ort:raw"]
+            needs = nbytes / target / 1e6
+            out.append(f"| {row['family']} | {past} | {nbytes / 1e6:.0f} | {limit:.2f} | {ms['ort:raw']:.2f} ({limit / ms['ort:raw']:.0%}) | "
+                       f"{ms['ort:tfopt']:.2f} ({limit / ms['ort:tfopt']:.0%}) | {target:.2f} | {needs:.1f} ({needs / bandwidth:.0%}) |")
     out += ["", f"| family | greedy generate, {NEW_TOKENS} tokens, b=1 | torch ms | ORT raw ms | tfopt fp32 ms | int8 ms | int4 ms "
             "| torch/tfopt fp32 | fp32 tokens identical | int8 / int4 tokens as torch's |",
             "|---|---|---|---|---|---|---|---|---|---|"]
@@ -176,6 +195,8 @@ def main() -> None:
     unknown = sorted(set(wanted) - set(all_configs))
     if unknown:
         sys.exit(f"unknown families {unknown}; known: {', '.join(all_configs)}")
+    # before any model is loaded; the faster reading is the limit (as benchmark_llama.py takes it)
+    bandwidth = max(limits.measure_bandwidth(), limits.measure_numpy_bandwidth(threads=os.cpu_count() or 1))
     rows = []
     with tempfile.TemporaryDirectory(prefix="tfopt-bench-seq2seq-") as scratch, quiet_export():
         for family in wanted:
@@ -188,7 +209,7 @@ def main() -> None:
         pass
     header = [f"CPU: {cpu}, {os.cpu_count()} cores; torch {torch.__version__} ({torch.get_num_threads()} threads, "
               f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}); ONNX Runtime sessions without intra-op spinning"]
-    text = "\n".join(header + [""] + lines(rows))
+    text = "\n".join(header + [""] + lines(rows, bandwidth))
     print(text)
     if args.markdown:
         args.markdown.write_text(text + "\n")
