@@ -63,3 +63,24 @@ def test_trained_llama_runs_through_verify_at_int4(trained):
     converted = convert_precision_hook(ctx, fused)
     result = verify_hook(ctx, None, converted.model_path, make_dummy_inputs_hook(ctx, None))
     assert result.passed, (result.failure, result.top1_agreement)
+
+
+@pytest.mark.slow  # trains stdlib-llama once (a few minutes; cached under ~/.cache/tfopt), then 2 conversions
+@pytest.mark.parametrize("block, min_top1", [(32, 0.96), (128, 0.95)])
+def test_stdlib_llama_int4_meets_the_agreement_target_at_both_block_sizes(tmp_path, block, min_top1):
+    """The issue's int4 bar (95% top-1 on the real-structure model) at blocks of 32 (the default) and of 128
+    (fewer scales, faster: docs/benchmark-llama.md); GPTQ-rounded, as the trained models are. Measured
+    97.0% and 95.4% (rounded to nearest instead: 94.1% and 93.3%, docs/llama.md)."""
+    from tfopt.text_quality import compare
+    from tfopt.textmodel import heldout_bytes
+    from tfopt_llama.export import export_source
+    from tfopt_llama.hooks import convert_precision_hook
+
+    ctx = RunContext(family="llama", source="stdlib-llama", work_dir=tmp_path)
+    exported = export_source(ctx)
+    fused = fuse_file(exported.model_path, tmp_path / "optimized.onnx", exported.info)
+    ctx.options = {"precision": "int4", "int4_block_size": block}
+    converted = convert_precision_hook(ctx, fused)
+    assert any("GPTQ" in note for note in converted.notes) and any(f"blocks of {block}" in note for note in converted.notes)
+    quality = compare(ort_session(fused.model_path), ort_session(converted.model_path), heldout_bytes(), window_length=120)
+    assert quality.top1_agreement >= min_top1, quality
