@@ -133,7 +133,8 @@ def _check_cell(tmp_path, family, form: ExportForm, attn="sdpa", order="natural"
 
 # CI's cover: every spelling of both exporters on BERT, every BERT-layout family on Dim.DYNAMIC, the
 # opsets, eager attention, another input order and other input sets; MPNet, DeBERTa-v2/v3 and
-# ModernBERT once each on a spelling the adapter's own exports (test_fusion_matrix) do not use.
+# ModernBERT once each on a spelling the adapter's own exports (test_fusion_matrix) do not use,
+# ModernBERT again at static shapes (its rotary cos/sin folded to constants).
 LATER_FAMILIES = ("mpnet", "deberta-v2", "deberta-v3", "modernbert")
 COVER = [
     *[("bert", ExportForm("dynamo", spelling), "sdpa", "natural", "default") for spelling in SPELLINGS["dynamo"]],
@@ -144,6 +145,7 @@ COVER = [
     ("deberta-v2", ExportForm("dynamo", "Dim.AUTO"), "eager", "natural", "with-position-ids"),
     ("deberta-v3", ExportForm("legacy", "dynamic_axes", 18), "eager", "reversed", "default"),
     ("modernbert", ExportForm("dynamo", "Dim.DYNAMIC"), "eager", "natural", "with-position-ids"),
+    ("modernbert", ExportForm("legacy", "static"), "sdpa", "natural", "default"),  # rotary tables folded to constants
     ("bert", ExportForm("dynamo", "Dim.DYNAMIC", 18), "sdpa", "natural", "default"),
     ("roberta", ExportForm("dynamo", "Dim.AUTO", 17), "eager", "natural", "default"),
     ("bert", ExportForm("legacy", "dynamic_axes-distinct", 14), "eager", "natural", "default"),
@@ -167,16 +169,9 @@ def test_export_form_fuses_fully_with_parity(tmp_path, cell):
 ALL_FORMS = [ExportForm(exporter, spelling) for exporter, spellings in SPELLINGS.items() for spelling in spellings]
 
 
-# Known gaps of the shared rules, measured: each cell must fail today (strict), so a fix shows.
-STATIC_ROTARY = pytest.mark.xfail(
-    strict=True,
-    reason="RotaryEmbedding: the shared rotary rule does not fuse a static-shape ModernBERT export's rotary "
-    "(rotate-half left unfused; 2L RotaryEmbedding expected, 0 found), on both exporters",
-)
-FAMILY_FORMS = [
-    pytest.param(family, form, id=f"{family}-{form.id}", marks=[STATIC_ROTARY] if (family, form.spelling) == ("modernbert", "static") else [])
-    for family in CONFIGS for form in ALL_FORMS
-]
+# ModernBERT at static shapes: the exporter folds the rotary cos/sin into constants, which the
+# shared rotary rule takes since 2026-12-07 (it was a strict xfail: 2L RotaryEmbedding expected, 0 found).
+FAMILY_FORMS = [pytest.param(family, form, id=f"{family}-{form.id}") for family in CONFIGS for form in ALL_FORMS]
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@
 Hugging Face applies rotary embeddings as ``x * cos + rotate_half(x) * sin`` with
 ``rotate_half(x) = concat(-x[..., D/2:], x[..., :D/2])`` on the heads ([B, N, S, D]), where
 cos and sin ([B, S, D] unsqueezed to [B, 1, S, D]) are computed once per call from the
-position ids as ``cos(concat(f, f))`` (f = positions x inverse frequencies, times a
+position ids as ``cos(concat(f, f))`` (or folded by the exporter into a constant [1, 1, S, D]
+when it exported at static shapes: its halves are compared instead) (f = positions x inverse frequencies, times a
 scaling for some rope types). Their two halves are equal, so the fused op takes the first
 half as its per-token cos/sin ([B, S, D/2]) and no position ids: whatever rope scheme
 computed f (default, linear, dynamic, YaRN, Phi-3's long rope), the graph still computes it.
@@ -79,6 +80,17 @@ def _per_token(value: ir.Value) -> ir.Value | None:
     return node.inputs[0]
 
 
+def _folded_table(value: ir.Value, half: int) -> np.ndarray | None:
+    """A table the exporter folded to a constant (static shapes: [1, 1, S, D]) whose halves are
+    equal, as its first half [1, S, D/2]; else None."""
+    array = constant_array(value)
+    if array is None or array.ndim != 4 or array.shape[1] != 1 or array.shape[3] != 2 * half:
+        return None
+    if not np.array_equal(array[..., :half], array[..., half:]):
+        return None
+    return np.ascontiguousarray(array[:, 0, :, :half])
+
+
 def _same_dim(a, b) -> bool:
     """Two dims the shapes prove equal: equal numbers, or the same named symbol (anonymous dims prove nothing)."""
     if isinstance(a, int) or isinstance(b, int):
@@ -113,25 +125,32 @@ class RotateHalfRotary(pattern.RewriteRuleClassBase):
             return False
         if (start1, min(end1, 2 * half)) != (0, half) or (start2, min(end2, 2 * half)) != (half, 2 * half):
             return False
-        tables = [_per_token(v) for v in (cos, sin)]
-        if any(t is None or t.shape is None or t.shape.rank() != 3 or t.shape[2] != 2 * half for t in tables):
-            return False
-        return all(_halves_equal(t) for t in tables)
+        for table in (cos, sin):
+            if _folded_table(table, half) is not None:
+                continue
+            per_token = _per_token(table)
+            if per_token is None or per_token.shape is None or per_token.shape.rank() != 3 or per_token.shape[2] != 2 * half:
+                return False
+            if not _halves_equal(per_token):
+                return False
+        return True
 
     def rewrite(self, op, x, cos, sin, **_):
         half = x.shape[3] // 2
-        tables = [_per_token(v) for v in (cos, sin)]
-        target = None
-        if not all(_table_fits(t, x) for t in tables):  # [B, S, 1] from x: what the graph's Mul broadcast to
-            target = op.Concat(
-                op.Shape(x, start=0, end=1), op.Shape(x, start=2, end=3), op.Constant(value_ints=[1]), axis=0
-            )
-
-        def first_half(table):
-            sliced = op.Slice(table, op.Constant(value_ints=[0]), op.Constant(value_ints=[half]), op.Constant(value_ints=[-1]))
-            return sliced if target is None else op.Expand(sliced, target)
-
-        return op.RotaryEmbedding(x, *map(first_half, tables))
+        halves = []
+        for table in (cos, sin):
+            folded = _folded_table(table, half)
+            if folded is not None:  # a constant [1, S, D/2]
+                halves.append((op.Constant(value=ir.tensor(folded)), _same_dim(folded.shape[0], x.shape[0]) and _same_dim(folded.shape[1], x.shape[2])))
+                continue
+            per_token = _per_token(table)
+            sliced = op.Slice(per_token, op.Constant(value_ints=[0]), op.Constant(value_ints=[half]), op.Constant(value_ints=[-1]))
+            halves.append((sliced, _table_fits(per_token, x)))
+        if all(fits for _, fits in halves):
+            return op.RotaryEmbedding(x, *(half_table for half_table, _ in halves))
+        # [B, S, 1] from x: what the graph's Mul broadcast to
+        target = op.Concat(op.Shape(x, start=0, end=1), op.Shape(x, start=2, end=3), op.Constant(value_ints=[1]), axis=0)
+        return op.RotaryEmbedding(x, *(half_table if fits else op.Expand(half_table, target) for half_table, fits in halves))
 
 
 def rotary_rules() -> list[pattern.RewriteRule]:
