@@ -310,7 +310,7 @@ Examples:
 
 @main.command("run", cls=AdapterCommand, help=RUN_HELP)
 @source_options
-@click.option("--precision", type=LazyChoice("tfopt.results", "PRECISIONS"), default=None, help="Precision of the final model [default: the adapter's own (qat: int8), else fp32]. int8: dynamic quantization (an adapter may pick weight-only, as gpt2 does); int4: weight-only 4-bit MatMulNBits. An adapter's own settings are flags listed by `tfopt run --plugin NAME --help` (gpt2, llama: --lm-head-precision, --int8-method, --int4-block-size, --weight-rounding).")
+@click.option("--precision", type=LazyChoice("tfopt.results", "PRECISIONS"), default=None, help="Precision of the final model [default: the adapter's own (qat: int8), else fp32]. int8: dynamic quantization (an adapter may pick weight-only, as gpt2 does); int4: weight-only 4-bit MatMulNBits; bf16: for the CUDA provider (llama, gpt2, encoder adapters), verified here through a CPU emulation. An adapter's own settings are flags listed by `tfopt run --plugin NAME --help` (gpt2, llama: --lm-head-precision, --int8-method, --int4-block-size, --weight-rounding).")
 @click.option("--input-int32", "input_int32", is_flag=True, default=None, help="Make int64 inputs int32 in the optimized model.")
 @click.option("--benchmark/--no-benchmark", default=None, help="Measure latency after verification [default: on].")
 @click.option("--validate/--no-validate", default=None,
@@ -427,7 +427,7 @@ Examples:
 @click.pass_context
 def verify_command(ctx, target, reference, precision, tolerance, batch_sizes, sequence_lengths, extra, as_json):
     from .pipeline import export_result_from_file, verification_message, verify_models
-    from .report import parity_line, resolve_output
+    from .report import parity_line, runnable_final
 
     overrides = _set(
         parse_options(extra),
@@ -440,7 +440,7 @@ def verify_command(ctx, target, reference, precision, tolerance, batch_sizes, se
         if reference is not None:
             raise TfoptError("--reference is for an ONNX file TARGET; a run directory has its own reference")
         pm, adapter, run_ctx, exported, report = _run_dir_context(ctx, target, overrides)
-        candidate = resolve_output(report, target, "final")
+        candidate = runnable_final(report, target)
         if candidate is None or not candidate.is_file():
             raise TfoptError(f"{target}: the report names no final model that exists")
     else:
@@ -554,10 +554,10 @@ Examples:
 def generate_command(run_dir, prompts, prompt_ids, max_new_tokens, do_sample, temperature, top_k, top_p, seed,
                      num_beams, length_penalty, early_stopping, as_json):
     from .generation import Sampling, generate_onnx, left_padded
-    from .report import load_report, resolve_output
+    from .report import load_report, resolve_output, runnable_final
 
     report = load_report(run_dir)
-    final = resolve_output(report, run_dir, "final")
+    final = runnable_final(report, run_dir)
     if final is None or not final.is_file():
         raise TfoptError(f"{run_dir}: the report names no optimized model that exists; run `tfopt run` first")
     if bool(prompts) == bool(prompt_ids):

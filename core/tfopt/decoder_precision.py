@@ -94,5 +94,5 @@ def convert_decoder(ctx: RunContext, fused: FuseResult, text_models: dict[str, i
     if precision != "fp32" and ctx.option("validate", True):
         from .graph.validate import validate_written
 
-        converted.validation = validate_written(converted.model_path, fused.model_path, precision)
+        converted.validation = validate_written(converted.emulation_path or converted.model_path, fused.model_path, precision)
     return converted

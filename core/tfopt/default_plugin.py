@@ -65,7 +65,8 @@ def convert_precision(ctx: RunContext, fused: FuseResult) -> PrecisionResult:
         from .graph.validate import validate_written
 
         sizes = run_axis_sizes(ctx, ctx.results.get("export"))
-        converted.validation = validate_written(converted.model_path, fused.model_path, precision, axis_sizes=sizes)
+        checked = converted.emulation_path or converted.model_path  # bf16: its CPU emulation
+        converted.validation = validate_written(checked, fused.model_path, precision, axis_sizes=sizes)
     return converted
 
 

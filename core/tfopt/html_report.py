@@ -610,9 +610,12 @@ def _validation_text(validation: dict[str, Any]) -> str:
     """The check before the model was written (docs/validation.md), in one line."""
     if not validation.get("passed"):
         return f"<span class='bad'>validation failed</span>: {_e(validation.get('problem') or '')}"
+    from .graph.validate import EMULATED, EMULATED_LOADS
+
+    loads = f"its CPU emulation {EMULATED_LOADS} loads" if validation.get("precision") in EMULATED else "loads"
     if not validation.get("feeds"):
-        return "validated: loads in ONNX Runtime (parity not checked: " + _e("; ".join(validation.get("notes") or []) or "no feeds") + ")"
-    return (f"<span class='ok'>validated</span>: loads in ONNX Runtime and matches its input on {validation['feeds']} generated inputs "
+        return f"validated: {loads} in ONNX Runtime (parity not checked: " + _e("; ".join(validation.get("notes") or []) or "no feeds") + ")"
+    return (f"<span class='ok'>validated</span>: {_e(loads)} in ONNX Runtime and matches its input on {validation['feeds']} generated inputs "
             f"(max difference {_num(validation.get('max_diff'), '.2g')}, {validation.get('precision', 'fp32')})")
 
 

@@ -245,8 +245,13 @@ def run_pipeline(
         final = runner("convert_precision", fused=fused)
         _require_file("convert_precision", final.model_path)
         inputs = runner("make_dummy_inputs", exported=exported)
-        verified = runner("verify", exported=exported, model_path=final.model_path, inputs=inputs)
-        if ctx.option("benchmark", True):
+        emulation = getattr(final, "emulation_path", None)  # bf16: verified through its CPU emulation
+        if emulation is not None:
+            ctx.add_output("final_emulated", emulation)
+        verified = runner("verify", exported=exported, model_path=emulation or final.model_path, inputs=inputs)
+        if emulation is not None and ctx.option("benchmark", True):
+            ctx.progress(f"not benchmarked: {Path(final.model_path).name} is for the CUDA provider (no CPU kernels)")
+        elif ctx.option("benchmark", True):
             models = {"ort:raw": exported.model_path, "ort:tfopt": final.model_path}
             runner("benchmark", exported=exported, models=models)
         if ctx.option("profile", False):

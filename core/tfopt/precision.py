@@ -325,6 +325,52 @@ def to_fp16(input_path: str | Path, output_path: str | Path) -> PrecisionResult:
     )
 
 
+def emulation_path_for(model_path: str | Path) -> Path:
+    """Where a bf16 model's CPU emulation is written: ``<stem>.emulated.onnx`` beside it."""
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}.emulated{path.suffix}")
+
+
+def to_bf16(input_path: str | Path, output_path: str | Path) -> PrecisionResult:
+    """bf16 weights and activations for the CUDA target (:mod:`tfopt.bfloat16`), written only if every
+    node's types are ones its op's schema takes; with its CPU emulation beside it for verification."""
+    from . import bfloat16
+
+    start = time.perf_counter()
+    input_path, output_path = Path(input_path), Path(output_path)
+    model = load_model(input_path)
+    _refuse_input_files(input_path, output_path)
+    external = _external_output(model)
+    counts = bfloat16.convert(model)
+
+    def typed(path: Path) -> None:
+        problems = bfloat16.structural_problems(path)
+        if problems:
+            raise TfoptError(f"the bf16 model breaks an op's types ({problems[0]}; {len(problems)} in all); nothing written")
+
+    save_model(model, output_path, refuse=input_path, check=typed, external=external)
+    emulation = emulation_path_for(output_path)
+    try:
+        save_model(bfloat16.emulated(load_model(output_path)), emulation, refuse=input_path, external=external)
+    except BaseException:
+        for path in graph_io.model_files(output_path) - graph_io.model_files(input_path):
+            path.unlink(missing_ok=True)  # no bf16 model without the emulation that verifies it
+        raise
+    return PrecisionResult(
+        model_path=output_path,
+        precision="bf16",
+        seconds=time.perf_counter() - start,
+        emulation_path=emulation,
+        notes=[
+            f"bf16 weights and activations: {counts['converted']} nodes; fp32 kept for the inputs and outputs, the rotary "
+            f"angles and ops without a bf16 type ({counts['kept fp32']} nodes), {counts['casts']} casts between",
+            "bf16 is for the CUDA provider: ONNX Runtime's CPU provider has no bf16 kernels for its math, so here the "
+            f"model is checked against the ops' schemas and verified through {emulation.name} (fp32 compute, every "
+            "value rounded to bf16 where the bf16 model stores it)",
+        ],
+    )
+
+
 def gemms_to_matmuls(model: ir.Model) -> int:
     """Gemm(x, W, b) with a constant fp32 W -> Add(MatMul(x, W'), b'), in place; returns how many.
 
@@ -679,7 +725,8 @@ def convert(
     int4_block_size: int = INT4_BLOCK_SIZE,
     calibration: Calibration | None = None,
 ) -> PrecisionResult:
-    """fp32 returns the input as is; fp16/int8/int4 write ``<stem>.<precision>.onnx`` beside it.
+    """fp32 returns the input as is; fp16/bf16/int8/int4 write ``<stem>.<precision>.onnx`` beside it
+    (bf16 also its CPU emulation, ``<stem>.bf16.emulated.onnx``).
 
     ``lm_head`` ("quantized", "int8" or "fp32") is what int8/int4 do with the MatMul computing
     a model output; fp16 always keeps it fp32 (the logits' overflow). ``calibration``, a
@@ -694,6 +741,8 @@ def convert(
     output_path = output_path_for(input_path, precision) if output_path is None else output_path
     if precision == "fp16":
         return to_fp16(input_path, output_path)
+    if precision == "bf16":
+        return to_bf16(input_path, output_path)
     if precision == "int8":
         return to_int8(input_path, output_path, lm_head=lm_head, method=int8_method, calibration=calibration)
     return to_int4(input_path, output_path, lm_head=lm_head, block_size=int4_block_size, calibration=calibration)

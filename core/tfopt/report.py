@@ -141,6 +141,12 @@ def resolve_output(report: dict[str, Any], run_dir: str | os.PathLike, key: str)
     return path if path.is_absolute() else Path(run_dir) / path
 
 
+def runnable_final(report: dict[str, Any], run_dir: str | os.PathLike) -> Path | None:
+    """The final model, or the CPU emulation a bf16 run wrote beside it (``final_emulated``): what verify
+    and generation can run here."""
+    return resolve_output(report, run_dir, "final_emulated") or resolve_output(report, run_dir, "final")
+
+
 def export_result_from_report(report: dict[str, Any], run_dir: str | os.PathLike) -> ExportResult:
     """Rebuild the export stage's result, so later stages can run again on a run dir."""
     data = report.get("export")

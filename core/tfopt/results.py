@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 # The names a run's options choose from. They live here, in a module with no heavy imports,
 # so that `tfopt run --help` and `tfopt verify --help` list them without loading onnx.
-PRECISIONS = ("fp32", "fp16", "int8", "int4")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 FUSION_NAMES = (  # user-facing fusion names: --disable, and the --disable_* flags of `tfopt optimize`
     "layer_norm",
     "gelu",
@@ -122,10 +122,13 @@ class FuseResult:
 @dataclass
 class PrecisionResult:
     model_path: Path
-    precision: str  # "fp32", "fp16", "int8"
+    precision: str  # "fp32", "fp16", "bf16", "int8", "int4"
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     validation: Validation | None = None  # of the converted model against the fused one; None = not checked
+    # A model computing what model_path computes that runs on this machine's CPU (bf16's emulation,
+    # tfopt.bfloat16), for verify and validation; None = model_path itself runs here.
+    emulation_path: Path | None = None
 
 
 @dataclass

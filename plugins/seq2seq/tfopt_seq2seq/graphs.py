@@ -75,6 +75,9 @@ def convert_pair(ctx: RunContext, fused: FuseResult) -> PrecisionResult:
     from .textmodel import TEXT_MODELS, calibration
 
     precision = ctx.option("precision", "fp32")
+    if precision == "bf16":  # its verify and generation run both graphs on ONNX Runtime's CPU provider
+        raise TfoptError("the seq2seq adapter converts to fp16, int8 and int4; bf16 (verified through a CPU emulation) "
+                         "is written by the llama, gpt2 and encoder adapters only")
     encoder = _encoder_of(ctx, "fuse")
     trained = TEXT_MODELS.get(ctx.source or "")
     positions = {name: spec.budget.sequence_length for name, spec in TEXT_MODELS.items()}
