@@ -571,6 +571,16 @@ def _prepared(input_path: Path, output_path: Path, lm_head: str) -> tuple[ir.Mod
     return model, external, exclude, notes
 
 
+def _staged(model: ir.Model, tmp_dir: Path, external: bool) -> Path:
+    """The prepared fp32 model written to ``tmp_dir`` (beside the output), for ONNX Runtime to run or quantize."""
+    staged = tmp_dir / "fp32.onnx"
+    try:
+        write_file(model, staged, "fp32.onnx.data" if external else None)
+    except OSError as exc:
+        raise TfoptError(f"{tmp_dir.parent}: cannot write ({exc.strerror or exc})") from None
+    return staged
+
+
 def _weight_only(input_path, output_path, precision: str, bits: int, block_size: int, lm_head: str, calibration=None) -> tuple[Path, list[str]]:
     """MatMulNBits for every constant fp32 MatMul weight (:mod:`tfopt.matmul_nbits`), written atomically.
 
@@ -585,12 +595,7 @@ def _weight_only(input_path, output_path, precision: str, bits: int, block_size:
     if calibration is not None:
         tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.", dir=output_path.parent))
         try:
-            staged = tmp_dir / "fp32.onnx"
-            try:
-                write_file(model, staged, "fp32.onnx.data" if external else None)
-            except OSError as exc:
-                raise TfoptError(f"{output_path.parent}: cannot write ({exc.strerror or exc})") from None
-            calibrated = _calibrate(staged, calibration)
+            calibrated = _calibrate(_staged(model, tmp_dir, external), calibration)
         except TfoptError:
             raise
         except Exception as exc:
@@ -629,11 +634,7 @@ def _dynamic_int8(input_path, output_path, lm_head: str) -> tuple[Path, list[str
     data_name = output_path.name + ".data"
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.", dir=output_path.parent))
     try:
-        staged = tmp_dir / "fp32.onnx"
-        try:
-            write_file(model, staged, "fp32.onnx.data" if external else None)
-        except OSError as exc:
-            raise TfoptError(f"{output_path.parent}: cannot write ({exc.strerror or exc})") from None
+        staged = _staged(model, tmp_dir, external)
         del model
         passes = [(_quantize_dynamic_int8, exclude)]
         if lm_head == "int8" and exclude:  # a second pass takes the head alone, 8-bit weight-only
