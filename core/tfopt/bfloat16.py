@@ -21,6 +21,7 @@ whose schema has no bf16 type.
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -86,8 +87,6 @@ def _takes_bf16(node: ir.Node, opsets: dict[str, int]) -> bool:
 
 def _bf16(tensor: ir.TensorProtocol, name: str | None = None) -> ir.TensorProtocol:
     """``tensor`` rounded to bfloat16 (to nearest even), computed when read."""
-    import ml_dtypes
-
     return ir.LazyTensor(lambda: ir.tensor(tensor.numpy().astype(ml_dtypes.bfloat16)), dtype=BF16, shape=tensor.shape,
                          name=name or tensor.name)
 
@@ -122,10 +121,9 @@ def convert(model: ir.Model) -> dict[str, int]:
                 out.type = ir.TensorType(BF16)
         if node.op_type == "Cast" and node.attributes.get_int("to") == FLOAT.value:
             node.attributes["to"] = ir.AttrInt64("to", BF16.value)
-        for key in ("value",):  # Constant, ConstantOfShape
-            attr = node.attributes.get(key)
-            if attr is not None and attr.type == ir.AttributeType.TENSOR and attr.value.dtype == FLOAT:
-                node.attributes[key] = ir.AttrTensor(key, ir.tensor(attr.value.numpy().astype(_bf16_numpy())))
+        attr = node.attributes.get("value")  # Constant, ConstantOfShape
+        if attr is not None and attr.type == ir.AttributeType.TENSOR and attr.value.dtype == FLOAT:
+            node.attributes["value"] = ir.AttrTensor("value", ir.tensor(attr.value.numpy().astype(ml_dtypes.bfloat16)))
         converted += 1
     casts: dict[tuple[int, int], ir.Value] = {}
     for node in list(graph):
@@ -144,12 +142,6 @@ def convert(model: ir.Model) -> dict[str, int]:
     for name in [name for name, value in graph.initializers.items() if not value.uses() and not value.is_graph_output()]:
         graph.initializers.pop(name)
     return {"converted": converted, "kept fp32": len(kept), "casts": len(casts)}
-
-
-def _bf16_numpy():
-    import ml_dtypes
-
-    return ml_dtypes.bfloat16
 
 
 def _has_float(node: ir.Node) -> bool:
