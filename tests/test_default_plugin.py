@@ -103,7 +103,7 @@ def test_hook_convert_precision_writes_a_converted_copy(tmp_path, run_context, p
 
 
 def test_hook_convert_precision_unknown_is_an_error(tmp_path, run_context):
-    with pytest.raises(TfoptError, match="unknown precision 'bf8'; known: fp32, fp16, int8"):
+    with pytest.raises(TfoptError, match="unknown precision 'bf8'; known: fp32, fp16, bf16, int8, int4"):
         default_plugin.convert_precision(ctx=run_context(precision="bf8"), fused=FuseResult(tmp_path / "m.onnx", {}, {}, {}, []))
 
 

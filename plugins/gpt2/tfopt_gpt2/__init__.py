@@ -14,7 +14,7 @@ The exported graph is one decoding step: ``input_ids``, ``attention_mask`` (past
 
 Options read from ``ctx.options``: exporter, opset, attn_implementation, lm_head, cases,
 seed, batch_sizes, past_lengths, sequence_lengths, max_batch_size, max_past_length,
-max_sequence_length, input_int32, precision (fp32, fp16, int8, int4), lm_head_precision (quantized,
+max_sequence_length, input_int32, precision (fp32, fp16, bf16, int8, int4), lm_head_precision (quantized,
 int8, fp32), int8_method (weight_only, dynamic), int4_block_size, weight_rounding (gptq,
 nearest; gptq is the default for the trained text models), tolerance, verify_cases, threads,
 bench_batch_sizes, bench_past_lengths, bench_prompt_lengths, bench_repeat, bench_warmup,
