@@ -166,7 +166,8 @@ def test_decoder_precision_options_match_what_decoder_precision_reads():
 
     by_name = {option.name: option for option in DECODER_PRECISION_OPTIONS}
     assert set(by_name) == {decoder_precision.LM_HEAD_OPTION, decoder_precision.INT8_METHOD_OPTION,
-                            decoder_precision.INT4_BLOCK_OPTION, decoder_precision.ROUNDING_OPTION}
+                            decoder_precision.INT4_BLOCK_OPTION, decoder_precision.ROUNDING_OPTION,
+                            decoder_precision.CALIBRATION_TEXT_OPTION}
     assert set(by_name["lm_head_precision"].choices) == set(precision.LM_HEAD_PRECISIONS)
     assert set(by_name["int8_method"].choices) == set(precision.INT8_METHODS)
     assert by_name["int8_method"].default == decoder_precision.DEFAULT_INT8_METHOD

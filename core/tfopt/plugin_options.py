@@ -149,6 +149,8 @@ DECODER_PRECISION_OPTIONS = (
                  "quantization.", choices=("weight_only", "dynamic")),
     PluginOption("int4_block_size", int, 32, "MatMulNBits block along K (16: more accurate, more bytes)."),
     PluginOption("weight_rounding", str, None, "Weight-only int8/int4 rounding: GPTQ (calibrated on the model's "
-                 "training text) or nearest; default: gptq for the trained text models, else nearest.",
-                 choices=("gptq", "nearest")),
+                 "training text, or on --calibration-text) or nearest; default: gptq for the trained text models and "
+                 "with --calibration-text, else nearest.", choices=("gptq", "nearest")),
+    PluginOption("calibration_text", str, None, "A UTF-8 text file GPTQ calibrates a decoder-only model on, "
+                 "tokenized with the model directory's tokenizer (a user's own model)."),
 )
