@@ -4,9 +4,10 @@ bfloat16 keeps fp32's exponent (no overflow, unlike fp16) with an 8-bit mantissa
 CPU provider has no bf16 kernels for the math ops (MatMul, Add, Softmax ... do not load), so on
 this machine a bf16 model is checked two other ways:
 
-- **structurally** (:func:`structural_problems`): ONNX's checker with full type inference for the
-  standard ops, and ONNX Runtime's own schemas for its contrib ops: every input and output type
-  must be one the op declares;
+- **structurally** (:func:`structural_problems`): every node's input and output types against its
+  op's type constraints, from ONNX's schemas for the standard ops and ONNX Runtime's for its own
+  (``SimplifiedLayerNormalization`` in the default domain included, which ``onnx.checker``
+  refuses): each type one the op takes, one type per type parameter;
 - **numerically, by emulation** (:func:`emulated`): the same graph with every bf16 value computed
   in fp32 and rounded to bf16 where the bf16 model stores it (``Cast`` to bf16 and back), and the
   bf16 weights read exactly. It runs on the CPU; its numbers are the bf16 model's up to what a
@@ -26,8 +27,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from .graph.ort_schemas import ort_schema_versions
-from .graph.values import MS_DOMAIN
+from .graph.ort_schemas import ort_schema
+from .graph.values import MS_DOMAIN, new_initializer
 
 FLOAT, BF16 = ir.DataType.FLOAT, ir.DataType.BFLOAT16
 _ANGLE_OPS = {"Cos", "Sin"}
@@ -53,21 +54,6 @@ def _angle_nodes(graph: ir.Graph) -> set[ir.Node]:
     return kept
 
 
-def _ort_schema(op_type: str, domain: str):
-    """ONNX Runtime's newest schema of a contrib op, or None."""
-    if ort_schema_versions() is None:  # no ONNX Runtime
-        return None
-    from onnxruntime.capi.onnxruntime_pybind11_state import get_all_operator_schema
-
-    schemas = [s for s in get_all_operator_schema() if s.name == op_type and s.domain == domain]
-    return max(schemas, key=lambda s: s.since_version) if schemas else None
-
-
-def _ort_constraints(op_type: str, domain: str):
-    schema = _ort_schema(op_type, domain)
-    return None if schema is None else schema.type_constraints
-
-
 def _takes_bf16(node: ir.Node, opsets: dict[str, int]) -> bool:
     """Whether the op's schema types every fp32 input and output of ``node`` (statistics outputs aside) with bf16 too."""
     formals = _formals(node, opsets)
@@ -85,10 +71,9 @@ def _takes_bf16(node: ir.Node, opsets: dict[str, int]) -> bool:
     return True
 
 
-def _bf16(tensor: ir.TensorProtocol, name: str | None = None) -> ir.TensorProtocol:
+def _bf16(tensor: ir.TensorProtocol) -> ir.LazyTensor:
     """``tensor`` rounded to bfloat16 (to nearest even), computed when read."""
-    return ir.LazyTensor(lambda: ir.tensor(tensor.numpy().astype(ml_dtypes.bfloat16)), dtype=BF16, shape=tensor.shape,
-                         name=name or tensor.name)
+    return ir.LazyTensor(lambda: ir.tensor(tensor.numpy().astype(ml_dtypes.bfloat16)), dtype=BF16, shape=tensor.shape)
 
 
 def _fill_missing_types(model: ir.Model) -> None:
@@ -154,13 +139,8 @@ def _as(graph: ir.Graph, value: ir.Value, dtype: ir.DataType, consumer: ir.Node,
     if key in casts:
         return casts[key]
     if value.is_initializer() and value.const_value is not None and dtype == BF16:
-        name = f"{value.name}_bf16"
-        while name in graph.initializers:
-            name += "_"
-        copy = ir.Value(name=name, shape=value.shape, type=ir.TensorType(BF16), const_value=_bf16(value.const_value, name))
-        graph.register_initializer(copy)
-        casts[key] = copy
-        return copy
+        casts[key] = new_initializer(graph, f"{value.name}_bf16", _bf16(value.const_value))
+        return casts[key]
     cast = ir.node("Cast", [value], attributes={"to": dtype.value}, name=f"{value.name}_to_{'bf16' if dtype == BF16 else 'fp32'}")
     cast.outputs[0].type, cast.outputs[0].shape = ir.TensorType(dtype), value.shape
     graph.insert_before(consumer, cast)
@@ -240,7 +220,7 @@ def _formals(node: ir.Node, opsets: dict[str, int]):
         schema = onnx.defs.get_schema(node.op_type, opsets.get(domain, 1), domain)
         type_str, variadic = (lambda f: f.type_str), onnx.defs.OpSchema.FormalParameterOption.Variadic
     except onnx.defs.SchemaError:
-        schema = _ort_schema(node.op_type, domain)
+        schema = ort_schema(node.op_type, domain, opsets.get(domain, 1))
         if schema is None:
             return None
         type_str, variadic = (lambda f: f.typeStr), type(schema.inputs[0].option).Variadic if schema.inputs else None

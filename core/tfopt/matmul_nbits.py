@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import onnx_ir as ir
 
-from .graph.values import MS_DOMAIN, release_mapped
+from .graph.values import MS_DOMAIN, new_initializer, release_mapped
 
 # (weight name, fp32 (K, N) array) -> (B (N, blocks, blob) uint8, scales (N, blocks) fp32, zero points (N, packed) uint8)
 Rounding = Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -130,13 +130,8 @@ def _lazy_initializers(graph: ir.Graph, weight: ir.Value, bits: int, block_size:
     dtypes = [ir.DataType.UINT8, ir.DataType.FLOAT, ir.DataType.UINT8]
     count = 2 if symmetric else 3
     parts = _Parts(weight.name, weight.const_value, quantize)
-    values = []
-    for index in range(count):
-        name = names[index]
-        while name in graph.initializers:
-            name += "_"
-        tensor = ir.LazyTensor(lambda index=index: parts.part(index, count), dtype=dtypes[index], shape=ir.Shape(shapes[index]), name=name)
-        value = ir.Value(name=name, shape=ir.Shape(shapes[index]), type=ir.TensorType(dtypes[index]), const_value=tensor)
-        graph.register_initializer(value)
-        values.append(value)
-    return values
+    return [
+        new_initializer(graph, names[index],
+                        ir.LazyTensor(lambda index=index: parts.part(index, count), dtype=dtypes[index], shape=ir.Shape(shapes[index])))
+        for index in range(count)
+    ]
