@@ -249,12 +249,14 @@ def run_pipeline(
         if emulation is not None:
             ctx.add_output("final_emulated", emulation)
         verified = runner("verify", exported=exported, model_path=emulation or final.model_path, inputs=inputs)
-        if emulation is not None and ctx.option("benchmark", True):
-            ctx.progress(f"not benchmarked: {Path(final.model_path).name} is for the CUDA provider (no CPU kernels)")
-        elif ctx.option("benchmark", True):
+        timed = [done for stage, default, done in (("benchmark", True, "benchmarked"), ("profile", False, "profiled"))
+                 if ctx.option(stage, default)]
+        if emulation is not None and timed:  # an emulation's time says nothing of the model's
+            ctx.progress(f"not {' or '.join(timed)}: {Path(final.model_path).name} is for the CUDA provider (no CPU kernels)")
+        elif "benchmarked" in timed:
             models = {"ort:raw": exported.model_path, "ort:tfopt": final.model_path}
             runner("benchmark", exported=exported, models=models)
-        if ctx.option("profile", False):
+        if emulation is None and "profiled" in timed:
             _profile_stage(pm, adapter, ctx, runner, exported, final.model_path)
     except TfoptError as exc:
         _write(pm, adapter, ctx, runner, "error", str(exc))
