@@ -8,10 +8,16 @@ s=77 CLIP text, 224x224 images, 30 s of audio = 3000 mel frames for Whisper) it 
     control, whose spread is the noise), ORT on ONNX Runtime's ``optimize_model`` output (the
     nearest model_type) and ORT on ``tfopt.optimize_model``'s output (tfopt's type name); engines
     interleaved round by round, each ratio taken within a round, with its spread over rounds;
+  - the same for tfopt with ``cpu_layer_norm`` (residual LayerNorms as Sum + LayerNormalization,
+    docs/fusions.md): the ``ort:tfopt-cpu-ln`` engine;
   - tfopt/raw and tfopt/ORT-optimizer ratios, the A/A ratio, and tfopt's GFLOP/s as a fraction of
     the fp32 sgemm rate measured at the start of the run (scripts/_machine_limits.py); FLOPs are the
     model's matmul and conv FLOPs on the benchmark input, counted by torch's FlopCounterMode with
     SDPA on its math path (so attention's two products count);
+  - where the time goes, from ONNX Runtime's profiler on the raw export and on tfopt's output: the
+    share of kernel time in GEMMs (MatMul, Gemm, Conv and their fused forms). The raw export's
+    share is the floor of tfopt/raw for any graph rewrite that leaves the GEMMs as fast as they
+    were (it would have to remove every other op's time entirely);
   - each optimizer's wall time and peak memory (each in a fresh subprocess), the fused ops it wrote,
     the primitives left unfused (tfopt's own ``stats.leftover``; the same counter on ORT's output),
     and each optimized model's max abs difference from the raw export on the benchmark input.
@@ -122,7 +128,12 @@ FAMILIES = {
                    tiny=dict(vocab_size=1000, max_position_embeddings=64, **TINY_SEQ)),
 }
 INPUT_NAMES = {"text": ["input_ids", "attention_mask"], "vision": ["pixel_values"], "audio": ["input_features"]}
-ENGINES = ("ort:raw", "ort:raw (A/A)", "ort:ort-transformers", "ort:tfopt")
+# tfopt-cpu-ln: tfopt with cpu_layer_norm (SkipLayerNormalization written as Sum + LayerNormalization)
+OPTIMIZERS = ("ort-transformers", "tfopt", "tfopt-cpu-ln")
+ENGINES = ("ort:raw", "ort:raw (A/A)", "ort:ort-transformers", "ort:tfopt", "ort:tfopt-cpu-ln")
+# Ops whose time is the model's matrix products (ONNX Runtime's load-time fusions included).
+GEMM_OPS = {"MatMul", "FusedMatMul", "Gemm", "FusedGemm", "Conv", "FusedConv", "NchwcConv", "MatMulNBits"}
+PROFILE_SAMPLES = 10
 # Ops counted as fused: every com.microsoft op, and the standard ops that stand for a fused sub-graph.
 STANDARD_FUSED = {"Attention", "LayerNormalization", "RMSNormalization", "Gelu", "RotaryEmbedding"}
 
@@ -287,7 +298,7 @@ _OPTIMIZERS = {
         extra = {}
     """,
     "tfopt": """
-        model = tfopt.optimize_model(SRC, model_type=TFOPT_TYPE)
+        model = tfopt.optimize_model(SRC, model_type=TFOPT_TYPE, cpu_layer_norm=CPU_LAYER_NORM)
         optimized = time.perf_counter()
         model.save_model_to_file(DST)  # validates against the input before writing
         extra = {"leftover": dict(model.stats.leftover), "missing": list(model.missing_fusions),
@@ -304,6 +315,7 @@ warnings.filterwarnings("ignore"); logging.disable(logging.WARNING)
 SRC, DST = os.environ["SRC"], os.environ["DST"]
 ORT_TYPE, TFOPT_TYPE = os.environ["ORT_TYPE"], os.environ["TFOPT_TYPE"]
 HEADS, HIDDEN = int(os.environ["HEADS"]), int(os.environ["HIDDEN"])
+CPU_LAYER_NORM = os.environ.get("CPU_LAYER_NORM") == "1"
 {imports}  # imports are not the optimizer's cost
 def high_water_mark():
     for line in open("/proc/self/status"):
@@ -325,9 +337,11 @@ print("RESULT" + json.dumps({{"optimize_s": optimized - start, "save_s": done - 
 
 
 def run_optimizer(name: str, src: Path, dst: Path, family: Family, meta: dict) -> dict:
-    code = _HARNESS.format(imports=_IMPORTS[name], body=textwrap.dedent(_OPTIMIZERS[name]))
+    """``name``: an optimizer of _OPTIMIZERS, or "tfopt-cpu-ln" (tfopt with ``cpu_layer_norm``)."""
+    optimizer = name.removesuffix("-cpu-ln")
+    code = _HARNESS.format(imports=_IMPORTS[optimizer], body=textwrap.dedent(_OPTIMIZERS[optimizer]))
     env = dict(os.environ, SRC=str(src), DST=str(dst), ORT_TYPE=family.ort_type, TFOPT_TYPE=family.tfopt_type,
-               HEADS=str(meta["heads"]), HIDDEN=str(meta["hidden"]))
+               HEADS=str(meta["heads"]), HIDDEN=str(meta["hidden"]), CPU_LAYER_NORM=str(int(name != optimizer)))
     try:
         proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=1800)
     except subprocess.TimeoutExpired:
@@ -360,6 +374,16 @@ def leftover_of(path: Path) -> dict[str, int]:
     return leftover_primitives(ir.load(str(path)))
 
 
+def time_split(path: Path, feeds: dict[str, np.ndarray]) -> tuple[float, str]:
+    """(GEMM share of kernel time, the three costliest other op types) from ONNX Runtime's profiler."""
+    from tfopt.profile import profile_model
+
+    profile = profile_model(path, feeds, samples=PROFILE_SAMPLES, warmup=3)
+    gemm = sum(op.ms for op in profile.op_types if op.op_type in GEMM_OPS)
+    others = [op for op in profile.op_types if op.op_type not in GEMM_OPS][:3]
+    return gemm / profile.kernel_ms, ", ".join(f"{op.op_type} {op.share:.0%}" for op in others)
+
+
 def format_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{op} {n}" for op, n in sorted(counts.items())) or "none"
 
@@ -387,6 +411,7 @@ class FamilyResult:
     vs_raw: dict = field(default_factory=dict)  # engine -> RatioSummary vs ort:raw
     vs_ort: dict = field(default_factory=dict)  # engine -> RatioSummary vs ort:ort-transformers
     session_errors: dict = field(default_factory=dict)
+    time_split: dict = field(default_factory=dict)  # engine -> (GEMM share of kernel time, top other op types)
 
 
 def shape_text(kind: str, shape: dict) -> str:
@@ -410,7 +435,7 @@ def run_family(name: str, work: Path, args) -> FamilyResult:
     result.shape, result.flops = shape_text(family.kind, meta["input"]), float(meta["flops"])
     result.fused["raw export"], result.leftover["raw export"] = fused_ops(raw), leftover_of(raw)
     paths = {"ort:raw": raw, "ort:raw (A/A)": raw}
-    for optimizer in ("ort-transformers", "tfopt"):
+    for optimizer in OPTIMIZERS:
         print(f"  optimizing with {optimizer} ...", flush=True)
         dst = raw.parent / f"{optimizer}.onnx"
         remove_model(dst)
@@ -454,7 +479,10 @@ def run_family(name: str, work: Path, args) -> FamilyResult:
             result.vs_ort = limits.ratios(medians, "ort:ort-transformers")
     sessions.clear()
     gc.collect()
-    for optimizer in ("ort-transformers", "tfopt"):
+    for label in ("ort:raw", "ort:tfopt", "ort:tfopt-cpu-ln"):
+        if label in paths and label not in result.session_errors:
+            result.time_split[label] = time_split(paths[label], feeds)
+    for optimizer in OPTIMIZERS:
         remove_model(raw.parent / f"{optimizer}.onnx")
     return result
 
@@ -487,14 +515,16 @@ def report(results: list[FamilyResult], machine, args, started: str) -> str:
         "## tfopt per family",
         "",
         "| family | input | export | GFLOP | tfopt ms | tfopt / raw [spread] | tfopt / ORT optimizer [spread] | "
-        "A/A [spread] | tfopt GFLOP/s | of sgemm |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "A/A [spread] | tfopt GFLOP/s | of sgemm | with cpu_layer_norm: / raw [spread] | / ORT optimizer |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if r.error:
-            lines.append(f"| {r.title} | | {r.exporter} | | {r.error} | | | | | |")
+            lines.append(f"| {r.title} | | {r.exporter} | | {r.error} | | | | | | | |")
             continue
         tfopt = r.vs_raw.get("ort:tfopt")
+        split_ln = r.vs_raw.get("ort:tfopt-cpu-ln")
+        split_ln_ort = r.vs_ort.get("ort:tfopt-cpu-ln") if r.vs_ort else None
         rate = r.flops / (tfopt.median_ms / 1e3) / 1e9 if tfopt else None
         vs_ort = r.vs_ort.get("ort:tfopt") if r.vs_ort else None
         missing = "ORT optimizer failed" if "error" in r.build.get("ort-transformers", {}) else "—"
@@ -502,7 +532,8 @@ def report(results: list[FamilyResult], machine, args, started: str) -> str:
             f"| {r.title} | {r.shape} | {r.exporter} | {r.flops / 1e9:.3g} | "
             f"{f'{tfopt.median_ms:.2f}' if tfopt else 'failed'} | {ratio_text(tfopt)} | "
             f"{ratio_text(vs_ort) if vs_ort else missing} | {ratio_text(r.vs_raw.get('ort:raw (A/A)'))} | "
-            f"{f'{rate:.0f}' if rate else '—'} | {f'{rate / machine.sgemm_gflops:.0%}' if rate else '—'} |"
+            f"{f'{rate:.0f}' if rate else '—'} | {f'{rate / machine.sgemm_gflops:.0%}' if rate else '—'} | "
+            f"{ratio_text(split_ln)} | {f'{split_ln_ort.ratio:.3f}x' if split_ln_ort else '—'} |"
         )
     lines += [
         "",
@@ -531,6 +562,25 @@ def report(results: list[FamilyResult], machine, args, started: str) -> str:
             )
     lines += [
         "",
+        "## Where the time goes",
+        "",
+        f"ONNX Runtime's profiler, {PROFILE_SAMPLES} runs after 3 warm-up runs (the quieter half averaged), same input. "
+        "GEMM share = MatMul, Gemm, Conv and their fused forms, of the kernel time. The raw export's GEMM share is the "
+        "lowest tfopt / raw any graph rewrite reaches while the GEMMs run as they did: it would have to remove all other "
+        "ops' time.",
+        "",
+        "| family | raw: GEMM share (floor of tfopt / raw) | raw: costliest other ops | tfopt: GEMM share | "
+        "tfopt: costliest other ops | with cpu_layer_norm: GEMM share | costliest other ops |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if r.error or not r.time_split:
+            continue
+        splits = [r.time_split.get(label) for label in ("ort:raw", "ort:tfopt", "ort:tfopt-cpu-ln")]
+        cells = [f"{split[0]:.0%} | {split[1]}" if split else "— | —" for split in splits]
+        lines.append(f"| {r.title} | {' | '.join(cells)} |")
+    lines += [
+        "",
         "## Optimizers",
         "",
         "Each optimizer ran in a fresh subprocess: optimize s = `optimize_model`, save s = `save_model_to_file` "
@@ -548,7 +598,7 @@ def report(results: list[FamilyResult], machine, args, started: str) -> str:
             continue
         lines.append(f"| {r.title} | raw export ({r.exporter}) | | | | {format_counts(r.fused['raw export'])} | "
                      f"{format_counts(r.leftover['raw export'])} |")
-        for optimizer in ("ort-transformers", "tfopt"):
+        for optimizer in OPTIMIZERS:
             build = r.build.get(optimizer, {"error": "not run"})
             if "error" in build:
                 lines.append(f"| {r.title} | {optimizer} | failed: {build['error']} | | | | |")

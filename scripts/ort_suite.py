@@ -88,7 +88,9 @@ STORED_ARGS = {
 FAMILIES = {
     "attention": ("Attention", "MultiHeadAttention", "GroupQueryAttention"),
     "embed": ("EmbedLayerNormalization",),
-    "skip_ln": ("SkipLayerNormalization", "SkipSimplifiedLayerNormalization"),
+    # Sum: tfopt's CPU target writes each SkipLayerNormalization as Sum + LayerNormalization
+    # (docs/fusions.md), one Sum each; none of the suite's inputs has a Sum of its own.
+    "skip_ln": ("SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "Sum"),
     "norm": (
         "LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization",
         "SkipSimplifiedLayerNormalization", "EmbedLayerNormalization",
@@ -1142,9 +1144,10 @@ def markdown(rows: list[dict], notes: list[str], tree_label: str, seconds: float
         "(its outputs' move when every float weight moves one ulp) exceeds that is held, as tfopt's validation",
         "holds it, to 8x its noise (at most 1e-3). Families (counts in the table):",
         "`att` Attention + MultiHeadAttention + GroupQueryAttention, `emb` EmbedLayerNormalization, `sln`",
-        "SkipLayerNormalization + SkipSimplifiedLayerNormalization, `norm` every normalization op (the",
-        "`sln` and `emb` ones included, so a LayerNorm absorbed into a fused op still counts), `gelu`",
-        "Gelu + FastGelu + BiasGelu + QuickGelu + GemmFastGelu, `badd` BiasAdd.",
+        "SkipLayerNormalization + SkipSimplifiedLayerNormalization (+ `Sum`: the CPU target's form of a",
+        "SkipLayerNormalization, `Sum` + `LayerNormalization`; no input has a Sum of its own), `norm` every",
+        "normalization op (the `sln` and `emb` ones included, so a LayerNorm absorbed into a fused op still",
+        "counts), `gelu` Gelu + FastGelu + BiasGelu + QuickGelu + GemmFastGelu, `badd` BiasAdd.",
         "",
         "## How to run",
         "",

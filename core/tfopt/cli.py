@@ -320,17 +320,22 @@ Examples:
 @click.option("--disable", "disabled", multiple=True, type=LazyChoice("tfopt.results", "FUSION_NAMES"), help="Do not apply this fusion (repeatable).")
 @click.option("--target", type=LazyChoice("tfopt.results", "TARGETS"), default=None,
               help="Device the fused ops are chosen for: cpu (MultiHeadAttention) or cuda (packed Attention) [default: cpu].")
+@click.option("--cpu-layer-norm", "cpu_layer_norm", is_flag=True, default=None,
+              help="Write residual LayerNorms as Sum + LayerNormalization, not SkipLayerNormalization: ONNX Runtime's fp32 CPU kernel for the latter is ~5x slower (docs/fusions.md). For CPU deployments; not with --target cuda.")
 @click.option("--allow-missing-fusions", "allow_missing_fusions", is_flag=True, default=None,
               help="Pass a verified run although a fusion did not happen (it stays a warning) instead of ending 'incomplete' with exit 3.")
 @click.option("--profile", "profile", is_flag=True, default=None,
               help="Also profile the raw and the final model with ONNX Runtime's profiler (settings: --option profile_sequence_length=128 ...; see `tfopt profile`).")
 @click.pass_context
 def run_command(ctx, plugin, source, output, exporter, attn_implementation, opset, extra, precision, input_int32,
-                benchmark, validate, batch_sizes, sequence_lengths, disabled, target, allow_missing_fusions, profile):
+                benchmark, validate, batch_sizes, sequence_lengths, disabled, target, cpu_layer_norm, allow_missing_fusions,
+                profile):
     from .console import EXIT_FUSION_INCOMPLETE, EXIT_VERIFICATION_FAILED
     from .pipeline import run_pipeline, verification_message
     from .report import summary_text
 
+    if cpu_layer_norm and target == "cuda":
+        raise click.UsageError("--cpu-layer-norm is a CPU form; --target cuda keeps SkipLayerNormalization")
     options = _set(
         adapter_options_of(ctx, extra),
         exporter=exporter,
@@ -344,6 +349,7 @@ def run_command(ctx, plugin, source, output, exporter, attn_implementation, opse
         sequence_lengths=parse_int_list(sequence_lengths, "--sequence-lengths"),
         disabled=list(disabled) or None,
         target=target,
+        cpu_layer_norm=cpu_layer_norm,
         allow_missing_fusions=allow_missing_fusions,
         profile=profile,
     )

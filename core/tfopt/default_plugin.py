@@ -45,6 +45,7 @@ def fuse(ctx: RunContext, exported: ExportResult) -> FuseResult:
         disabled=_names(ctx.option("disabled", ())),
         input_int32=bool(ctx.option("input_int32", False)),
         target=ctx.option("target", "cpu"),
+        cpu_layer_norm=bool(ctx.option("cpu_layer_norm", False)),
         validate=bool(ctx.option("validate", True)),
         progress=ctx.progress,
     )

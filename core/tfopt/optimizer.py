@@ -398,6 +398,7 @@ def optimize_model(
     input_int32: bool = False,
     provider: str | None = None,
     validate: bool = True,
+    cpu_layer_norm: bool = False,
 ) -> OptimizedModel:
     """Fuse ``input`` for ONNX Runtime, like ``onnxruntime.transformers.optimizer.optimize_model``.
 
@@ -405,7 +406,9 @@ def optimize_model(
     0 = detect from the graph. ``disabled_fusions``: names from
     :data:`tfopt.graph.FUSION_NAMES`; an ONNX Runtime ``FusionOptions`` passed as
     ``optimization_options`` is honoured too. ``use_gpu`` (or ``provider="cuda"``)
-    picks the CUDA target's ops (packed Attention). ``only_onnxruntime`` skips tfopt's
+    picks the CUDA target's ops (packed Attention). ``cpu_layer_norm`` writes the residual
+    LayerNorms as Sum + LayerNormalization, faster on ONNX Runtime's CPU provider
+    (:mod:`tfopt.graph.cpu_forms`; not with ``use_gpu``). ``only_onnxruntime`` skips tfopt's
     fusions and runs ONNX Runtime's optimizer only (at ``opt_level``, default 99).
     ``verbose`` is accepted for compatibility; the result's ``stats`` holds per-rule counts.
     ``validate=False`` writes the model without checking it against the input (see
@@ -416,6 +419,8 @@ def optimize_model(
     if opt_level is not None and opt_level not in OPT_LEVELS:
         raise TfoptError(f"opt_level must be one of {', '.join(map(str, OPT_LEVELS))}, got {opt_level}")
     use_gpu = use_gpu or (provider or "").lower() in ("cuda", "rocm", "tensorrt")
+    if cpu_layer_norm and (use_gpu or only_onnxruntime):
+        raise TfoptError("cpu_layer_norm is a form of tfopt's CPU fusion: not with use_gpu or only_onnxruntime")
     disabled = set(disabled_fusions) | _disabled_from_options(optimization_options)
     unknown = disabled - set(FUSION_NAMES)
     if unknown:
@@ -432,7 +437,8 @@ def optimize_model(
         model = load_model(input)
         input_shapes.update(model.meta.get(INPUT_SHAPES, {}))
         try:
-            stats = fuse_model(model, info, disabled=disabled, input_int32=input_int32, target="cuda" if use_gpu else "cpu", skip_rules=skip_rules)
+            stats = fuse_model(model, info, disabled=disabled, input_int32=input_int32, target="cuda" if use_gpu else "cpu", skip_rules=skip_rules,
+                               cpu_layer_norm=cpu_layer_norm)
         except TfoptError:
             raise
         except Exception:
@@ -486,6 +492,7 @@ def optimize_options(function):
         _flag("float16", "Convert to fp16, keeping fp32 inputs/outputs and NaN-prone ops."),
         click.option("--opt_level", "--opt-level", "opt_level", type=click.Choice(["0", "1", "2", "99"]), default=None, help="0/1 (default): tfopt's fusions only; 2/99: then ONNX Runtime's offline optimizer (output tied to the machine)."),
         _flag("use_gpu", "Fuse for the CUDA provider (packed Attention) instead of the CPU (MultiHeadAttention)."),
+        _flag("cpu_layer_norm", "Write residual LayerNorms as Sum + LayerNormalization, not SkipLayerNormalization: ONNX Runtime's fp32 CPU kernel for the latter is ~5x slower (docs/fusions.md). For CPU deployments; not with --use_gpu."),
         _flag("only_onnxruntime", "Skip tfopt's fusions; run ONNX Runtime's offline optimizer only."),
         _flag("verbose", "Print per-rule match counts and detected shapes."),
         _flag("no_validate", "Write the model without validating it (ONNX Runtime load + parity with the input)."),
@@ -500,7 +507,7 @@ def optimize_options(function):
 @click.command("optimize", cls=TfoptCommand, help=OPTIMIZE_HELP)
 @optimize_options
 def optimize_command(input_path, output_path, model_type, num_heads, hidden_size, input_int32, float16, opt_level,
-                     use_gpu, only_onnxruntime, verbose, no_validate, **disable_flags):
+                     use_gpu, cpu_layer_norm, only_onnxruntime, verbose, no_validate, **disable_flags):
     say = progress_printer()
     if verbose:
         show_error_details()  # an error's quotes of ONNX Runtime's text are printed whole, as under tfopt -v
@@ -515,6 +522,7 @@ def optimize_command(input_path, output_path, model_type, num_heads, hidden_size
         hidden_size=hidden_size,
         opt_level=None if opt_level is None else int(opt_level),
         use_gpu=use_gpu,
+        cpu_layer_norm=cpu_layer_norm,
         only_onnxruntime=only_onnxruntime,
         disabled_fusions=disabled,
         input_int32=input_int32,

@@ -29,6 +29,7 @@ from .model_types import (  # noqa: F401 (the counts stay importable from here)
 from .passes import cleanup, inputs_to_int32, prepare
 from .opset_raise import can_raise
 from .packed_projections import pack_shared_input_matmuls
+from . import cpu_forms
 from .rules import activation, attention, cached_attention, decoder_forms, embedding, head_folded, linear, normalization, rms_norm, rotary
 from .validate import Reference, write_validated
 from .values import MS_DOMAIN
@@ -212,10 +213,15 @@ def fuse_model(
     extra_rules: Iterable[FusionRules] = (),
     expected: dict[str, int] | None = None,
     tracer: Any = None,
+    cpu_layer_norm: bool = False,
 ) -> FusionStats:
     """Rewrite ``model`` in place into ONNX Runtime contrib ops; say what fired and what did not.
 
     ``target`` ("cpu" or "cuda") picks the attention op that runs fastest there.
+    ``cpu_layer_norm`` (CPU target only) writes each fp32 SkipLayerNormalization as
+    Sum + LayerNormalization, which ONNX Runtime's CPU provider runs several times faster
+    (:mod:`.cpu_forms`); expected SkipLayerNormalization counts are then met by the Sums.
+    Off by default, so the op set is ONNX Runtime's optimizer's.
     ``skip_rules``: rule names (as in ``rule_counts``) not to apply; validation uses it
     to drop a rule that broke a model.
     ``extra_rules``: :class:`FusionRules` groups run inside the shared plan, after those of
@@ -227,6 +233,8 @@ def fuse_model(
     """
     if target not in TARGETS:
         raise TfoptError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
+    if cpu_layer_norm and target != "cpu":
+        raise TfoptError(f"cpu_layer_norm is the CPU provider's form; target {target!r} keeps SkipLayerNormalization")
     groups = _checked_groups([*info.rules, *extra_rules])
     disabled = set(disabled)
     unknown = disabled - set(FUSION_NAMES) - {group.name for group in groups}
@@ -255,6 +263,9 @@ def fuse_model(
     if decoder_llm and "PackedProjections" not in skip_rules:
         # a decoder LLM: its Q/K/V and gate/up projections become one MatMul each (packed_projections.py)
         rule_counts["PackedProjections"] = pack_shared_input_matmuls(model.graph)
+    cpu_skip_layer_norms = cpu_layer_norm and "skip_layer_norm" not in disabled
+    if cpu_skip_layer_norms and CPU_SKIP_LAYER_NORM not in skip_rules:
+        rule_counts[CPU_SKIP_LAYER_NORM] = cpu_forms.skip_layer_norms_for_cpu(model)
     cleanup_notes = cleanup(model)
     notes = list(model.meta.get("tfopt.load_notes", ()))  # the loader's repairs (graph.io.LOAD_NOTES)
     notes += cleanup_notes
@@ -270,6 +281,8 @@ def fuse_model(
     expected = dict(expected)
     for name in disabled:  # a disabled fusion is not expected
         expected.pop(_FUSION_OPS.get(name, ""), None)
+    if cpu_skip_layer_norms:
+        expected = _with_cpu_skip_layer_norms(expected)
     leftover = leftovers.leftover_primitives(model)
     missing = missing_fusions(expected, op_counts, disabled, leftover)
     if not stated:
@@ -286,6 +299,21 @@ def fuse_model(
         seconds=time.perf_counter() - start,
         notes=notes,
     )
+
+
+CPU_SKIP_LAYER_NORM = "SkipLayerNormForCpu"  # rule_counts name of cpu_forms' rewrite (validation may drop it)
+CPU_SKIP_LAYER_NORM_KEY = f"{cpu_forms.SKIP_LAYER_NORM}|{cpu_forms.LOWERED_OP}"
+
+
+def _with_cpu_skip_layer_norms(expected: dict[str, int]) -> dict[str, int]:
+    """Expected counts with SkipLayerNormalization also met by its CPU form (one Sum each, :mod:`.cpu_forms`)."""
+    renamed = {}
+    for key, count in expected.items():
+        parts = key.split("|")
+        if cpu_forms.SKIP_LAYER_NORM in parts and cpu_forms.LOWERED_OP not in parts:
+            parts.insert(parts.index(cpu_forms.SKIP_LAYER_NORM) + 1, cpu_forms.LOWERED_OP)
+        renamed["|".join(parts)] = renamed.get("|".join(parts), 0) + count
+    return renamed
 
 
 _FUSION_OPS = {
@@ -327,13 +355,14 @@ def fuse_file(
     progress: Callable[[str], None] = lambda message: None,
     extra_rules: Iterable[FusionRules] = (),
     expected: dict[str, int] | None = None,
+    cpu_layer_norm: bool = False,
 ) -> FuseResult:
     """Load, fuse, validate and atomically save; the input file is never modified.
 
     With ``validate`` (the default) the output is written only once it loads in ONNX
     Runtime and computes what the input computes (:mod:`tfopt.graph.validate`); a rule
     that broke it is found, left out and listed in ``dropped_rules``.
-    ``extra_rules`` and ``expected``: as in :func:`fuse_model` (``info.rules`` and
+    ``extra_rules``, ``expected`` and ``cpu_layer_norm``: as in :func:`fuse_model` (``info.rules`` and
     ``info.expected`` are used too, so an adapter that states them needs no own ``fuse``).
     """
     extra_rules = list(extra_rules)
@@ -342,7 +371,7 @@ def fuse_file(
         model = load_model(input_path)
         stats = fuse_model(
             model, info, disabled=disabled, input_int32=input_int32, target=target, skip_rules=skip,
-            extra_rules=extra_rules, expected=expected,
+            extra_rules=extra_rules, expected=expected, cpu_layer_norm=cpu_layer_norm,
         )
         return model, stats, fired_rules(stats)
 

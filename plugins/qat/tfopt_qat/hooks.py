@@ -119,8 +119,8 @@ def fuse_hook(ctx: RunContext, exported: ExportResult) -> FuseResult:
 
     work = Path(ctx.work_dir)
     target = ctx.option("target", "cpu")
-    options = dict(disabled=ctx.option("disabled", ()), target=target, validate=bool(ctx.option("validate", True)),
-                   progress=ctx.progress)
+    options = dict(disabled=ctx.option("disabled", ()), target=target, cpu_layer_norm=bool(ctx.option("cpu_layer_norm", False)),
+                   validate=bool(ctx.option("validate", True)), progress=ctx.progress)
     ctx.progress(f"fusing the fp32 model ({target}) ...")
     fp32 = fuse_file(work / FP32_EXPORT, work / FP32_FUSED, exported.info, **options)
     ctx.add_output("optimized_fp32", fp32.model_path)

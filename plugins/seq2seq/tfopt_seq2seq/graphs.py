@@ -43,7 +43,8 @@ def fuse_pair(ctx: RunContext, exported: ExportResult) -> FuseResult:
     source = source_model(ctx)
     work = Path(ctx.work_dir)
     options = dict(disabled=_names(ctx.option("disabled", ())), input_int32=bool(ctx.option("input_int32", False)),
-                   target=ctx.option("target", "cpu"), validate=bool(ctx.option("validate", True)), progress=ctx.progress)
+                   target=ctx.option("target", "cpu"), cpu_layer_norm=bool(ctx.option("cpu_layer_norm", False)),
+                   validate=bool(ctx.option("validate", True)), progress=ctx.progress)
     ctx.progress("fusing the encoder ...")
     encoder = fuse_file(_encoder_of(ctx, "export"), work / "encoder.opt.onnx", source.encoder_info, **options)
     ctx.progress("fusing the decoder ...")
