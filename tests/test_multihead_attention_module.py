@@ -7,9 +7,11 @@ scaled_dot_product_attention scale from ``Shape(q)[-1:]``; ``prepare``'s
 ``static_shape_slices`` turns that into the head size once shapes are known, and the shared
 attention rules match (without it neither module fuses on the legacy exporter). Called with
 ``need_weights=True`` (its default) the module runs its math path, sequence-first with the heads
-folded into the batch, which ``head_folded.SequenceFirstFolded`` unfolds: fused on the dynamo
-exporter; not yet on the legacy one (its fold shapes stay unknown) nor with a padding mask
-(strict xfails, so a fix shows). Counts and parity with torch on two shapes.
+folded into the batch (and a padding mask added to the folded scores), which
+``head_folded.SequenceFirstFolded`` unfolds, on both exporters: the legacy one's fold targets
+(``batch * heads`` computed from shapes) get their other dims from ``shape_facts``, and its
+traced length baked into them is accepted where the target's explicit sizes make the model run
+only at that length anyway. Counts and parity with torch on two shapes.
 """
 
 from __future__ import annotations
@@ -53,13 +55,9 @@ def _inputs(batch: int, sequence: int, seed: int):
 
 
 # need_weights=True (the module's default) runs its math path: sequence-first, heads folded into the
-# batch (head_folded.SequenceFirstFolded); the legacy exporter leaves that path's shapes unknown
-_NOT_YET = pytest.mark.xfail(strict=True, reason="need_weights=True: unfused on the legacy exporter, and with a padding mask")
-CASES = [pytest.param(form, exporter, False, id=f"{form}-{exporter}") for form in ("probe", "self", "padded")
-         for exporter in ("legacy", "dynamo")]
-CASES += [pytest.param(form, "dynamo", True, id=f"{form}-dynamo-weights") for form in ("probe", "self")]
-CASES += [pytest.param(form, exporter, True, id=f"{form}-{exporter}-weights", marks=_NOT_YET)
-          for form, exporter in (("probe", "legacy"), ("self", "legacy"), ("padded", "dynamo"))]
+# batch, the padding mask added to the folded scores (head_folded.SequenceFirstFolded)
+CASES = [pytest.param(form, exporter, need_weights, id=f"{form}-{exporter}" + ("-weights" if need_weights else ""))
+         for need_weights in (False, True) for form in ("probe", "self", "padded") for exporter in ("legacy", "dynamo")]
 
 
 @pytest.mark.parametrize("form,exporter,need_weights", CASES)

@@ -468,14 +468,37 @@ def _quotient(total: list, part: list) -> Dim | tuple:
     return names[0] if len(names) == 1 and number == 1 else None
 
 
+def _concat_entries(target: ir.Value | None) -> list | None:
+    """A Concat target's entries part by part, None for each entry of a part that is not read
+    (a product of a symbol, ``batch * heads``), or None when a part's length is unknown."""
+    node = target.producer() if target is not None else None
+    if node is None or node.op_type != "Concat" or node.domain != "" or node.attributes.get_int("axis", 0) not in (0, -1):
+        return None
+    entries: list = []
+    for part in node.inputs:
+        piece = target_entries(part)
+        if piece is None:
+            length = part.shape[0] if part is not None and part.shape is not None and part.shape.rank() == 1 else None
+            if not isinstance(length, int) or length > 64:
+                return None
+            piece = [None] * length
+        entries += piece
+    return entries
+
+
 def reshape_dims(node: ir.Node) -> list[Dim] | None:
     """The output dims of Reshape ``node`` that its target's entries determine (see :func:`dims_from_targets`)."""
-    entries = target_entries(node.inputs[1]) if len(node.inputs) > 1 else None
+    target = node.inputs[1] if len(node.inputs) > 1 else None
+    entries = target_entries(target) if target is not None else None
+    if entries is None:
+        entries = _concat_entries(target)  # some parts not read: their axes stay unknown, the others get their dims
     if entries is None or entries.count(-1) > 1 or len(entries) > 64:
         return None
     data = node.inputs[0]
     copies_zero = not node.attributes.get_int("allowzero", 0)
-    dims = [None if entry == -1 else _entry_dim(entry, data, axis, copies_zero) for axis, entry in enumerate(entries)]
+    dims = [None if entry is None or entry == -1 else _entry_dim(entry, data, axis, copies_zero) for axis, entry in enumerate(entries)]
+    if None in entries:
+        return dims if -1 not in entries else [None if entry == -1 else dim for entry, dim in zip(entries, dims)]
     if -1 in entries and data is not None and data.shape is not None:
         # An unnamed dim cancels against the same dim read through Shape: both are traced to where the axis comes from.
         total = [_dim_or_origin(_known_dim(data, a), data, a) for a in range(data.shape.rank())]

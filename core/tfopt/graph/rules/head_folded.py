@@ -206,6 +206,28 @@ class FoldedContext(pattern.RewriteRuleClassBase):
         return product
 
 
+_SIZE_OPS = ("Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Mul", "Cast")
+
+
+def _explicit_sizes(target: ir.Value | None, depth: int = 0) -> bool:
+    """Every entry of a Reshape target is a size: a positive constant or a product of dims read off
+    shapes (no -1, no 0). Such a Reshape fails unless each output dim is exactly its entry, so a
+    fold whose sequence entry is a number (TorchScript bakes the traced length in) runs only where
+    the sequence has that length, and unfolding it there changes nothing."""
+    if target is None or depth > 12:
+        return False
+    array = constant_array(target)
+    if array is not None:
+        return array.dtype.kind in "iu" and bool((array > 0).all())
+    node = target.producer()
+    if node is None or node.domain != "" or node.op_type not in _SIZE_OPS:
+        return False
+    if node.op_type == "Shape":
+        return True
+    operands = node.inputs[:1] if node.op_type in ("Gather", "Unsqueeze", "Squeeze", "Cast") else node.inputs
+    return all(_explicit_sizes(value, depth + 1) for value in operands)
+
+
 class SequenceFirstFolded(pattern.RewriteRuleClassBase):
     """torch's ``nn.MultiheadAttention`` math path (``need_weights=True``, its default): sequence-first,
     heads folded into the batch, 3-D throughout -> the batch-first 4-D form the attention rules fuse.
@@ -222,21 +244,54 @@ class SequenceFirstFolded(pattern.RewriteRuleClassBase):
     ``Transpose(Reshape(Transpose(q_seq, [1, 0, 2]), [0, 0, H, d]), [0, 2, 1, 3])`` ([B, H, T, d]),
     K and V alike, and the context goes back through ``[B, T, Dv]`` (the shape the rules' output
     form has) to ``[T, B*H, dv]``. Proved from shapes: Q's, K's and V's sequence-first batch the
-    same dim, each fold keeping the sequence dim and a static head size dividing the static width.
+    same dim, each fold keeping the sequence dim (or a number there in a target of explicit sizes,
+    :func:`_explicit_sizes`) and a static head size dividing the static width.
+
+    ``masked``: an additive mask [B*H or 1, T or 1, S] is added to the folded scores (the module's
+    ``key_padding_mask`` or ``attn_mask``: ``baddbmm(mask, q, kᵀ)``). It is unfolded as the scores
+    are (index b*H + h -> (b, h)), so each score keeps its own term whatever order the mask was folded in.
     """
 
-    def __init__(self):
-        super().__init__(name="SequenceFirstFolded", remove_nodes=False)  # Shape() reads of the folded tensors
+    def __init__(self, masked: bool = False):
+        # remove_nodes=False: Shape() reads of the folded tensors
+        super().__init__(name="SequenceFirstFolded[masked]" if masked else "SequenceFirstFolded", remove_nodes=False)
+        self.masked = masked
 
-    def pattern(self, op, q_seq, k_seq, v_seq, q_factor, k_factor, s_factor):
+    def pattern(self, op, q_seq, k_seq, v_seq, q_factor, k_factor, s_factor, mask):
         query = op.Transpose(op.Reshape(q_seq, pattern.ANY_VALUE, _allow_other_attributes=True, _outputs=["q_folded"]), perm=[1, 0, 2])
         key_t = op.Transpose(op.Reshape(k_seq, pattern.ANY_VALUE, _allow_other_attributes=True, _outputs=["k_folded"]), perm=[1, 2, 0])
         value = op.Transpose(op.Reshape(v_seq, pattern.ANY_VALUE, _allow_other_attributes=True, _outputs=["v_folded"]), perm=[1, 0, 2])
-        scores = op.MatMul(scaled(op, query, q_factor, "q_scaling"), scaled(op, key_t, k_factor, "k_scaling"))
-        probs = op.Softmax(scaled(op, scores, s_factor, "s_scaling"), _allow_other_attributes=True, _outputs=["probs"])
+        scores = scaled(op, op.MatMul(scaled(op, query, q_factor, "q_scaling"), scaled(op, key_t, k_factor, "k_scaling")), s_factor, "s_scaling")
+        if self.masked:
+            scores = pattern.OrValue([op.Add(scores, mask), op.Add(mask, scores)], tag_var="mask_side", tag_values=["right", "left"])
+        probs = op.Softmax(scores, _allow_other_attributes=True, _outputs=["probs"])
         return op.Transpose(op.MatMul(probs, value), perm=[1, 0, 2], _outputs=["attended"])
 
-    def check(self, context, q_seq, k_seq, v_seq, q_folded, k_folded, v_folded, probs, **tags):
+    def _mask_fails(self, mask: ir.Value, dims: dict) -> str | None:
+        """Why ``mask`` is not [B*H or 1, T or 1, S] over the folded scores, or None."""
+        shape = _dims(mask, 3)
+        if shape is None:
+            return "the mask is not a 3-D tensor of known rank"
+        folded_batch = dims["qf"][1]
+        queries, keys = (dims["q"][0], dims["qf"][0]), (dims["k"][0], dims["kf"][0])  # a fold's length is the run's (check)
+        if not (shape[1] == 1 or any(same_dim(shape[1], q) for q in queries)) or not any(same_dim(shape[2], k) for k in keys):
+            return "the mask is not [., queries or 1, keys]"
+        if not (shape[0] == 1 or same_dim(shape[0], folded_batch) or self._mask_heads(mask, dims) is not None):
+            return "the mask's first axis is neither 1, nor the folded batch, nor a fold of [batch, heads]"
+        return None
+
+    def _mask_heads(self, mask: ir.Value, dims: dict) -> ir.Value | None:
+        """The 4-D [B, H, T|1, S] mask ``mask`` folds (Reshape merging its first two axes), or None."""
+        node = mask.producer()
+        source = node.inputs[0] if node is not None and node.op_type == "Reshape" and node.domain == "" else None
+        full, folded = _dims(source, 4), _dims(mask, 3)
+        if full is None or folded is None:
+            return None
+        if full[1] != self._heads or not same_dim(full[0], dims["q"][1]):
+            return None
+        return source if same_dim(full[2], folded[1]) and same_dim(full[3], folded[2]) else None
+
+    def check(self, context, q_seq, k_seq, v_seq, q_folded, k_folded, v_folded, probs, mask=None, **tags):
         result = pattern.MatchResult()
         dims = {name: _dims(value, 3) for name, value in
                 (("q", q_seq), ("k", k_seq), ("v", v_seq), ("qf", q_folded), ("kf", k_folded), ("vf", v_folded))}
@@ -247,21 +302,25 @@ class SequenceFirstFolded(pattern.RewriteRuleClassBase):
         if not (same_dim(dims["q"][1], dims["k"][1]) and same_dim(dims["k"][1], dims["v"][1]) and same_dim(dims["k"][0], dims["v"][0])):
             return result.fail("Q, K and V do not provably share the batch (and K, V the keys)")
         heads = set()
+        folds = {"q": q_folded, "k": k_folded, "v": v_folded}
         for side in ("q", "k", "v"):
             seq, folded = dims[side], dims[side + "f"]
             width, head_size = seq[2], folded[2]
-            if not same_dim(seq[0], folded[0]) or not isinstance(width, int) or not isinstance(head_size, int) or width % head_size:
+            keeps = same_dim(seq[0], folded[0]) or (isinstance(folded[0], int) and _explicit_sizes(folds[side].producer().inputs[1]))
+            if not keeps or not isinstance(width, int) or not isinstance(head_size, int) or width % head_size:
                 return result.fail(f"the {side.upper()} fold does not keep the sequence and split a static width into static heads")
             heads.add(width // head_size)
         if len(heads) != 1 or dims["q"][2] != dims["k"][2]:
             return result.fail("Q, K and V do not split into the same number of heads of one Q/K head size")
-        self._heads = heads.pop()
+        self._heads, self._dims = heads.pop(), dims
+        if self.masked and (why := self._mask_fails(mask, dims)):
+            return result.fail(why)
         self._factors = _scale_factors(tags)
         if isinstance(self._factors, str):
             return result.fail(f"the {self._factors} scale is not one constant number")
         return result
 
-    def rewrite(self, op, q_seq, k_seq, v_seq, q_folded, v_folded, probs, attended, **tags):
+    def rewrite(self, op, q_seq, k_seq, v_seq, q_folded, v_folded, probs, attended, mask=None, **tags):
         dtype, heads = q_seq.dtype, self._heads
 
         def typed(value, dims):
@@ -285,6 +344,9 @@ class SequenceFirstFolded(pattern.RewriteRuleClassBase):
         keys, value_size = _dims(key, 4)[2], v_folded.shape[2]
         key_t = typed(op.Transpose(key, perm=[0, 1, 3, 2]), [batch, heads, head_size, keys])
         scores = scale(typed(op.MatMul(scale(query, "q"), scale(key_t, "k")), [batch, heads, length, keys]), "s")
+        if self.masked:
+            unfolded = self._mask_heads(mask, self._dims) or self._unfolded_mask(op, mask, heads, batch, typed)
+            scores = typed(op.Add(scores, unfolded), [batch, heads, length, keys])
         weights = typed(op.Softmax(scores, axis=-1), [batch, heads, length, keys])
         context = typed(op.MatMul(weights, value), [batch, heads, length, value_size])
         width = op.Constant(value=ir.tensor(np.array([0, 0, heads * value_size], dtype=np.int64), name="merge_heads"))
@@ -293,6 +355,19 @@ class SequenceFirstFolded(pattern.RewriteRuleClassBase):
         folded = op.Constant(value=ir.tensor(np.array([0, -1, value_size], dtype=np.int64), name="fold_heads"))
         sequence_first = typed(op.Transpose(merged, perm=[1, 0, 2]), [length, batch, heads * value_size])
         return typed(op.Reshape(sequence_first, folded), list(attended.shape.dims))  # [T, B*H, dv], as before
+
+    @staticmethod
+    def _unfolded_mask(op, mask: ir.Value, heads: int, batch, typed) -> ir.Value:
+        """[B*H, T|1, S] -> [B, H, T|1, S] (row-major, as the scores unfold); [1, T|1, S] -> [1, 1, T|1, S]."""
+        folded, rows, keys = _dims(mask, 3)
+        if folded == 1:
+            axis = op.Constant(value=ir.tensor(np.array([0], dtype=np.int64), name="mask_axis"))
+            return typed(op.Unsqueeze(mask, axis), [1, 1, rows, keys])
+        leading = op.Constant(value=ir.tensor(np.array([-1, heads], dtype=np.int64), name="unfold_mask"))
+        start = op.Constant(value=ir.tensor(np.array([1], dtype=np.int64), name="mask_rows_at"))
+        end = op.Constant(value=ir.tensor(np.array([3], dtype=np.int64), name="mask_rows_end"))
+        target = op.Concat(leading, op.Slice(op.Shape(mask), start, end), axis=0)  # Slice: Shape's start needs opset 15
+        return typed(op.Reshape(mask, target), [batch, heads, rows, keys])
 
 
 _SCORE_PRODUCERS = ("MatMul", "Div", "Mul", "Add")
@@ -351,6 +426,6 @@ class SelectedScores(pattern.RewriteRuleClassBase):
 def head_folded_rules() -> list[pattern.RewriteRule]:
     """Unfold first (the select's check reads the scores' product), then the select as an additive mask."""
     return [
-        SequenceFirstFolded.rule(), FoldedScores.rule(), FoldedContext.rule(),
+        SequenceFirstFolded.rule(), SequenceFirstFolded.rule(masked=True), FoldedScores.rule(), FoldedContext.rule(),
         SelectedScores.rule(fill_first=True), SelectedScores.rule(fill_first=False),
     ]
