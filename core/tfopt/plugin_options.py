@@ -33,11 +33,11 @@ TYPES = {str: "str", int: "int", float: "float", bool: "bool", list[int]: "list[
 BUILTIN_FLAGS = frozenset({
     "-h", "--help", "--plugin", "--model", "--output", "--exporter", "--attn-implementation", "--opset", "--option",
     "--precision", "--input-int32", "--benchmark", "--no-benchmark", "--validate", "--no-validate", "--batch-sizes",
-    "--sequence-lengths", "--disable", "--target", "--allow-missing-fusions", "--profile",
+    "--sequence-lengths", "--disable", "--target", "--cpu-layer-norm", "--allow-missing-fusions", "--profile",
 })
 BUILTIN_KEYS = frozenset({
     "exporter", "attn_implementation", "opset", "precision", "input_int32", "benchmark", "validate", "batch_sizes",
-    "sequence_lengths", "disabled", "target", "allow_missing_fusions", "profile",
+    "sequence_lengths", "disabled", "target", "cpu_layer_norm", "allow_missing_fusions", "profile",
 })
 
 
