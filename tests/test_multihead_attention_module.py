@@ -127,3 +127,44 @@ def test_torch_transformer_encoder_fuses_and_matches_torch(tmp_path, norm_first,
         with torch.no_grad():
             expected = encoder(x).numpy()
         np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], expected, atol=1e-5, rtol=0)
+
+
+def _fold_target(entries: str):
+    """A Reshape target computed as TorchScript computes a fold's, from x [sequence, batch, 32]."""
+    import onnx_ir as ir
+    from onnx import TensorProto, helper
+
+    def const(name, value):
+        return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [1], [value]))
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Constant", [], ["zero"], value=helper.make_tensor("zero", TensorProto.INT64, [], [0])),
+        helper.make_node("Constant", [], ["one"], value=helper.make_tensor("one", TensorProto.INT64, [], [1])),
+        helper.make_node("Constant", [], ["heads"], value=helper.make_tensor("heads", TensorProto.INT64, [], [HEADS])),
+        helper.make_node("Gather", ["shape", "zero"], ["length"], axis=0),
+        helper.make_node("Gather", ["shape", "one"], ["batch"], axis=0),
+        helper.make_node("Mul", ["batch", "heads"], ["batch_heads"]),
+        helper.make_node("Mul", ["length", "batch_heads"], ["everything"]),
+        const("axes", 0), const("seven", 7), const("unit", 1), const("head_size", WIDTH // HEADS),
+        helper.make_node("Unsqueeze", ["batch_heads", "axes"], ["batch_heads_1d"]),
+        helper.make_node("Unsqueeze", ["everything", "axes"], ["everything_1d"]),
+        helper.make_node("Concat", entries.split(), ["target"], axis=0),
+    ]
+    graph = helper.make_graph(nodes, "fold", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["sequence", "batch", WIDTH])],
+                              [helper.make_tensor_value_info("target", TensorProto.INT64, [3])])
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    x = model.graph.inputs[0]
+    return model.graph.outputs[0], x.shape[1]
+
+
+@pytest.mark.parametrize("entries,exact", [
+    ("seven batch_heads_1d head_size", True),  # [7, batch*heads, d]: runs only where the sequence is 7
+    ("unit everything_1d head_size", False),  # [1, sequence*batch*heads, d]: runs at every length, another attention
+    ("seven batch_heads_1d seven", False),  # not the head size
+])
+def test_a_baked_fold_length_is_taken_only_from_an_exact_target(entries, exact):
+    from tfopt.graph.rules.head_folded import _fold_is_exact
+
+    target, batch = _fold_target(entries)
+    assert _fold_is_exact(target, batch, HEADS, WIDTH // HEADS) is exact

@@ -206,26 +206,60 @@ class FoldedContext(pattern.RewriteRuleClassBase):
         return product
 
 
-_SIZE_OPS = ("Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Mul", "Cast")
+_PASS_THROUGH = ("Unsqueeze", "Squeeze", "Cast", "Identity")
 
 
-def _explicit_sizes(target: ir.Value | None, depth: int = 0) -> bool:
-    """Every entry of a Reshape target is a size: a positive constant or a product of dims read off
-    shapes (no -1, no 0). Such a Reshape fails unless each output dim is exactly its entry, so a
-    fold whose sequence entry is a number (TorchScript bakes the traced length in) runs only where
-    the sequence has that length, and unfolding it there changes nothing."""
-    if target is None or depth > 12:
-        return False
-    array = constant_array(target)
+def _size_product(value: ir.Value | None, depth: int = 0) -> tuple[int, list] | None:
+    """A scalar (or 1-element) size as (number, [dims read off shapes]) whose product it is, or None."""
+    if value is None or depth > 12:
+        return None
+    array = constant_array(value)
     if array is not None:
-        return array.dtype.kind in "iu" and bool((array > 0).all())
-    node = target.producer()
-    if node is None or node.domain != "" or node.op_type not in _SIZE_OPS:
+        return (int(array.ravel()[0]), []) if array.size == 1 and array.dtype.kind in "iu" else None
+    node = value.producer()
+    if node is None or node.domain != "":
+        return None
+    if node.op_type in _PASS_THROUGH:
+        return _size_product(node.inputs[0], depth + 1)
+    if node.op_type == "Mul" and len(node.inputs) == 2:
+        sides = [_size_product(side, depth + 1) for side in node.inputs]
+        if any(side is None for side in sides):
+            return None
+        return sides[0][0] * sides[1][0], sides[0][1] + sides[1][1]
+    if node.op_type == "Gather" and node.attributes.get_int("axis", 0) == 0:
+        shape_node, index = node.inputs[0].producer() if node.inputs[0] is not None else None, constant_array(node.inputs[1])
+        if shape_node is None or shape_node.op_type != "Shape" or index is None or index.size != 1:
+            return None
+        source = shape_node.inputs[0]
+        axis = int(index.ravel()[0]) + shape_node.attributes.get_int("start", 0)
+        dims = _dims(source, source.shape.rank()) if source is not None and source.shape is not None else None
+        if dims is None or not 0 <= axis < len(dims):
+            return None
+        dim = dims[axis]
+        return (dim, []) if isinstance(dim, int) else (1, [dim])
+    return None
+
+
+def _fold_is_exact(target: ir.Value | None, batch, heads: int, head_size: int) -> bool:
+    """The fold's Reshape target is [a number, batch * heads, head_size], each entry read exactly.
+
+    A [L, B, H*d] tensor has L*B*H*d elements and the fold asks for n*(B*H)*d, so it runs only
+    where L == n: TorchScript bakes the traced length in that way, and unfolding the heads there
+    changes nothing. (A target computed otherwise, say [1, L*B*H, d], runs at every L and means
+    another attention: refused.)
+    """
+    node = target.producer() if target is not None else None
+    if node is None or node.op_type != "Concat" or node.domain != "" or len(node.inputs) != 3:
         return False
-    if node.op_type == "Shape":
-        return True
-    operands = node.inputs[:1] if node.op_type in ("Gather", "Unsqueeze", "Squeeze", "Cast") else node.inputs
-    return all(_explicit_sizes(value, depth + 1) for value in operands)
+    parts = [_size_product(part) for part in node.inputs]
+    if any(part is None or len(part[1]) > 1 for part in parts):
+        return False
+    (length, free), (number, dims), (size, rest) = parts
+    if free or rest or size != head_size or length <= 0:
+        return False
+    if isinstance(batch, int):
+        return not dims and number == batch * heads
+    return number == heads and len(dims) == 1 and same_dim(dims[0], batch)
 
 
 class SequenceFirstFolded(pattern.RewriteRuleClassBase):
@@ -244,8 +278,8 @@ class SequenceFirstFolded(pattern.RewriteRuleClassBase):
     ``Transpose(Reshape(Transpose(q_seq, [1, 0, 2]), [0, 0, H, d]), [0, 2, 1, 3])`` ([B, H, T, d]),
     K and V alike, and the context goes back through ``[B, T, Dv]`` (the shape the rules' output
     form has) to ``[T, B*H, dv]``. Proved from shapes: Q's, K's and V's sequence-first batch the
-    same dim, each fold keeping the sequence dim (or a number there in a target of explicit sizes,
-    :func:`_explicit_sizes`) and a static head size dividing the static width.
+    same dim, each fold keeping the sequence dim (or a number there in a target of exactly
+    [n, batch * heads, d], :func:`_fold_is_exact`) and a static head size dividing the static width.
 
     ``masked``: an additive mask [B*H or 1, T or 1, S] is added to the folded scores (the module's
     ``key_padding_mask`` or ``attn_mask``: ``baddbmm(mask, q, kᵀ)``). It is unfolded as the scores
@@ -306,9 +340,11 @@ class SequenceFirstFolded(pattern.RewriteRuleClassBase):
         for side in ("q", "k", "v"):
             seq, folded = dims[side], dims[side + "f"]
             width, head_size = seq[2], folded[2]
-            keeps = same_dim(seq[0], folded[0]) or (isinstance(folded[0], int) and _explicit_sizes(folds[side].producer().inputs[1]))
-            if not keeps or not isinstance(width, int) or not isinstance(head_size, int) or width % head_size:
-                return result.fail(f"the {side.upper()} fold does not keep the sequence and split a static width into static heads")
+            if not isinstance(width, int) or not isinstance(head_size, int) or width % head_size:
+                return result.fail(f"the {side.upper()} fold does not split a static width into static heads")
+            baked = isinstance(folded[0], int) and _fold_is_exact(folds[side].producer().inputs[1], seq[1], width // head_size, head_size)
+            if not (same_dim(seq[0], folded[0]) or baked):
+                return result.fail(f"the {side.upper()} fold does not keep the sequence (nor bake its length into [n, batch * heads, d])")
             heads.add(width // head_size)
         if len(heads) != 1 or dims["q"][2] != dims["k"][2]:
             return result.fail("Q, K and V do not split into the same number of heads of one Q/K head size")
