@@ -10,8 +10,8 @@ attention rules match (without it neither module fuses on the legacy exporter). 
 folded into the batch (and a padding mask added to the folded scores), which
 ``head_folded.SequenceFirstFolded`` unfolds, on both exporters: the legacy one's fold targets
 (``batch * heads`` computed from shapes) get their other dims from ``shape_facts``, and its
-traced length baked into them is accepted where the target's explicit sizes make the model run
-only at that length anyway. Counts and parity with torch on two shapes.
+traced length baked into them is accepted where the target is exactly [n, batch * heads, d]
+(the model then runs only at that length anyway). Counts and parity with torch on two shapes.
 """
 
 from __future__ import annotations
