@@ -3,7 +3,8 @@
 ONNX Runtime 1.32's CPU kernel for an fp32 ``SkipLayerNormalization`` is a scalar loop: on
 [1, 128, 768] it takes ~200 us where ``Sum`` + ``LayerNormalization`` take ~40 us, and it is
 slower at one row too (4.1 vs 1.8 us); measured on AMD Zen 4 (``scripts/benchmark_encoders.py``
-times whole models both ways). So for the CPU target each fp32 SkipLayerNormalization becomes
+times whole models both ways). With ``cpu_layer_norm`` (opt-in: the default op set is ONNX
+Runtime's optimizer's) each fp32 SkipLayerNormalization becomes
 ``LayerNormalization(Sum(input + bias, skip))``: one fusion still (one read of the residual
 per sub-layer), in ops with fast kernels.
 
@@ -18,9 +19,9 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from .rules.normalization import LAYER_NORM_OPSET
 from .values import MS_DOMAIN
 
-LAYER_NORM_OPSET = 17  # LayerNormalization joined the default domain at opset 17
 SKIP_LAYER_NORM = "SkipLayerNormalization"
 LOWERED_OP = "Sum"  # what counts a lowered SkipLayerNormalization: one Sum each
 

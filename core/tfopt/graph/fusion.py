@@ -302,7 +302,6 @@ def fuse_model(
 
 
 CPU_SKIP_LAYER_NORM = "SkipLayerNormForCpu"  # rule_counts name of cpu_forms' rewrite (validation may drop it)
-CPU_SKIP_LAYER_NORM_KEY = f"{cpu_forms.SKIP_LAYER_NORM}|{cpu_forms.LOWERED_OP}"
 
 
 def _with_cpu_skip_layer_norms(expected: dict[str, int]) -> dict[str, int]:
