@@ -498,7 +498,7 @@ def reshape_dims(node: ir.Node) -> list[Dim] | None:
     copies_zero = not node.attributes.get_int("allowzero", 0)
     dims = [None if entry is None or entry == -1 else _entry_dim(entry, data, axis, copies_zero) for axis, entry in enumerate(entries)]
     if None in entries:
-        return dims if -1 not in entries else [None if entry == -1 else dim for entry, dim in zip(entries, dims)]
+        return dims  # a -1 beside an unread entry stays unknown
     if -1 in entries and data is not None and data.shape is not None:
         # An unnamed dim cancels against the same dim read through Shape: both are traced to where the axis comes from.
         total = [_dim_or_origin(_known_dim(data, a), data, a) for a in range(data.shape.rank())]

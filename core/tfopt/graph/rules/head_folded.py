@@ -37,7 +37,7 @@ from onnxscript.rewriter import pattern
 from ..values import constant_array, scalar
 from .attention import scaled
 from .decoder_forms import _HUGE_NEGATIVE, _reaches, static_value
-from .reshapes import same_dim
+from .reshapes import rank_of, same_dim, target_entries
 
 
 def _dims(value: ir.Value | None, rank: int) -> list | None:
@@ -210,12 +210,23 @@ _PASS_THROUGH = ("Unsqueeze", "Squeeze", "Cast", "Identity")
 
 
 def _size_product(value: ir.Value | None, depth: int = 0) -> tuple[int, list] | None:
-    """A scalar (or 1-element) size as (number, [dims read off shapes]) whose product it is, or None."""
+    """A scalar (or 1-element) size as (number, [dims read off shapes]) whose product it is, or None.
+
+    Constants and shape reads are what :func:`reshapes.target_entries` reads; this adds the
+    products of symbols it leaves unread (``batch * heads``).
+    """
     if value is None or depth > 12:
         return None
-    array = constant_array(value)
-    if array is not None:
-        return (int(array.ravel()[0]), []) if array.size == 1 and array.dtype.kind in "iu" else None
+    entries = target_entries(value)
+    if entries is not None:
+        if len(entries) != 1:
+            return None
+        entry = entries[0]
+        if isinstance(entry, int):
+            return entry, []
+        dims = _dims(entry.value, rank_of(entry.value))
+        dim = dims[entry.axis] if dims is not None else None
+        return None if dim is None else (dim, []) if isinstance(dim, int) else (1, [dim])
     node = value.producer()
     if node is None or node.domain != "":
         return None
@@ -226,17 +237,6 @@ def _size_product(value: ir.Value | None, depth: int = 0) -> tuple[int, list] | 
         if any(side is None for side in sides):
             return None
         return sides[0][0] * sides[1][0], sides[0][1] + sides[1][1]
-    if node.op_type == "Gather" and node.attributes.get_int("axis", 0) == 0:
-        shape_node, index = node.inputs[0].producer() if node.inputs[0] is not None else None, constant_array(node.inputs[1])
-        if shape_node is None or shape_node.op_type != "Shape" or index is None or index.size != 1:
-            return None
-        source = shape_node.inputs[0]
-        axis = int(index.ravel()[0]) + shape_node.attributes.get_int("start", 0)
-        dims = _dims(source, source.shape.rank()) if source is not None and source.shape is not None else None
-        if dims is None or not 0 <= axis < len(dims):
-            return None
-        dim = dims[axis]
-        return (dim, []) if isinstance(dim, int) else (1, [dim])
     return None
 
 
@@ -310,7 +310,7 @@ class SequenceFirstFolded(pattern.RewriteRuleClassBase):
         queries, keys = (dims["q"][0], dims["qf"][0]), (dims["k"][0], dims["kf"][0])  # a fold's length is the run's (check)
         if not (shape[1] == 1 or any(same_dim(shape[1], q) for q in queries)) or not any(same_dim(shape[2], k) for k in keys):
             return "the mask is not [., queries or 1, keys]"
-        if not (shape[0] == 1 or same_dim(shape[0], folded_batch) or self._mask_heads(mask, dims) is not None):
+        if not (shape[0] == 1 or same_dim(shape[0], folded_batch) or self._mask_source is not None):
             return "the mask's first axis is neither 1, nor the folded batch, nor a fold of [batch, heads]"
         return None
 
@@ -348,9 +348,11 @@ class SequenceFirstFolded(pattern.RewriteRuleClassBase):
             heads.add(width // head_size)
         if len(heads) != 1 or dims["q"][2] != dims["k"][2]:
             return result.fail("Q, K and V do not split into the same number of heads of one Q/K head size")
-        self._heads, self._dims = heads.pop(), dims
-        if self.masked and (why := self._mask_fails(mask, dims)):
-            return result.fail(why)
+        self._heads = heads.pop()
+        if self.masked:
+            self._mask_source = self._mask_heads(mask, dims)
+            if why := self._mask_fails(mask, dims):
+                return result.fail(why)
         self._factors = _scale_factors(tags)
         if isinstance(self._factors, str):
             return result.fail(f"the {self._factors} scale is not one constant number")
@@ -381,7 +383,7 @@ class SequenceFirstFolded(pattern.RewriteRuleClassBase):
         key_t = typed(op.Transpose(key, perm=[0, 1, 3, 2]), [batch, heads, head_size, keys])
         scores = scale(typed(op.MatMul(scale(query, "q"), scale(key_t, "k")), [batch, heads, length, keys]), "s")
         if self.masked:
-            unfolded = self._mask_heads(mask, self._dims) or self._unfolded_mask(op, mask, heads, batch, typed)
+            unfolded = self._mask_source or self._unfolded_mask(op, mask, heads, batch, typed)
             scores = typed(op.Add(scores, unfolded), [batch, heads, length, keys])
         weights = typed(op.Softmax(scores, axis=-1), [batch, heads, length, keys])
         context = typed(op.MatMul(weights, value), [batch, heads, length, value_size])
