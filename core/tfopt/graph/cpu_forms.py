@@ -20,7 +20,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from .rules.normalization import LAYER_NORM_OPSET
-from .values import MS_DOMAIN
+from .values import MS_DOMAIN, take_over
 
 SKIP_LAYER_NORM = "SkipLayerNormalization"
 LOWERED_OP = "Sum"  # what counts a lowered SkipLayerNormalization: one Sum each
@@ -61,19 +61,10 @@ def _lower(graph: ir.Graph, node: ir.Node) -> None:
     output = node.outputs[0]
     for value in [*(a.outputs[0] for a in added), total.outputs[0]]:
         _typed_like(value, output)
-    _take_over(output, norm.outputs[0])
+    take_over(output, norm.outputs[0])
     if len(node.outputs) > 3:
-        _take_over(node.outputs[3], total.outputs[0])
+        take_over(node.outputs[3], total.outputs[0])
     graph.remove(node, safe=True)
-
-
-def _take_over(old: ir.Value, new: ir.Value) -> None:
-    """``new`` replaces ``old`` everywhere, a graph output keeping its name."""
-    _typed_like(new, old)
-    if old.is_graph_output():
-        name, old.name = old.name, f"{old.name}_replaced"
-        new.name = name
-    old.replace_all_uses_with(new, replace_graph_outputs=True)
 
 
 def _typed_like(value: ir.Value, like: ir.Value) -> None:

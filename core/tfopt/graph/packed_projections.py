@@ -18,7 +18,7 @@ from collections import defaultdict
 import numpy as np
 import onnx_ir as ir
 
-from .values import constant_tensor, new_initializer, release_mapped
+from .values import constant_tensor, new_initializer, release_mapped, take_over
 
 _MIN_SHARED = 2
 
@@ -82,12 +82,7 @@ def _pack(graph: ir.Graph, same: list[tuple[ir.Node, ir.TensorProtocol]]) -> int
         matmul.outputs[0].shape = ir.Shape([*list(x.shape)[:-1], int(sum(widths))])
     matmul.outputs[0].dtype = x.dtype
     for node, part in zip(nodes, split.outputs):
-        old = node.outputs[0]
-        part.dtype, part.shape = old.dtype, old.shape
-        if old.is_graph_output():
-            name, old.name = old.name, f"{old.name}_unpacked"
-            part.name = name
-        old.replace_all_uses_with(part, replace_graph_outputs=True)
+        take_over(node.outputs[0], part)
     for node in nodes:
         graph.remove(node, safe=True)
     return len(nodes) - 1

@@ -48,6 +48,18 @@ def new_initializer(graph: ir.Graph, name: str, array: np.ndarray | ir.TensorPro
     return value
 
 
+def take_over(old: ir.Value, new: ir.Value) -> None:
+    """``new`` replaces ``old`` everywhere, with its type and shape; a graph output keeps its name
+    (the model's interface), ``old`` is renamed out of the way."""
+    if old.dtype is not None:
+        new.dtype = old.dtype
+    new.shape = old.shape
+    if old.is_graph_output():
+        name, old.name = old.name, f"{old.name}_replaced"
+        new.name = name
+    old.replace_all_uses_with(new, replace_graph_outputs=True)
+
+
 def release_mapped(tensors) -> None:
     """Unmap the external-data weights among ``tensors`` once read: a mapped weight's pages count in
     the process's memory until then, so a pass over a 5 GB model would hold all of it. They are
